@@ -1,0 +1,1 @@
+//! Shared harness for mcp-guard's end-to-end suites.

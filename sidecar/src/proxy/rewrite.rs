@@ -1,0 +1,333 @@
+//! Rewriting the server's answers: list results are filtered, everything else passes through
+//! byte for byte. SSE bodies are rewritten event by event as they stream, never buffered whole.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::intercept::{self, Context, Interceptor, Transport};
+use crate::jsonrpc::{self, code, id_key};
+use crate::sse::{self, EventSplitter};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the method of an answered request is looked up.
+pub trait PendingRequests: Send {
+    /// Takes the method of the request with this id, if it awaits an answer that is rewritten.
+    fn take(&mut self, id: &str) -> Option<&'static str>;
+    fn is_empty(&self) -> bool;
+}
+
+/// The requests of one POST whose answers are rewritten (usually none or one).
+impl PendingRequests for Vec<(String, &'static str)> {
+    fn take(&mut self, id: &str) -> Option<&'static str> {
+        let i = self.iter().position(|(k, _)| k == id)?;
+        Some(self.swap_remove(i).1)
+    }
+    fn is_empty(&self) -> bool {
+        Vec::is_empty(self)
+    }
+}
+
+/// Hook for the `endpoint` event of the older SSE transport: gets the announced URL, returns the
+/// data to send instead.
+pub type EndpointHook = Box<dyn FnMut(&str) -> String + Send>;
+
+/// Rewrites the answers of one HTTP exchange.
+pub struct Rewriter {
+    interceptor: Arc<dyn Interceptor>,
+    transport: Transport,
+    session_id: Option<String>,
+    pending: Box<dyn PendingRequests>,
+    /// Also filter answers whose request was not seen, recognised by their shape (GET streams).
+    sniff: bool,
+    endpoint: Option<EndpointHook>,
+}
+
+impl Rewriter {
+    pub fn new(
+        interceptor: Arc<dyn Interceptor>,
+        transport: Transport,
+        session_id: Option<String>,
+        pending: Box<dyn PendingRequests>,
+        sniff: bool,
+    ) -> Self {
+        Rewriter {
+            interceptor,
+            transport,
+            session_id,
+            pending,
+            sniff,
+            endpoint: None,
+        }
+    }
+
+    pub fn with_endpoint_hook(mut self, hook: EndpointHook) -> Self {
+        self.endpoint = Some(hook);
+        self
+    }
+
+    /// Whether any answer of this exchange may need rewriting.
+    pub fn active(&self) -> bool {
+        self.sniff || !self.pending.is_empty() || self.endpoint.is_some()
+    }
+
+    /// Rewrites one JSON-RPC message in place; returns whether it changed.
+    fn rewrite_message(&mut self, msg: &mut Value) -> bool {
+        let Some(obj) = msg.as_object_mut() else {
+            return false;
+        };
+        let known = obj
+            .get("id")
+            .filter(|_| obj.contains_key("result") || obj.contains_key("error"))
+            .and_then(|id| self.pending.take(&id_key(id)));
+        let method = match (known, obj.get("result")) {
+            (Some(m), _) => Some(m),
+            (None, Some(r)) if self.sniff => intercept::list_method_by_shape(r),
+            _ => None,
+        };
+        let Some(method) = method else {
+            return false;
+        };
+        let ctx = Context {
+            transport: self.transport,
+            session_id: self.session_id.as_deref(),
+        };
+        match obj.get_mut("result") {
+            Some(result) => self.interceptor.filter_list(&ctx, method, result),
+            None => false,
+        }
+    }
+
+    /// Rewrites a JSON body (one message or a batch). `None` when nothing changed.
+    /// An answer to a filtered list that cannot be read is replaced by an error: fail closed.
+    pub fn rewrite_json(&mut self, body: &[u8]) -> Option<Bytes> {
+        let mut v: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                if self.pending.is_empty() {
+                    return None;
+                }
+                tracing::warn!(error = %e, "the MCP server's answer to a filtered list is not JSON; refused");
+                let err = jsonrpc::error_response(
+                    None,
+                    code::UPSTREAM_UNAVAILABLE,
+                    "mcp-guard could not read the MCP server's answer",
+                    None,
+                );
+                return Some(Bytes::from(err.to_string()));
+            }
+        };
+        let changed = match &mut v {
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |acc, m| self.rewrite_message(m) | acc),
+            m => self.rewrite_message(m),
+        };
+        changed.then(|| Bytes::from(v.to_string()))
+    }
+
+    /// Rewrites one raw SSE event; returns it unchanged (same bytes) when nothing needs changing.
+    pub fn rewrite_event(&mut self, raw: Bytes) -> Bytes {
+        if !self.active() {
+            return raw;
+        }
+        if let Some(hook) = self.endpoint.as_mut()
+            && sse::event_type(&raw) == Some(b"endpoint")
+        {
+            let url = sse::data(&raw).unwrap_or_default();
+            let new = hook(&String::from_utf8_lossy(&url));
+            return if new.as_bytes() == url.as_slice() {
+                raw
+            } else {
+                sse::replace_data(&raw, new.as_bytes())
+            };
+        }
+        let Some(data) = sse::data(&raw) else {
+            return raw;
+        };
+        // Only answers are rewritten; skip the parse for everything that cannot be one.
+        let first = data.iter().find(|b| !b.is_ascii_whitespace());
+        if !matches!(first, Some(b'{' | b'[')) || !contains(&data, b"\"id\"") {
+            return raw;
+        }
+        match self.rewrite_json(&data) {
+            Some(new) => sse::replace_data(&raw, &new),
+            None => raw,
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A response body that passes an SSE stream through event by event, rewriting list answers,
+/// with extra events (answers the sidecar gives itself) merged in.
+pub struct SseRewriteBody<B> {
+    inner: B,
+    splitter: EventSplitter,
+    rewriter: Rewriter,
+    ready: VecDeque<Bytes>,
+    injected: Option<mpsc::Receiver<Bytes>>,
+    inner_done: bool,
+    /// Dropped with the body: for cleanup when the stream ends or the client goes away.
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl<B> SseRewriteBody<B> {
+    pub fn new(inner: B, rewriter: Rewriter) -> Self {
+        SseRewriteBody {
+            inner,
+            splitter: EventSplitter::default(),
+            rewriter,
+            ready: VecDeque::new(),
+            injected: None,
+            inner_done: false,
+            _guard: None,
+        }
+    }
+
+    /// Events to send before anything from the server.
+    pub fn with_leading(mut self, events: impl IntoIterator<Item = Bytes>) -> Self {
+        self.ready.extend(events);
+        self
+    }
+
+    /// Events the sidecar sends on this stream later (answers to denied requests).
+    pub fn with_injected(mut self, rx: mpsc::Receiver<Bytes>) -> Self {
+        self.injected = Some(rx);
+        self
+    }
+
+    pub fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> Self {
+        self._guard = Some(guard);
+        self
+    }
+}
+
+impl<B> Body for SseRewriteBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if let Some(rx) = this.injected.as_mut()
+                && let Poll::Ready(Some(b)) = rx.poll_recv(cx)
+            {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if this.inner_done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers have no meaning in SSE; only data frames are kept.
+                    if let Ok(data) = frame.into_data() {
+                        this.splitter.push(&data);
+                        while let Some(event) = this.splitter.next_event() {
+                            let out = this.rewriter.rewrite_event(event);
+                            this.ready.push_back(out);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let e: BoxError = e.into();
+                    tracing::warn!(error = %e, "MCP server's event stream broke off");
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.inner_done = true;
+                    let rest = this.splitter.take_rest();
+                    if !rest.is_empty() {
+                        let out = this.rewriter.rewrite_event(rest);
+                        this.ready.push_back(out);
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intercept::StaticToolFilter;
+    use http_body_util::{BodyExt, StreamBody};
+    use serde_json::json;
+
+    fn filter() -> Arc<dyn Interceptor> {
+        Arc::new(StaticToolFilter::new(&[], &["secret".into()]))
+    }
+
+    fn list_answer(id: i64) -> String {
+        json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"echo"},{"name":"secret"}]}})
+            .to_string()
+    }
+
+    #[test]
+    fn known_id_is_filtered_other_answers_untouched() {
+        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
+        let mut r = Rewriter::new(filter(), Transport::StreamableHttp, None, Box::new(pending), false);
+        let out = r.rewrite_json(list_answer(1).as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["result"]["tools"], json!([{"name":"echo"}]));
+        // Not a pending id and no sniffing: untouched.
+        assert!(r.rewrite_json(list_answer(2).as_bytes()).is_none());
+    }
+
+    #[test]
+    fn sniffing_catches_unknown_ids() {
+        let mut r = Rewriter::new(filter(), Transport::Sse, None, Box::new(Vec::new()), true);
+        let ev = Bytes::from(format!("id: 3\nevent: message\ndata: {}\n\n", list_answer(9)));
+        let out = r.rewrite_event(ev);
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+        assert!(out.starts_with(b"id: 3\nevent: message\ndata: "));
+    }
+
+    #[test]
+    fn unreadable_list_answer_fails_closed() {
+        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
+        let mut r = Rewriter::new(filter(), Transport::StreamableHttp, None, Box::new(pending), false);
+        let out = r.rewrite_json(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"secret\"").unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn body_streams_events_and_merges_injected() {
+        let (tx, rx) = mpsc::channel(4);
+        let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"id: p\ndata:\n\n"))),
+            Ok(Frame::data(Bytes::from(format!("data: {}", list_answer(1))))),
+            Ok(Frame::data(Bytes::from_static(b"\n\n"))),
+        ];
+        let inner = StreamBody::new(futures_util::stream::iter(chunks));
+        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
+        let r = Rewriter::new(filter(), Transport::StreamableHttp, None, Box::new(pending), false);
+        tx.send(Bytes::from_static(b"data: injected\n\n")).await.unwrap();
+        let body = SseRewriteBody::new(inner, r).with_injected(rx);
+        drop(tx);
+        let all = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("data: injected\n\nid: p\ndata:\n\n"), "{text}");
+        assert!(text.contains("\"echo\"") && !text.contains("secret"), "{text}");
+    }
+}

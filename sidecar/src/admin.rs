@@ -39,7 +39,10 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
     }
     if !s.upstream.accepts_connections().await {
-        let msg = format!("MCP server at {} does not accept connections\n", s.upstream.authority());
+        let msg = format!(
+            "MCP server at {} does not accept connections\n",
+            s.upstream.authority()
+        );
         return (StatusCode::SERVICE_UNAVAILABLE, msg);
     }
     (StatusCode::OK, "ok\n".to_owned())
@@ -61,7 +64,10 @@ async fn shutdown(
 ) -> impl IntoResponse {
     if !peer.ip().is_loopback() {
         tracing::warn!(%peer, "refused /shutdown from outside the pod");
-        return (StatusCode::FORBIDDEN, "shutdown is only accepted from loopback\n");
+        return (
+            StatusCode::FORBIDDEN,
+            "shutdown is only accepted from loopback\n",
+        );
     }
     tracing::info!(%peer, "shutdown requested on the admin port");
     s.shutdown.send_replace(true);

@@ -71,7 +71,10 @@ pub fn main() -> ExitCode {
         eprintln!("mcp-guard-sidecar: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-guard-sidecar: cannot start the runtime: {e}");

@@ -205,14 +205,18 @@ mod tests {
         let f = StaticToolFilter::new(&["echo".into()], &[]);
         assert!(f.visible("echo"));
         assert!(!f.visible("add"));
-        let mut r = json!({"tools":[{"name":"echo"},{"name":"add"},{"title":"no name"}],"nextCursor":"c"});
+        let mut r =
+            json!({"tools":[{"name":"echo"},{"name":"add"},{"title":"no name"}],"nextCursor":"c"});
         assert!(f.filter_list(&CTX, "tools/list", &mut r));
         assert_eq!(r, json!({"tools":[{"name":"echo"}],"nextCursor":"c"}));
     }
 
     #[test]
     fn shape() {
-        assert_eq!(list_method_by_shape(&json!({"tools": []})), Some("tools/list"));
+        assert_eq!(
+            list_method_by_shape(&json!({"tools": []})),
+            Some("tools/list")
+        );
         assert_eq!(
             list_method_by_shape(&json!({"resourceTemplates": []})),
             Some("resources/templates/list")

@@ -199,7 +199,9 @@ mod tests {
 
     #[test]
     fn kinds() {
-        let req = parse(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}})).unwrap();
+        let req =
+            parse(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}))
+                .unwrap();
         let m = &req.messages()[0];
         assert_eq!(m.kind, Kind::Request);
         assert_eq!(m.target(), Some("echo"));
@@ -213,9 +215,13 @@ mod tests {
 
     #[test]
     fn targets() {
-        let r = parse(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}})).unwrap();
+        let r = parse(
+            json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}),
+        )
+        .unwrap();
         assert_eq!(r.messages()[0].target(), Some("file:///a"));
-        let p = parse(json!({"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}})).unwrap();
+        let p = parse(json!({"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}))
+            .unwrap();
         assert_eq!(p.messages()[0].target(), Some("p"));
         let l = parse(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})).unwrap();
         assert_eq!(l.messages()[0].target(), None);
@@ -236,7 +242,10 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(Payload::parse(b"{not json").unwrap_err().code(), code::PARSE_ERROR);
+        assert_eq!(
+            Payload::parse(b"{not json").unwrap_err().code(),
+            code::PARSE_ERROR
+        );
         for bad in [
             json!({"id":1,"method":"x"}),
             json!({"jsonrpc":"1.0","id":1,"method":"x"}),
@@ -254,6 +263,9 @@ mod tests {
     #[test]
     fn error_shape() {
         let e = error_response(Some(&json!(7)), code::DENIED, "no", None);
-        assert_eq!(e, json!({"jsonrpc":"2.0","id":7,"error":{"code":-32003,"message":"no"}}));
+        assert_eq!(
+            e,
+            json!({"jsonrpc":"2.0","id":7,"error":{"code":-32003,"message":"no"}})
+        );
     }
 }

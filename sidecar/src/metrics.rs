@@ -8,8 +8,8 @@ use prometheus_client::registry::Registry;
 
 /// Buckets (seconds) that start below 100 µs: the sidecar's own cost lives there.
 pub const DURATION_BUCKETS: [f64; 17] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 /// How a request ended, from the sidecar's point of view.
@@ -149,8 +149,14 @@ mod tests {
         m.record(Some("tools/call"), Outcome::Denied, 0.00003);
         m.record(Some("made/up/by/client"), Outcome::Ok, 0.002);
         let text = m.encode();
-        assert!(text.contains("mcp_guard_requests_total{method=\"tools/call\",outcome=\"denied\"} 1"), "{text}");
+        assert!(
+            text.contains("mcp_guard_requests_total{method=\"tools/call\",outcome=\"denied\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("method=\"other\""), "{text}");
-        assert!(text.contains("le=\"5e-5\"") || text.contains("le=\"0.00005\""), "{text}");
+        assert!(
+            text.contains("le=\"5e-5\"") || text.contains("le=\"0.00005\""),
+            "{text}"
+        );
     }
 }

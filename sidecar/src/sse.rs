@@ -179,12 +179,18 @@ mod tests {
     #[test]
     fn data_lines_join() {
         assert_eq!(data(b"data: a\ndata:b\n\n"), Some(b"a\nb".to_vec()));
-        assert_eq!(event_type(b"event: endpoint\ndata: /m\n\n"), Some(&b"endpoint"[..]));
+        assert_eq!(
+            event_type(b"event: endpoint\ndata: /m\n\n"),
+            Some(&b"endpoint"[..])
+        );
     }
 
     #[test]
     fn replace_keeps_other_fields() {
-        let e = replace_data(b"id: 7\nevent: message\ndata: {\"x\":\ndata: 1}\nretry: 9\n\n", b"{}");
+        let e = replace_data(
+            b"id: 7\nevent: message\ndata: {\"x\":\ndata: 1}\nretry: 9\n\n",
+            b"{}",
+        );
         assert_eq!(&e[..], b"id: 7\nevent: message\ndata: {}\nretry: 9\n\n");
     }
 }

@@ -109,7 +109,11 @@ impl Upstream {
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
-            .path_and_query(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .path_and_query(
+                path_and_query
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
             .build()
             .map_err(|e| UpstreamError::Address(e.to_string()))?;
         strip_hop_by_hop(&mut headers);
@@ -160,7 +164,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("mcp-session-id", HeaderValue::from_static("s"));

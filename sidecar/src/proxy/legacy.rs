@@ -140,9 +140,16 @@ fn local_endpoint(announced: &str, upstream_authority: &str) -> String {
         if let Some(rest) = announced.strip_prefix(scheme) {
             let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             if authority != upstream_authority {
-                tracing::warn!(announced, "SSE endpoint names another host; sending the client to the sidecar instead");
+                tracing::warn!(
+                    announced,
+                    "SSE endpoint names another host; sending the client to the sidecar instead"
+                );
             }
-            return if path.is_empty() { "/".into() } else { path.into() };
+            return if path.is_empty() {
+                "/".into()
+            } else {
+                path.into()
+            };
         }
     }
     if announced.starts_with('/') {
@@ -158,7 +165,10 @@ mod tests {
 
     #[test]
     fn endpoints_become_local_paths() {
-        assert_eq!(local_endpoint("/message?sessionId=1", "127.0.0.1:8"), "/message?sessionId=1");
+        assert_eq!(
+            local_endpoint("/message?sessionId=1", "127.0.0.1:8"),
+            "/message?sessionId=1"
+        );
         assert_eq!(
             local_endpoint("http://127.0.0.1:8/messages/?session_id=ab", "127.0.0.1:8"),
             "/messages/?session_id=ab"

@@ -215,7 +215,12 @@ impl Proxy {
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
             Ok(Err(e)) => {
                 let msg = format!("cannot read the request body: {e}");
-                Err(error(StatusCode::BAD_REQUEST, None, code::PARSE_ERROR, &msg))
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    code::PARSE_ERROR,
+                    &msg,
+                ))
             }
             Err(_) => Err(error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -341,7 +346,12 @@ impl Proxy {
                 None => {
                     self.record(&payload, Outcome::Invalid, None, start);
                     let msg = format!("no open SSE session for {endpoint}");
-                    return error(StatusCode::NOT_FOUND, single_id.as_ref(), code::INVALID_REQUEST, &msg);
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        single_id.as_ref(),
+                        code::INVALID_REQUEST,
+                        &msg,
+                    );
                 }
             },
             Transport::StreamableHttp => None,
@@ -359,14 +369,17 @@ impl Proxy {
             },
         };
         let checked = self.check(&payload, &ctx);
-        
+
         if let Some(session) = &legacy_session {
             // Answers on the older transport travel on the GET stream, the sidecar's own too.
             for (id, method) in &checked.pending {
                 session.expect(id.clone(), method);
             }
             for err in &checked.denied {
-                if !session.inject(sse::message_event(err.to_string().as_bytes())).await {
+                if !session
+                    .inject(sse::message_event(err.to_string().as_bytes()))
+                    .await
+                {
                     tracing::warn!(endpoint, "SSE stream closed before a denial could be sent");
                 }
             }
@@ -398,7 +411,12 @@ impl Proxy {
         let upstream = self
             .inner
             .upstream
-            .send(parts.method, parts.uri.path_and_query(), parts.headers, body)
+            .send(
+                parts.method,
+                parts.uri.path_and_query(),
+                parts.headers,
+                body,
+            )
             .await;
         let resp = match upstream {
             Ok(r) => r,
@@ -453,13 +471,20 @@ impl Proxy {
             && is_content_type(&parts.headers, "application/json")
             && (rewriter.active() || !denied.is_empty())
         {
-            let collected = Limited::new(body, self.inner.max_list_bytes).collect().await;
+            let collected = Limited::new(body, self.inner.max_list_bytes)
+                .collect()
+                .await;
             let bytes = match collected {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
                     let msg = format!("cannot read the MCP server's answer: {e}");
                     tracing::warn!("{msg}");
-                    return error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM_UNAVAILABLE, &msg);
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        None,
+                        code::UPSTREAM_UNAVAILABLE,
+                        &msg,
+                    );
                 }
             };
             let mut out = rewriter.rewrite_json(&bytes).unwrap_or(bytes);
@@ -488,7 +513,12 @@ impl Proxy {
         let resp = self
             .inner
             .upstream
-            .send(parts.method, parts.uri.path_and_query(), parts.headers, Bytes::new())
+            .send(
+                parts.method,
+                parts.uri.path_and_query(),
+                parts.headers,
+                Bytes::new(),
+            )
             .await;
         match resp {
             Ok(resp) => {
@@ -515,7 +545,12 @@ impl Proxy {
         let resp = self
             .inner
             .upstream
-            .send(parts.method, parts.uri.path_and_query(), parts.headers, Bytes::new())
+            .send(
+                parts.method,
+                parts.uri.path_and_query(),
+                parts.headers,
+                Bytes::new(),
+            )
             .await;
         let resp = match resp {
             Ok(r) => r,
@@ -604,15 +639,25 @@ mod tests {
         Proxy::new(&cfg, Arc::new(f), Arc::new(Metrics::new())).unwrap()
     }
 
-    async fn post(p: &Proxy, path: &str, body: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    async fn post(
+        p: &Proxy,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let mut req = Request::post(path);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = p.handle(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await;
+        let resp = p
+            .handle(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+            .await;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// A port nothing listens on.
@@ -625,10 +670,19 @@ mod tests {
     async fn malformed_input_is_refused_before_the_server() {
         let p = proxy(dead_port());
         let (s, v) = post(&p, "/mcp", "{oops", &[]).await;
-        assert_eq!((s, v["error"]["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(-32700)));
+        assert_eq!(
+            (s, v["error"]["code"].as_i64()),
+            (StatusCode::BAD_REQUEST, Some(-32700))
+        );
         let (s, v) = post(&p, "/mcp", r#"{"hello":1}"#, &[]).await;
-        assert_eq!((s, v["error"]["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(-32600)));
-        let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#, "x".repeat(300));
+        assert_eq!(
+            (s, v["error"]["code"].as_i64()),
+            (StatusCode::BAD_REQUEST, Some(-32600))
+        );
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{}"}}"#,
+            "x".repeat(300)
+        );
         let (s, _) = post(&p, "/mcp", &big, &[]).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
         let (s, v) = post(&p, "/nope", "{}", &[]).await;
@@ -647,15 +701,27 @@ mod tests {
         let ok = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo"}}"#;
         let (s, v) = post(&p, "/mcp", ok, &[]).await;
         assert_eq!(s, StatusCode::BAD_GATEWAY);
-        assert_eq!((v["id"].clone(), v["error"]["code"].clone()), (json!(6), json!(-32004)));
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (json!(6), json!(-32004))
+        );
     }
 
     #[tokio::test]
     async fn mirrored_headers_must_match() {
         let p = proxy(dead_port());
         let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
-        let (s, v) = post(&p, "/mcp", call, &[("mcp-method", "tools/call"), ("mcp-name", "other")]).await;
-        assert_eq!((s, v["error"]["code"].as_i64()), (StatusCode::BAD_REQUEST, Some(-32020)));
+        let (s, v) = post(
+            &p,
+            "/mcp",
+            call,
+            &[("mcp-method", "tools/call"), ("mcp-name", "other")],
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_i64()),
+            (StatusCode::BAD_REQUEST, Some(-32020))
+        );
         let (s, _) = post(&p, "/mcp", call, &[("mcp-method", "tools/list")]).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
     }

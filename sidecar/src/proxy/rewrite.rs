@@ -286,7 +286,13 @@ mod tests {
     #[test]
     fn known_id_is_filtered_other_answers_untouched() {
         let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let mut r = Rewriter::new(filter(), Transport::StreamableHttp, None, Box::new(pending), false);
+        let mut r = Rewriter::new(
+            filter(),
+            Transport::StreamableHttp,
+            None,
+            Box::new(pending),
+            false,
+        );
         let out = r.rewrite_json(list_answer(1).as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], json!([{"name":"echo"}]));
@@ -297,7 +303,10 @@ mod tests {
     #[test]
     fn sniffing_catches_unknown_ids() {
         let mut r = Rewriter::new(filter(), Transport::Sse, None, Box::new(Vec::new()), true);
-        let ev = Bytes::from(format!("id: 3\nevent: message\ndata: {}\n\n", list_answer(9)));
+        let ev = Bytes::from(format!(
+            "id: 3\nevent: message\ndata: {}\n\n",
+            list_answer(9)
+        ));
         let out = r.rewrite_event(ev);
         assert!(!String::from_utf8_lossy(&out).contains("secret"));
         assert!(out.starts_with(b"id: 3\nevent: message\ndata: "));
@@ -306,8 +315,18 @@ mod tests {
     #[test]
     fn unreadable_list_answer_fails_closed() {
         let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let mut r = Rewriter::new(filter(), Transport::StreamableHttp, None, Box::new(pending), false);
-        let out = r.rewrite_json(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"secret\"").unwrap();
+        let mut r = Rewriter::new(
+            filter(),
+            Transport::StreamableHttp,
+            None,
+            Box::new(pending),
+            false,
+        );
+        let out = r
+            .rewrite_json(
+                b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"secret\"",
+            )
+            .unwrap();
         assert!(!String::from_utf8_lossy(&out).contains("secret"));
     }
 
@@ -316,18 +335,35 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
             Ok(Frame::data(Bytes::from_static(b"id: p\ndata:\n\n"))),
-            Ok(Frame::data(Bytes::from(format!("data: {}", list_answer(1))))),
+            Ok(Frame::data(Bytes::from(format!(
+                "data: {}",
+                list_answer(1)
+            )))),
             Ok(Frame::data(Bytes::from_static(b"\n\n"))),
         ];
         let inner = StreamBody::new(futures_util::stream::iter(chunks));
         let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let r = Rewriter::new(filter(), Transport::StreamableHttp, None, Box::new(pending), false);
-        tx.send(Bytes::from_static(b"data: injected\n\n")).await.unwrap();
+        let r = Rewriter::new(
+            filter(),
+            Transport::StreamableHttp,
+            None,
+            Box::new(pending),
+            false,
+        );
+        tx.send(Bytes::from_static(b"data: injected\n\n"))
+            .await
+            .unwrap();
         let body = SseRewriteBody::new(inner, r).with_injected(rx);
         drop(tx);
         let all = body.collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&all);
-        assert!(text.starts_with("data: injected\n\nid: p\ndata:\n\n"), "{text}");
-        assert!(text.contains("\"echo\"") && !text.contains("secret"), "{text}");
+        assert!(
+            text.starts_with("data: injected\n\nid: p\ndata:\n\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"echo\"") && !text.contains("secret"),
+            "{text}"
+        );
     }
 }

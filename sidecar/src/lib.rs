@@ -72,7 +72,7 @@ pub async fn run_proxy(
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => {}
-                _ = stop_rx.wait_for(|s| *s) => {}
+                _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => {}
             }
             draining.store(true, Ordering::Relaxed);
             stop_tx.send_replace(true);

@@ -58,7 +58,7 @@ pub async fn serve<F, S, Fut>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
     }
     drop(listener);

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
 //! The sidecar under failures a real MCP server does not produce on demand: a client that goes
 //! away mid-request, a server that resets mid-stream, a client that never finishes its headers.
 //! The "server" here is a raw TCP socket so that each failure happens exactly when the test says.

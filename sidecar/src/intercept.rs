@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use crate::identity::Identity;
 use crate::jsonrpc::{self, Message};
 
 /// Which MCP transport a message arrived on.
@@ -30,6 +31,8 @@ impl Transport {
 pub struct Context<'a> {
     pub transport: Transport,
     pub session_id: Option<&'a str>,
+    /// The verified caller; `None` when the request is anonymous.
+    pub identity: Option<&'a Identity>,
 }
 
 /// The decision on one client message.
@@ -181,6 +184,7 @@ mod tests {
     const CTX: Context<'static> = Context {
         transport: Transport::StreamableHttp,
         session_id: None,
+        identity: None,
     };
 
     fn call(tool: &str) -> Message {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod intercept;
 pub mod jsonrpc;
 pub mod metrics;

@@ -367,6 +367,8 @@ impl Proxy {
                 Transport::StreamableHttp => session_id.as_deref(),
                 Transport::Sse => Some(endpoint.as_str()),
             },
+            // Authentication is not wired in yet: every caller is anonymous.
+            identity: None,
         };
         let checked = self.check(&payload, &ctx);
 

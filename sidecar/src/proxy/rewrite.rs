@@ -11,6 +11,7 @@ use http_body::{Body, Frame};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::identity::Identity;
 use crate::intercept::{self, Context, Interceptor, Transport};
 use crate::jsonrpc::{self, code, id_key};
 use crate::sse::{self, EventSplitter};
@@ -44,6 +45,8 @@ pub struct Rewriter {
     interceptor: Arc<dyn Interceptor>,
     transport: Transport,
     session_id: Option<String>,
+    /// The caller the answers are for; lists are filtered for them.
+    identity: Option<Arc<Identity>>,
     pending: Box<dyn PendingRequests>,
     /// Also filter answers whose request was not seen, recognised by their shape (GET streams).
     sniff: bool,
@@ -62,10 +65,16 @@ impl Rewriter {
             interceptor,
             transport,
             session_id,
+            identity: None,
             pending,
             sniff,
             endpoint: None,
         }
+    }
+
+    pub fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Self {
+        self.identity = identity;
+        self
     }
 
     pub fn with_endpoint_hook(mut self, hook: EndpointHook) -> Self {
@@ -98,6 +107,7 @@ impl Rewriter {
         let ctx = Context {
             transport: self.transport,
             session_id: self.session_id.as_deref(),
+            identity: self.identity.as_deref(),
         };
         match obj.get_mut("result") {
             Some(result) => self.interceptor.filter_list(&ctx, method, result),

@@ -1,0 +1,32 @@
+-- wrk script: one MCP 2026-07-28 style stateless tools/call of `echo` per request.
+--
+-- No session, no initialize: the protocol version, client info and capabilities travel in the
+-- request's `params._meta`, and the method and tool name in the Mcp-Method / Mcp-Name headers
+-- (which must agree with the body). rmcp's stateless JSON server answers `application/json`.
+--
+-- At the end, prints one line `WRK_RESULT {json}` that bench/run.sh reads.
+
+wrk.method = "POST"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+  .. '"arguments":{"text":"hello from wrk"},"_meta":{'
+  .. '"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+  .. '"io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},'
+  .. '"io.modelcontextprotocol/clientCapabilities":{}}}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+wrk.headers["Mcp-Method"] = "tools/call"
+wrk.headers["Mcp-Name"] = "echo"
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local seconds = summary.duration / 1e6
+  io.write(string.format(
+    'WRK_RESULT {"requests":%d,"duration_s":%.3f,"rps":%.1f,'
+      .. '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"p999":%d,"max":%d,"mean":%.1f},'
+      .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}}\n',
+    summary.requests, seconds, summary.requests / seconds,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end

@@ -1,0 +1,387 @@
+#!/usr/bin/env bash
+# mcp-guard benchmark: MCP tools/call throughput and latency, side by side in one run:
+#
+#   direct    wrk -> rmcp example server (stateless, JSON answers)
+#   nginx     wrk -> nginx (plain reverse proxy, upstream keep-alive) -> the same server
+#   sidecar   wrk -> mcp-guard-sidecar (--deny-tools delete_everything) -> the same server
+#
+# Each target: a warmup (discarded), then a measured wrk run with the same connections; with
+# --rounds N the targets take turns N times (order rotated) and each reports its median round. Reports
+# req/s, p50/p99 latency, ratios against direct, the proxy's CPU time per request and the
+# sidecar's RSS; writes bench/results/<date>-<name>.md and .json. See bench/README.md.
+#
+# Usage: bench/run.sh [--name foundation] [--duration 10] [--warmup 2] [--connections 16]
+#                     [--threads 2] [--rounds 1] [--no-nginx] [--no-install]
+#                     [--no-build] [--out DIR]
+# Everything also reads from the environment: BENCH_NAME, BENCH_DURATION, BENCH_WARMUP,
+# BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_NGINX=0, BENCH_INSTALL=0,
+# BENCH_BUILD=0 (use the release binaries already built), BENCH_OUT.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NAME="${BENCH_NAME:-foundation}"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+CONNECTIONS="${BENCH_CONNECTIONS:-16}"
+THREADS="${BENCH_THREADS:-2}"
+ROUNDS="${BENCH_ROUNDS:-1}"
+WITH_NGINX="${BENCH_NGINX:-1}"
+INSTALL="${BENCH_INSTALL:-1}"
+BUILD="${BENCH_BUILD:-1}"
+OUT="${BENCH_OUT:-$ROOT/bench/results}"
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --name) NAME="$2"; shift 2 ;;
+    --duration) DURATION="$2"; shift 2 ;;
+    --warmup) WARMUP="$2"; shift 2 ;;
+    --connections) CONNECTIONS="$2"; shift 2 ;;
+    --threads) THREADS="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    --no-nginx) WITH_NGINX=0; shift ;;
+    --no-install) INSTALL=0; shift ;;
+    --no-build) BUILD=0; shift ;;
+    --out) OUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
+    *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -----------------------------------------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+APT_UPDATED=0
+apt_install() {
+  [ "$INSTALL" = 1 ] || return 1
+  command -v apt-get >/dev/null || return 1
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || return 1
+    sudo="sudo -n"
+  fi
+  if [ "$APT_UPDATED" = 0 ]; then
+    $sudo apt-get update -qq >&2 || return 1
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+need() { # need COMMAND PACKAGE
+  command -v "$1" >/dev/null && return 0
+  log "installing $2 (apt-get)"
+  apt_install "$2" || die "$1 is missing and could not be installed; apt-get install $2"
+  command -v "$1" >/dev/null || die "$1 still missing after installing $2"
+}
+need wrk wrk
+need curl curl
+if [ "$WITH_NGINX" = 1 ] && ! command -v nginx >/dev/null; then
+  log "installing nginx (apt-get) for the baseline"
+  apt_install nginx-light || apt_install nginx || true
+  command -v nginx >/dev/null || { log "nginx unavailable: no nginx baseline"; WITH_NGINX=0; }
+fi
+
+# --- binaries --------------------------------------------------------------------------------
+if [ "$BUILD" = 1 ]; then
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release -q -p mcp-guard-sidecar -p mcp-guard-tests \
+    --bin mcp-guard-sidecar --bin mcp-guard-example-server) || die "cargo build failed"
+fi
+TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+[ -n "$TARGET_DIR" ] || TARGET_DIR="$ROOT/target"
+SERVER_BIN="$TARGET_DIR/release/mcp-guard-example-server"
+SIDECAR_BIN="$TARGET_DIR/release/mcp-guard-sidecar"
+[ -x "$SERVER_BIN" ] && [ -x "$SIDECAR_BIN" ] || die "release binaries not found in $TARGET_DIR"
+
+# --- processes -------------------------------------------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/mcp-guard-bench.XXXXXX")"
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 40000))
+    if port_free "$p" && [[ " ${TAKEN:-} " != *" $p "* ]]; then TAKEN="${TAKEN:-} $p"; echo "$p"; return; fi
+  done
+  die "no free loopback port"
+}
+wait_port() { # wait_port PORT PID WHAT
+  for _ in $(seq 1 200); do
+    port_free "$1" || return 0
+    kill -0 "$2" 2>/dev/null || die "$3 exited at start (log: $(tail -5 "$WORK/$3.log" 2>/dev/null))"
+    sleep 0.05
+  done
+  die "$3 did not listen on 127.0.0.1:$1"
+}
+
+UP_PORT="$(free_port)"
+SC_PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
+NGINX_PORT="$(free_port)"
+
+"$SERVER_BIN" --listen "127.0.0.1:$UP_PORT" --stateless-json >"$WORK/upstream.log" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_port "$UP_PORT" "$UP_PID" upstream
+
+"$SIDECAR_BIN" --listen "127.0.0.1:$SC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+  --upstream-host 127.0.0.1 --upstream-port "$UP_PORT" --path /mcp \
+  --deny-tools delete_everything >"$WORK/sidecar.log" 2>"$WORK/sidecar.err" &
+SC_PID=$!
+PIDS+=("$SC_PID")
+for i in $(seq 1 200); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break
+  kill -0 "$SC_PID" 2>/dev/null || die "sidecar exited at start: $(tail -5 "$WORK/sidecar.err")"
+  [ "$i" = 200 ] && die "sidecar not ready after 10 s: $(tail -5 "$WORK/sidecar.err")"
+  sleep 0.05
+done
+
+NGINX_PID=""
+if [ "$WITH_NGINX" = 1 ]; then
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream mcp { server 127.0.0.1:$UP_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://mcp;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$UP_PORT;
+    }
+  }
+}
+EOF
+  nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_port "$NGINX_PORT" "$NGINX_PID" nginx
+fi
+
+# --- measurement helpers ---------------------------------------------------------------------
+CLK_TCK="$(getconf CLK_TCK)"
+children() { # children PID: direct child pids (nginx workers)
+  local f rest fields
+  for f in /proc/[0-9]*/stat; do
+    rest="$(cat "$f" 2>/dev/null)" || continue
+    rest="${rest##*) }"
+    read -r -a fields <<<"$rest"
+    if [ "${fields[1]}" = "$1" ]; then f="${f#/proc/}"; echo "${f%/stat}"; fi
+  done
+  return 0
+}
+cpu_ticks() { # cpu_ticks PID...: utime+stime summed
+  local total=0 pid rest fields
+  for pid in "$@"; do
+    rest="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    rest="${rest##*) }"
+    read -r -a fields <<<"$rest"
+    total=$((total + fields[11] + fields[12]))
+  done
+  echo "$total"
+}
+rss_kib() { # rss_kib FIELD PID...: VmRSS or VmHWM summed, KiB
+  local field="$1" total=0 pid v
+  shift
+  for pid in "$@"; do
+    v="$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null)"
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+json_get() { # json_get JSON KEY: a number from the flat wrk result
+  sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"
+}
+
+BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello from wrk"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}'
+check_target() { # check_target NAME URL: one request with curl, the answer must be the echo
+  local out
+  out="$(curl -sS --max-time 5 -X POST "$2" -H 'Content-Type: application/json' \
+    -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
+    -H 'Mcp-Method: tools/call' -H 'Mcp-Name: echo' --data "$BODY" -w '\nHTTP %{http_code} %{content_type}')" ||
+    die "$1: request failed"
+  grep -q '"text":"hello from wrk"' <<<"$out" || die "$1: unexpected answer: $out"
+  grep -q '^HTTP 200 application/json' <<<"$out" || die "$1: expected HTTP 200 JSON: $out"
+}
+
+declare -A RESULT CPU_US RSS_IDLE RSS_LOAD RSS_PEAK R_RESULT R_CPU R_RSS_LOAD R_RSS_PEAK ROUND_RPS PICKED
+measure() { # measure NAME ROUND URL PROXY_PIDS...: one warmup + one measured wrk run
+  local name="$1" round="$2" url="$3" key="$1.$2" out before after requests r
+  shift 3
+  check_target "$name" "$url"
+  if [ $# -gt 0 ] && [ "$round" = 1 ]; then RSS_IDLE[$name]="$(rss_kib VmRSS "$@")"; fi
+  log "$name (round $round/$ROUNDS): warmup ${WARMUP}s, then ${DURATION}s measured, $CONNECTIONS connections"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/bench/mcp-tools-call.lua" "$url" >/dev/null
+  before="$(cpu_ticks "$@")"
+  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    -s "$ROOT/bench/mcp-tools-call.lua" "$url")"
+  after="$(cpu_ticks "$@")"
+  printf '%s\n' "$out" >"$WORK/wrk-$key.txt"
+  r="$(sed -n 's/^WRK_RESULT //p' <<<"$out")"
+  [ -n "$r" ] || die "$name: no result from wrk: $out"
+  R_RESULT[$key]="$r"
+  requests="$(json_get "$r" requests)"
+  if [ $# -gt 0 ]; then
+    R_CPU[$key]="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+      'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
+    R_RSS_LOAD[$key]="$(rss_kib VmRSS "$@")"
+    R_RSS_PEAK[$key]="$(rss_kib VmHWM "$@")"
+  fi
+  log "$name: $(json_get "$r" rps) req/s, p50 $(json_get "$r" p50) us, p99 $(json_get "$r" p99) us, errors {$(sed -n 's/.*"errors":{\(.*\)}}/\1/p' <<<"$r")}"
+}
+
+declare -A URL PROXY_PIDS
+TARGETS=(direct)
+URL[direct]="http://127.0.0.1:$UP_PORT/mcp"
+PROXY_PIDS[direct]=""
+if [ -n "$NGINX_PID" ]; then
+  TARGETS+=(nginx)
+  URL[nginx]="http://127.0.0.1:$NGINX_PORT/mcp"
+  PROXY_PIDS[nginx]="$NGINX_PID $(children "$NGINX_PID" | tr '\n' ' ')"
+fi
+TARGETS+=(sidecar)
+URL[sidecar]="http://127.0.0.1:$SC_PORT/mcp"
+PROXY_PIDS[sidecar]="$SC_PID"
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+# Rounds rotate the order of the targets, so a change in background load does not always hit
+# the same one; each target's reported round is its median by req/s.
+for round in $(seq 1 "$ROUNDS"); do
+  for i in "${!TARGETS[@]}"; do
+    t="${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}"
+    # shellcheck disable=SC2086
+    measure "$t" "$round" "${URL[$t]}" ${PROXY_PIDS[$t]}
+  done
+done
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+for t in "${TARGETS[@]}"; do
+  sorted="$(for round in $(seq 1 "$ROUNDS"); do
+    printf '%s %s\n' "$(json_get "${R_RESULT[$t.$round]}" rps)" "$round"
+  done | sort -n -k1,1)"
+  ROUND_RPS[$t]="$(awk '{ printf "%s%.0f", (NR > 1 ? ", " : ""), $1 }' <<<"$(for round in $(seq 1 "$ROUNDS"); do json_get "${R_RESULT[$t.$round]}" rps; done)")"
+  pick="$(awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }' <<<"$sorted")"
+  PICKED[$t]="$pick"
+  RESULT[$t]="${R_RESULT[$t.$pick]}"
+  if [ "$t" != direct ]; then
+    CPU_US[$t]="${R_CPU[$t.$pick]}"
+    RSS_LOAD[$t]="${R_RSS_LOAD[$t.$pick]}"
+    RSS_PEAK[$t]="$(for round in $(seq 1 "$ROUNDS"); do echo "${R_RSS_PEAK[$t.$round]}"; done | sort -n | tail -1)"
+  fi
+done
+
+# --- report ----------------------------------------------------------------------------------
+DATE="$(date -u +%Y-%m-%d)"
+mkdir -p "$OUT"
+MD="$OUT/$DATE-$NAME.md"
+JSON="$OUT/$DATE-$NAME.json"
+COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+DIRTY="$(cd "$ROOT" && { git diff --quiet HEAD 2>/dev/null && echo false || echo true; })"
+CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)"
+NCPU="$(nproc)"
+KERNEL="$(uname -r)"
+RUSTC="$(rustc --version 2>/dev/null || echo unknown)"
+WRK_VERSION="$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)"
+NGINX_VERSION=""
+[ -n "$NGINX_PID" ] && NGINX_VERSION="$(nginx -v 2>&1 | sed 's/.*nginx\///' || true)"
+SIDECAR_LOG_LINES="$(wc -l <"$WORK/sidecar.log")"
+
+D_RPS="$(json_get "${RESULT[direct]}" rps)"
+D_P50="$(json_get "${RESULT[direct]}" p50)"
+D_P99="$(json_get "${RESULT[direct]}" p99)"
+ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+{
+  printf '# Benchmark %s: %s\n\n' "$NAME" "$DATE"
+  printf 'MCP 2026-07-28 stateless `tools/call` of `echo` (POST /mcp, JSON answer) against the rmcp example\n'
+  printf 'server in `--stateless-json` mode; wrk, %s connections, %s threads, %s s warmup then %s s measured per\n' \
+    "$CONNECTIONS" "$THREADS" "$WARMUP" "$DURATION"
+  printf 'target, all on loopback, targets measured one after the other in one run. Sidecar policy:\n'
+  printf '`--deny-tools delete_everything`.\n\n'
+  printf '| target | req/s | vs direct | p50 ms | +p50 ms | p99 ms | +p99 ms | proxy CPU µs/req | proxy RSS MiB (idle / load / peak) | errors |\n'
+  printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+  for t in "${TARGETS[@]}"; do
+    r="${RESULT[$t]}"
+    rps="$(json_get "$r" rps)"; p50="$(json_get "$r" p50)"; p99="$(json_get "$r" p99)"
+    errs="$(awk -v a="$(json_get "$r" connect)" -v b="$(json_get "$r" read)" -v c="$(json_get "$r" write)" \
+      -v d="$(json_get "$r" status)" -v e="$(json_get "$r" timeout)" 'BEGIN { print a + b + c + d + e }')"
+    if [ "$t" = direct ]; then
+      printf '| %s | %.0f | 100 %% | %s | – | %s | – | – | – | %s |\n' "$t" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs"
+    else
+      printf '| %s | %.0f | %s %% | %s | %s | %s | %s | %s | %s / %s / %s | %s |\n' "$t" "$rps" \
+        "$(awk -v a="$rps" -v b="$D_RPS" 'BEGIN { printf "%.0f", 100 * a / b }')" \
+        "$(ms "$p50")" "$(ms $((p50 - D_P50)))" "$(ms "$p99")" "$(ms $((p99 - D_P99)))" \
+        "${CPU_US[$t]}" "$(mib "${RSS_IDLE[$t]}")" "$(mib "${RSS_LOAD[$t]}")" "$(mib "${RSS_PEAK[$t]}")" "$errs"
+    fi
+  done
+  printf '\n- machine: %s × %s, Linux %s; %s; wrk %s' "$NCPU" "$CPU_MODEL" "$KERNEL" "$RUSTC" "$WRK_VERSION"
+  [ -n "$NGINX_VERSION" ] && printf '; nginx %s (worker_processes auto, upstream keepalive)' "$NGINX_VERSION"
+  printf '\n- commit: %s%s\n' "$COMMIT" "$([ "$DIRTY" = true ] && echo ' (with uncommitted changes)')"
+  printf -- '- client, server and proxy share the same %s cores: the numbers compare targets within this run;\n' "$NCPU"
+  printf '  they are not absolute capacities. CPU per request is the proxy process'"'"'s user+system time during\n'
+  printf '  the measured window divided by the requests served (resolution 1/%s s).\n' "$CLK_TCK"
+  if [ "$ROUNDS" -gt 1 ]; then
+    printf -- '- %s rounds, targets taking turns (order rotated); each row is the target'"'"'s median round by req/s.\n' "$ROUNDS"
+    printf '  req/s of every round:'
+    for t in "${TARGETS[@]}"; do printf ' %s [%s];' "$t" "${ROUND_RPS[$t]}"; done
+    printf '\n'
+  fi
+  printf -- '- load average (1, 5, 15 min) before: %s, after: %s\n' "$LOAD_BEFORE" "$LOAD_AFTER"
+  printf -- '- sidecar stdout (audit) lines during the run: %s\n' "$SIDECAR_LOG_LINES"
+  printf '\nRaw wrk output:\n'
+  for t in "${TARGETS[@]}"; do
+    printf '\n<details><summary>%s (round %s)</summary>\n\n```\n' "$t" "${PICKED[$t]}"
+    grep -v '^WRK_RESULT' "$WORK/wrk-$t.${PICKED[$t]}.txt"
+    printf '```\n</details>\n'
+  done
+} >"$MD"
+
+{
+  printf '{\n  "name": "%s",\n  "date": "%s",\n  "commit": "%s",\n  "dirty": %s,\n' "$NAME" "$DATE" "$COMMIT" "$DIRTY"
+  printf '  "machine": {"cpus": %s, "cpu_model": "%s", "kernel": "%s", "rustc": "%s", "wrk": "%s", "nginx": "%s"},\n' \
+    "$NCPU" "$CPU_MODEL" "$KERNEL" "$RUSTC" "$WRK_VERSION" "$NGINX_VERSION"
+  printf '  "settings": {"scenario": "tools/call echo, MCP 2026-07-28 stateless, rmcp --stateless-json upstream", "connections": %s, "threads": %s, "warmup_s": %s, "duration_s": %s, "rounds": %s, "sidecar_flags": "--deny-tools delete_everything"},\n' \
+    "$CONNECTIONS" "$THREADS" "$WARMUP" "$DURATION" "$ROUNDS"
+  printf '  "loadavg": {"before": "%s", "after": "%s"},\n' "$LOAD_BEFORE" "$LOAD_AFTER"
+  printf '  "targets": {\n'
+  n=0
+  for t in "${TARGETS[@]}"; do
+    n=$((n + 1))
+    r="${RESULT[$t]}"
+    printf '    "%s": {"wrk": %s, "round": %s, "rps_by_round": [%s]' "$t" "$r" "${PICKED[$t]}" "${ROUND_RPS[$t]}"
+    if [ "$t" != direct ]; then
+      printf ', "vs_direct": {"rps_ratio": %s, "p50_added_us": %s, "p99_added_us": %s}' \
+        "$(awk -v a="$(json_get "$r" rps)" -v b="$D_RPS" 'BEGIN { printf "%.4f", a / b }')" \
+        "$(($(json_get "$r" p50) - D_P50))" "$(($(json_get "$r" p99) - D_P99))"
+      printf ', "proxy_cpu_us_per_request": %s, "proxy_rss_kib": {"idle": %s, "load": %s, "peak": %s}' \
+        "${CPU_US[$t]}" "${RSS_IDLE[$t]}" "${RSS_LOAD[$t]}" "${RSS_PEAK[$t]}"
+    fi
+    printf '}%s\n' "$([ "$n" -lt "${#TARGETS[@]}" ] && echo ,)"
+  done
+  printf '  }\n}\n'
+} >"$JSON"
+
+log "wrote $MD and $JSON"
+sed -n '/^| target/,/^$/p' "$MD"

@@ -1,0 +1,203 @@
+//! A small MCP server built with the official Rust SDK (`rmcp`), used by the README demo, the
+//! end-to-end suites and the benchmarks as the "unmodified MCP server" behind the sidecar.
+//!
+//! Streamable HTTP at `/mcp`. Stateful (sessions, SSE answers) by default; `--stateless-json`
+//! serves every request without a session and answers plain JSON, the fastest upstream there is
+//! for benchmarks (MCP 2026-07-28 style requests).
+//!
+//! Tools: `echo`, `add`, `get_weather` (read-only) and `delete_everything` (destructive; the
+//! tool the demo's policy denies).
+//!
+//! The demo includes this file as a module (`#[path]`), so everything it needs is `pub`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
+use clap::Parser;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+
+/// Example MCP server (rmcp, Streamable HTTP) with the tools echo, add, get_weather and
+/// delete_everything: the unmodified server of mcp-guard's demo, tests and benchmarks.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mcp-guard-example-server", version)]
+pub struct ExampleArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "MCP_GUARD_EXAMPLE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Path of the Streamable HTTP endpoint.
+    #[arg(long, env = "MCP_GUARD_EXAMPLE_PATH", default_value = "/mcp")]
+    pub path: String,
+
+    /// Serve statelessly (no `Mcp-Session-Id`) and answer `application/json` instead of SSE.
+    #[arg(long, env = "MCP_GUARD_EXAMPLE_STATELESS_JSON")]
+    pub stateless_json: bool,
+
+    /// `Host` values accepted (DNS-rebinding protection); `*` accepts any.
+    #[arg(
+        long,
+        env = "MCP_GUARD_EXAMPLE_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1"
+    )]
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct EchoArgs {
+    /// Text to send back.
+    pub text: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct AddArgs {
+    /// Left operand.
+    pub a: f64,
+    /// Right operand.
+    pub b: f64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct WeatherArgs {
+    /// City name.
+    pub city: String,
+}
+
+/// The example MCP server's tools.
+#[derive(Debug, Clone, Default)]
+pub struct ExampleServer;
+
+#[tool_router]
+impl ExampleServer {
+    #[tool(description = "Returns its text unchanged")]
+    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        text
+    }
+
+    #[tool(description = "Adds two numbers")]
+    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
+        (a + b).to_string()
+    }
+
+    #[tool(
+        description = "Current weather for a city (a fixed, fake reading)",
+        annotations(title = "Get weather", read_only_hint = true, open_world_hint = false)
+    )]
+    fn get_weather(&self, Parameters(WeatherArgs { city }): Parameters<WeatherArgs>) -> String {
+        format!("{city}: 21 °C, partly cloudy (fake reading)")
+    }
+
+    #[tool(
+        description = "Deletes everything (pretend). The tool a policy should deny",
+        annotations(
+            title = "Delete everything",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    fn delete_everything(&self) -> String {
+        "deleted".to_owned()
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for ExampleServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "mcp-guard-example-server",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions("Example MCP server for mcp-guard demos, tests and benchmarks")
+    }
+}
+
+/// Builds the HTTP router serving the MCP endpoint at `path`. Cancel `cancel` (the returned
+/// config's token) to close every session.
+pub fn router(args: &ExampleArgs) -> (axum::Router, StreamableHttpServerConfig) {
+    let mut config = StreamableHttpServerConfig::default();
+    config = if args.allowed_hosts.iter().any(|h| h == "*") {
+        config.disable_allowed_hosts()
+    } else {
+        config.with_allowed_hosts(args.allowed_hosts.iter().cloned())
+    };
+    if args.stateless_json {
+        config = config
+            .with_legacy_session_mode(false)
+            .with_json_response(true)
+            .with_sse_keep_alive(None);
+    }
+    let service: StreamableHttpService<ExampleServer, LocalSessionManager> =
+        StreamableHttpService::new(
+            || Ok(ExampleServer),
+            Arc::new(LocalSessionManager::default()),
+            config.clone(),
+        );
+    (
+        axum::Router::new().nest_service(&args.path, service),
+        config,
+    )
+}
+
+/// Serves on an already bound listener until `shutdown` resolves. Sets TCP_NODELAY on every
+/// accepted socket: without it rmcp's SSE answers stall ~40 ms on reused connections (Nagle +
+/// delayed ACK).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    args: &ExampleArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (app, config) = router(args);
+    let cancel = config.cancellation_token.clone();
+    let listener = listener.tap_io(|tcp| {
+        // A socket that refuses TCP_NODELAY still works, only slower.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Ends open SSE streams so the graceful shutdown does not wait on them.
+            cancel.cancel();
+        })
+        .await
+        .context("example MCP server failed")
+}
+
+#[allow(dead_code)] // unused when the demo includes this file as a module
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = ExampleArgs::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mode = if args.stateless_json {
+        "stateless, JSON answers"
+    } else {
+        "stateful, SSE answers"
+    };
+    eprintln!(
+        "mcp-guard-example-server: MCP at http://{}{} ({mode})",
+        listener.local_addr().context("local address")?,
+        args.path
+    );
+    serve(listener, &args, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    // Give cancelled sessions a moment to flush their last events.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! A bounded cache of verified tokens, keyed by the SHA-256 of the whole token, each entry
+//! expiring with its token: a busy agent pays for its signature check once.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+
+/// The cache key: a digest of the whole token (the token itself is never kept).
+pub type TokenHash = [u8; 32];
+
+pub fn hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Values kept until their own expiry (unix seconds), at most `capacity` of them.
+pub struct ExpiringCache<K, V> {
+    map: RwLock<HashMap<K, (u64, V)>>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> ExpiringCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        ExpiringCache {
+            map: RwLock::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The value, when present and not expired at `now`.
+    pub fn get(&self, key: &K, now: u64) -> Option<V> {
+        let map = self.map.read();
+        match map.get(key) {
+            Some((exp, v)) if *exp > now => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Inserts; when full, expired entries go first, then arbitrary ones (a cache miss only
+    /// costs a signature check).
+    pub fn insert(&self, key: K, value: V, expires: u64, now: u64) {
+        if self.capacity == 0 || expires <= now {
+            return;
+        }
+        let mut map = self.map.write();
+        if map.len() >= self.capacity && !map.contains_key(&key) {
+            map.retain(|_, (exp, _)| *exp > now);
+            if map.len() >= self.capacity {
+                let drop_n = (self.capacity / 8).max(1);
+                let victims: Vec<K> = map.keys().take(drop_n).cloned().collect();
+                for k in victims {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(key, (expires, value));
+    }
+
+    pub fn clear(&self) {
+        self.map.write().clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_expiring() {
+        let c = ExpiringCache::new(4);
+        for i in 0..10u8 {
+            c.insert([i; 32], i, 100, 50);
+        }
+        assert!(c.len() <= 4);
+        c.insert([99; 32], 1, 60, 50);
+        assert_eq!(c.get(&[99; 32], 59), Some(1));
+        assert_eq!(c.get(&[99; 32], 60), None);
+        c.insert([98; 32], 1, 40, 50);
+        assert_eq!(c.get(&[98; 32], 10), None);
+        assert_ne!(hash("a"), hash("b"));
+    }
+}

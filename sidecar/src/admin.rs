@@ -24,6 +24,29 @@ pub struct AdminState {
     pub shutdown: watch::Sender<bool>,
 }
 
+/// Adds `/policy`: the bundle in force (hash, load time) and the last error, as JSON.
+pub fn with_policy_status(
+    router: Router,
+    store: Option<Arc<crate::policy::PolicyStore>>,
+) -> Router {
+    router.route(
+        "/policy",
+        get(move || {
+            let status = store.as_ref().map(|s| s.status());
+            async move {
+                match status {
+                    Some(st) => axum::Json(serde_json::json!(st)),
+                    None => axum::Json(serde_json::json!({
+                        "dir": null,
+                        "hash": null,
+                        "message": "no policy directory configured; only the static tool lists apply",
+                    })),
+                }
+            }
+        }),
+    )
+}
+
 /// The admin router; each connection adds its peer address as an extension.
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -32,6 +55,19 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/shutdown", post(shutdown))
         .with_state(state)
+}
+
+/// Adds `GET /.well-known/jwks.json`: the public key of the tokens the sidecar mints for its
+/// server (identity passthrough `jwt`), when it mints any.
+pub fn with_minted_jwks(router: Router, jwks: Option<bytes::Bytes>) -> Router {
+    let Some(jwks) = jwks else { return router };
+    router.route(
+        "/.well-known/jwks.json",
+        get(move || {
+            let jwks = jwks.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], jwks) }
+        }),
+    )
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

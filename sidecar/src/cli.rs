@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::ProxyConfig;
 
@@ -14,8 +16,16 @@ pub enum LogFormat {
 
 /// mcp-guard sidecar: governs the MCP server in its pod.
 #[derive(Debug, Parser)]
-#[command(name = "mcp-guard-sidecar", version, about)]
+#[command(
+    name = "mcp-guard-sidecar",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub proxy: ProxyConfig,
 
@@ -26,6 +36,77 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "MCP_GUARD_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+}
+
+/// Without a command, the sidecar runs the proxy.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with policy bundles offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Decides on one input document and prints the decision as JSON.
+    Eval {
+        /// The bundle directory (`*.rego`, optional `data.json`).
+        #[arg(long, short, default_value = ".")]
+        policy: PathBuf,
+        /// The input document (JSON, schema mcp-guard.dev/policy-input/v1).
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Evaluate this rule instead of the decision (e.g. `data.mcp.authz.visible`).
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Runs a bundle's tests: every `test_*` rule, and every fixture pair `NAME.input.json` /
+    /// `NAME.expected.json` in DIR/tests (or --fixtures). Exits 1 when any fails.
+    Test {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// Directory of input / expected-decision fixture pairs.
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+    },
+}
+
+fn run_policy(cmd: PolicyCommand) -> ExitCode {
+    use crate::policy::offline;
+    match cmd {
+        PolicyCommand::Eval {
+            policy,
+            input,
+            rule,
+        } => match offline::eval(&policy, &input, rule.as_deref()) {
+            Ok(v) => {
+                println!("{v:#}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mcp-guard-sidecar policy eval: {e}");
+                ExitCode::from(2)
+            }
+        },
+        PolicyCommand::Test { dir, fixtures } => match offline::test(&dir, fixtures.as_deref()) {
+            Ok(r) => {
+                print!("{}", r.lines);
+                println!("{} passed, {} failed", r.passed, r.failed);
+                if r.failed == 0 && r.passed > 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    if r.passed + r.failed == 0 {
+                        eprintln!("no test_* rule and no fixture found in {}", dir.display());
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("mcp-guard-sidecar policy test: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
 }
 
 fn init_logging(cli: &Cli) -> Result<(), String> {
@@ -67,6 +148,9 @@ async fn terminated() {
 /// The entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Policy(cmd)) = cli.command {
+        return run_policy(cmd);
+    }
     if let Err(e) = init_logging(&cli) {
         eprintln!("mcp-guard-sidecar: {e}");
         return ExitCode::from(2);

@@ -66,6 +66,13 @@ pub struct ProxyConfig {
     /// On SIGTERM, how long open requests and streams may take to finish.
     #[arg(long, env = "MCP_GUARD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Identity: token verification and how the identity reaches the server.
+    #[command(flatten)]
+    pub auth: crate::auth::AuthConfig,
+
+    #[command(flatten)]
+    pub policy: crate::policy::config::PolicyConfig,
 }
 
 /// Parses `250ms`, `10s`, `5m` or a bare number of seconds.

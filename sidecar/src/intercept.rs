@@ -33,6 +33,16 @@ pub struct Context<'a> {
     pub session_id: Option<&'a str>,
     /// The verified caller; `None` when the request is anonymous.
     pub identity: Option<&'a Identity>,
+    /// The MCP client, as it introduced itself; `None` when unknown.
+    pub client: Option<&'a ClientInfo>,
+}
+
+/// The MCP client as it introduced itself (`initialize`, or `params._meta` in 2026-07-28).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ClientInfo {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub protocol_version: Option<String>,
 }
 
 /// The decision on one client message.
@@ -101,6 +111,32 @@ pub trait Interceptor: Send + Sync + 'static {
     /// Removes from a list `result` the items this caller may not see. Returns whether anything
     /// was removed.
     fn filter_list(&self, ctx: &Context<'_>, method: &str, result: &mut Value) -> bool;
+}
+
+/// Several interceptors in a row: a message passes only if every one allows it, and every one
+/// filters list answers.
+pub struct Chain(pub Vec<std::sync::Arc<dyn Interceptor>>);
+
+impl Interceptor for Chain {
+    fn check(&self, ctx: &Context<'_>, msg: &Message) -> Verdict {
+        for i in &self.0 {
+            let v = i.check(ctx, msg);
+            if v != Verdict::Allow {
+                return v;
+            }
+        }
+        Verdict::Allow
+    }
+
+    fn rewrites(&self, method: &str) -> bool {
+        self.0.iter().any(|i| i.rewrites(method))
+    }
+
+    fn filter_list(&self, ctx: &Context<'_>, method: &str, result: &mut Value) -> bool {
+        self.0.iter().fold(false, |changed, i| {
+            i.filter_list(ctx, method, result) | changed
+        })
+    }
 }
 
 /// The static allow/deny list of tool names from configuration.
@@ -185,6 +221,7 @@ mod tests {
         transport: Transport::StreamableHttp,
         session_id: None,
         identity: None,
+        client: None,
     };
 
     fn call(tool: &str) -> Message {

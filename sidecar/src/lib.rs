@@ -6,12 +6,14 @@
 //! [`proxy::rewrite`] (list answers filtered, [`sse`] events passed one by one).
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod intercept;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sse;
@@ -27,8 +29,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 pub use config::ProxyConfig;
-use intercept::{Interceptor, StaticToolFilter};
+use intercept::{Chain, Interceptor, StaticToolFilter};
 use metrics::Metrics;
+use policy::{PolicyInterceptor, PolicyStore};
 use proxy::Proxy;
 
 /// Errors that stop the sidecar.
@@ -41,6 +44,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
@@ -49,18 +54,56 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+/// The interception point from configuration: the static tool lists, then Rego policy when a
+/// policy directory is configured (loaded now and watched from here on).
+fn build_interceptor(
+    config: &ProxyConfig,
+    metrics: &Arc<Metrics>,
+) -> (Arc<dyn Interceptor>, Option<Arc<PolicyStore>>) {
+    let static_list: Arc<dyn Interceptor> = Arc::new(StaticToolFilter::new(
+        &config.allow_tools,
+        &config.deny_tools,
+    ));
+    let Some(dir) = &config.policy.policy_dir else {
+        tracing::warn!(
+            "no policy directory configured (--policy-dir / MCP_GUARD_POLICY_DIR): only the static tool lists apply"
+        );
+        return (static_list, None);
+    };
+    let store = PolicyStore::new(dir, Arc::clone(metrics));
+    // A missing or broken bundle is logged by the store; requests are denied until one loads.
+    let _ = store.reload();
+    store.spawn_watcher(config.policy.policy_poll_interval);
+    tracing::info!(
+        dir = %dir.display(),
+        enforcement = config.policy.enforcement.as_str(),
+        "policy enabled"
+    );
+    let policy: Arc<dyn Interceptor> = Arc::new(PolicyInterceptor::new(
+        &config.policy,
+        Arc::clone(&store),
+        Arc::clone(metrics),
+    ));
+    (Arc::new(Chain(vec![static_list, policy])), Some(store))
+}
+
 /// Runs the proxy and the admin server until `shutdown` resolves or `/shutdown` is called, then
 /// drains open requests for at most the configured drain time.
 pub async fn run_proxy(
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let interceptor: Arc<dyn Interceptor> = Arc::new(StaticToolFilter::new(
-        &config.allow_tools,
-        &config.deny_tools,
-    ));
     let metrics = Arc::new(Metrics::new());
+    let (interceptor, policy_store) = build_interceptor(&config, &metrics);
     let proxy = Proxy::new(&config, interceptor, Arc::clone(&metrics))?;
+    let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
+    authenticator.log_startup();
+    proxy.set_auth(Arc::clone(&authenticator));
+    {
+        // Keys load off the request path; until they do, tokens are refused (fail closed).
+        let authenticator = Arc::clone(&authenticator);
+        tokio::spawn(async move { authenticator.start().await });
+    }
     let proxy_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
 
@@ -86,6 +129,8 @@ pub async fn run_proxy(
         draining,
         shutdown: stop_tx,
     });
+    let admin = admin::with_minted_jwks(admin, authenticator.minted_jwks());
+    let admin = admin::with_policy_status(admin, policy_store);
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

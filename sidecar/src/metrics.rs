@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -82,11 +83,30 @@ pub fn method_label(method: Option<&str>) -> &'static str {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HashLabels {
+    hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
 /// The sidecar's metrics.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
+    policy_reloads: Family<ResultLabels, Counter>,
+    policy_info: Family<HashLabels, Gauge>,
+    shadow_denied: Family<MethodLabels, Counter>,
+    tool_changes: Counter,
 }
 
 impl Default for Metrics {
@@ -112,11 +132,75 @@ impl Metrics {
             "Time from a request's arrival to its response headers, by method and outcome",
             durations.clone(),
         );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy bundles tried, by result (success: put in force; failure: refused, the previous one kept)",
+            policy_reloads.clone(),
+        );
+        let policy_info = Family::<HashLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "1 for the hash of the policy bundle in force (no series while none is)",
+            policy_info.clone(),
+        );
+        let shadow_denied = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "shadow_denied",
+            "Requests the policy would deny, forwarded because enforcement is shadow",
+            shadow_denied.clone(),
+        );
+        let tool_changes = Counter::default();
+        registry.register(
+            "tool_definition_changes",
+            "Tool definitions that changed from the one pinned when the tool was first listed",
+            tool_changes.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
+            policy_reloads,
+            policy_info,
+            shadow_denied,
+            tool_changes,
         }
+    }
+
+    /// A new bundle went into force.
+    pub fn policy_loaded(&self, hash: &str, previous: Option<&str>) {
+        self.policy_reloads
+            .get_or_create(&ResultLabels { result: "success" })
+            .inc();
+        if let Some(p) = previous {
+            self.policy_info.remove(&HashLabels { hash: p.to_owned() });
+        }
+        self.policy_info
+            .get_or_create(&HashLabels {
+                hash: hash.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// A bundle was refused.
+    pub fn policy_failed(&self) {
+        self.policy_reloads
+            .get_or_create(&ResultLabels { result: "failure" })
+            .inc();
+    }
+
+    /// A request the policy would deny went through in shadow mode.
+    pub fn shadow_denied(&self, method: Option<&str>) {
+        self.shadow_denied
+            .get_or_create(&MethodLabels {
+                method: method_label(method),
+            })
+            .inc();
+    }
+
+    /// A tool's definition changed from its pinned one.
+    pub fn tool_changed(&self) {
+        self.tool_changes.inc();
     }
 
     /// Counts one handled message.

@@ -1,6 +1,7 @@
 //! The MCP-aware proxy: every client message is parsed, put to the interception point, and
 //! forwarded to the MCP server only when allowed; answers stream back, list answers filtered.
 
+mod clients;
 mod legacy;
 pub mod rewrite;
 
@@ -40,7 +41,10 @@ struct Inner {
     upstream: Upstream,
     interceptor: Arc<dyn Interceptor>,
     sessions: Arc<legacy::Sessions>,
+    clients: clients::ClientTable,
     metrics: Arc<Metrics>,
+    /// Authentication; set once at startup ([`Proxy::set_auth`]), disabled until then.
+    auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
 }
 
 /// A JSON-RPC error as an HTTP response.
@@ -98,10 +102,11 @@ fn check_mirrored_headers(headers: &HeaderMap, payload: &Payload) -> Result<(), 
         }
     }
     if let Some(h) = name_h {
-        let v = h
+        let raw = h
             .to_str()
             .map_err(|_| "the Mcp-Name header is not visible ASCII".to_owned())?;
-        if Some(v) != msg.target() {
+        let v = decode_header_value(raw)?;
+        if Some(v.as_ref()) != msg.target() {
             return Err(format!(
                 "the Mcp-Name header {v:?} does not match the body's name {:?}",
                 msg.target().unwrap_or("(none)")
@@ -109,6 +114,24 @@ fn check_mirrored_headers(headers: &HeaderMap, payload: &Payload) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// A mirrored header value as MCP 2026-07-28 writes it: plain, or `=?base64?<base64>?=` for a
+/// value that is not plain printable ASCII (a tool named `grüßen`, a URI with `é`).
+fn decode_header_value(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    use base64::Engine as _;
+    let Some(inner) = raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    else {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(inner)
+        .map_err(|e| format!("the Mcp-Name header {raw:?} is not valid base64: {e}"))?;
+    String::from_utf8(bytes)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| format!("the Mcp-Name header {raw:?} does not decode to UTF-8"))
 }
 
 /// The outcome of putting every message of a body to the interceptor.
@@ -147,13 +170,20 @@ impl Proxy {
                 upstream,
                 interceptor,
                 sessions: Arc::default(),
+                clients: clients::ClientTable::default(),
                 metrics,
+                auth: std::sync::OnceLock::new(),
             }),
         })
     }
 
     pub fn upstream(&self) -> &Upstream {
         &self.inner.upstream
+    }
+
+    /// Installs the authenticator (once, before serving); `false` when one was already set.
+    pub fn set_auth(&self, auth: Arc<crate::auth::Authenticator>) -> bool {
+        self.inner.auth.set(auth).is_ok()
     }
 
     /// Handles one HTTP request from a client.
@@ -163,6 +193,19 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let inner = &self.inner;
+        // Authenticate before anything is parsed or forwarded; serve RFC 9728 metadata.
+        let mut req = req;
+        let mcp_path = {
+            let p = req.uri().path();
+            p == inner.path || p == inner.sse_path || inner.sessions.is_message_path(p)
+        };
+        let auth = match inner.auth.get() {
+            Some(a) => &**a,
+            None => crate::auth::Authenticator::shared_disabled(),
+        };
+        if let Some(resp) = auth.admit(&mut req, mcp_path).await {
+            return resp;
+        }
         let path = req.uri().path();
         let method = req.method().clone();
         if path == inner.path {
@@ -259,7 +302,7 @@ impl Proxy {
                 (Verdict::Deny { .. }, kind) => {
                     tracing::info!(
                         method = m.method().unwrap_or_default(),
-                        target = m.target().unwrap_or_default(),
+                        name = m.target().unwrap_or_default(),
                         "denied"
                     );
                     if kind == Kind::Request
@@ -361,14 +404,19 @@ impl Proxy {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let identity = caller(&parts.extensions);
+        let client = self
+            .inner
+            .clients
+            .lookup(&payload, &parts.headers, session_id.as_deref());
         let ctx = Context {
             transport,
             session_id: match transport {
                 Transport::StreamableHttp => session_id.as_deref(),
                 Transport::Sse => Some(endpoint.as_str()),
             },
-            // Authentication is not wired in yet: every caller is anonymous.
-            identity: None,
+            identity: identity.as_deref(),
+            client: client.as_deref(),
         };
         let checked = self.check(&payload, &ctx);
 
@@ -428,6 +476,15 @@ impl Proxy {
             }
         };
         self.record(&payload, Outcome::Ok, Some(&checked.keep), start);
+        if let (Some(c), Payload::Single(m)) = (&client, &payload)
+            && m.method() == Some("initialize")
+            && let Some(sid) = resp
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        {
+            self.inner.clients.remember(sid, Arc::clone(c));
+        }
 
         let denied = if legacy_session.is_some() {
             Vec::new()
@@ -440,7 +497,8 @@ impl Proxy {
             session_id,
             Box::new(checked.pending),
             false,
-        );
+        )
+        .with_identity(identity);
         self.answer(resp, rewriter, denied).await
     }
 
@@ -507,11 +565,17 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, _) = req.into_parts();
+        let identity = caller(&parts.extensions);
         let session = parts
             .headers
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if parts.method == Method::DELETE
+            && let Some(sid) = &session
+        {
+            self.inner.clients.forget(sid);
+        }
         let resp = self
             .inner
             .upstream
@@ -530,7 +594,8 @@ impl Proxy {
                     session,
                     Box::new(Vec::new()),
                     true,
-                );
+                )
+                .with_identity(identity);
                 self.answer(resp, rewriter, Vec::new()).await
             }
             Err(e) => upstream_error(&e, None),
@@ -544,6 +609,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let (parts, _) = req.into_parts();
+        let identity = caller(&parts.extensions);
         let resp = self
             .inner
             .upstream
@@ -575,12 +641,18 @@ impl Proxy {
             stream.pending,
             true,
         )
+        .with_identity(identity)
         .with_endpoint_hook(stream.hook);
         let body = SseRewriteBody::new(body, rewriter)
             .with_injected(stream.injected)
             .with_guard(stream.guard);
         Response::from_parts(parts, Body::new(body))
     }
+}
+
+/// The verified caller [`crate::auth::Authenticator::admit`] left in the request's extensions.
+fn caller(ext: &http::Extensions) -> Option<Arc<crate::identity::Identity>> {
+    ext.get::<crate::auth::Caller>().and_then(|c| c.0.clone())
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {

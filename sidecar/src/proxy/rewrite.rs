@@ -108,6 +108,7 @@ impl Rewriter {
             transport: self.transport,
             session_id: self.session_id.as_deref(),
             identity: self.identity.as_deref(),
+            client: None,
         };
         match obj.get_mut("result") {
             Some(result) => self.interceptor.filter_list(&ctx, method, result),

@@ -1,0 +1,126 @@
+//! Policy decision and list-filtering costs (criterion). `bench/policy.sh` runs it and records
+//! the figures in `bench/results/`.
+//!
+//! Side by side in one run: a decision with the per-thread reused engine (what the sidecar does)
+//! and with a fresh engine clone per decision (the alternative), so the ratio holds on a noisy
+//! machine.
+
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport};
+use mcp_guard_sidecar::metrics::Metrics;
+use mcp_guard_sidecar::policy::bundle::Bundle;
+use mcp_guard_sidecar::policy::engine::CompiledBundle;
+use mcp_guard_sidecar::policy::input;
+use mcp_guard_sidecar::policy::{PolicyConfig, PolicyInterceptor, PolicyStore};
+use serde_json::{Value, json};
+
+const REGO: &str = include_str!("fixtures/realistic.rego");
+const DATA: &str = include_str!("fixtures/realistic.json");
+
+fn call_input(tool: &str) -> Value {
+    json!({
+        "version": input::INPUT_VERSION,
+        "subject": {"authenticated": true, "sub": "u1", "iss": "https://idp", "email": "u1@example.com",
+                    "roles": ["developer"], "groups": ["eng"], "scopes": ["mcp:read"], "client_id": "agent",
+                    "claims": {"tier": "silver"}},
+        "client": {"name": "agent", "version": "1.0", "protocol_version": "2026-07-28"},
+        "server": {"name": "warehouse", "namespace": "analytics", "pod": "warehouse-0"},
+        "request": {"method": "tools/call", "name": tool, "tool": tool, "arguments": {"limit": 10, "table": "orders"},
+                    "session_id": null, "transport": "streamable-http"},
+        "tool": {"name": tool, "annotations": {"readOnlyHint": false}, "hash": "sha256:a", "pinned_hash": "sha256:a", "changed": false},
+    })
+}
+
+fn bundle() -> Bundle {
+    Bundle::from_parts(
+        vec![("realistic.rego".into(), REGO.into())],
+        Some(DATA.into()),
+    )
+}
+
+fn decisions(c: &mut Criterion) {
+    let compiled = CompiledBundle::compile(&bundle(), &input::probe()).unwrap();
+    let allowed = call_input("tool_15");
+    let denied = call_input("tool_45");
+    assert!(compiled.decide(&allowed).unwrap().allowed());
+    assert!(!compiled.decide(&denied).unwrap().allowed());
+    let mut g = c.benchmark_group("decision");
+    g.bench_function("reused_engine/allow", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(&allowed)).unwrap()))
+    });
+    g.bench_function("reused_engine/deny", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(&denied)).unwrap()))
+    });
+    g.bench_function("x_input_conversion", |b| {
+        b.iter(|| black_box(regorus::Value::from(black_box(&allowed).clone())))
+    });
+    let trivial = CompiledBundle::compile(
+        &Bundle::from_parts(
+            vec![("t.rego".into(), "package mcp.authz\nallow := true\n".into())],
+            None,
+        ),
+        &input::probe(),
+    )
+    .unwrap();
+    g.bench_function("x_trivial_policy", |b| {
+        b.iter(|| black_box(trivial.decide(black_box(&allowed)).unwrap()))
+    });
+    g.bench_function("clone_per_decision/allow", |b| {
+        b.iter(|| black_box(compiled.decide_on_fresh_clone(black_box(&allowed)).unwrap()))
+    });
+    g.finish();
+}
+
+fn filtering(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("mcp-guard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("realistic.rego"), REGO).unwrap();
+    std::fs::write(dir.join("data.json"), DATA).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store = PolicyStore::new(&dir, Arc::clone(&metrics));
+    store.reload().unwrap();
+    let config = <PolicyConfig as clap::FromArgMatches>::from_arg_matches(
+        &<PolicyConfig as clap::Args>::augment_args(clap::Command::new("b"))
+            .get_matches_from(["b"]),
+    )
+    .unwrap();
+    let interceptor = PolicyInterceptor::new(&config, store, metrics);
+    let tools: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({"name": format!("tool_{:02}", i % 50 + (i / 50) * 100), "description": "A tool that does a thing with a thing",
+                   "inputSchema": {"type": "object", "properties": {"q": {"type": "string"}}},
+                   "annotations": {"readOnlyHint": i % 3 == 0}})
+        })
+        .collect();
+    let list = json!({"tools": tools});
+    let identity = mcp_guard_sidecar::identity::Identity {
+        sub: "u1".into(),
+        roles: vec!["developer".into()],
+        ..Default::default()
+    };
+    let ctx = Context {
+        transport: Transport::StreamableHttp,
+        session_id: None,
+        identity: Some(&identity),
+        client: None,
+    };
+    c.bench_function("filter/tools_list_1000", |b| {
+        b.iter_batched(
+            || list.clone(),
+            |mut result| {
+                interceptor.filter_list(&ctx, "tools/list", &mut result);
+                black_box(result)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, decisions, filtering);
+criterion_main!(benches);

@@ -1,0 +1,65 @@
+//! Policy flags of the sidecar.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::config::parse_duration;
+
+/// Whether a policy's denials are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Denied requests are refused; hidden items are removed from lists.
+    Enforce,
+    /// Decide and record what would be denied, but forward everything.
+    Shadow,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Enforce => "enforce",
+            Enforcement::Shadow => "shadow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PolicyConfig {
+    /// Directory of the policy bundle (`*.rego`, optional `data.json`), as a ConfigMap volume lays
+    /// it out. When set, Rego policy governs; while it holds no valid bundle every governed request
+    /// is denied (fail closed). When unset, only the static tool lists apply.
+    #[arg(long, env = "MCP_GUARD_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+
+    /// `enforce`, or `shadow` to decide and record without refusing anything.
+    #[arg(
+        long,
+        env = "MCP_GUARD_ENFORCEMENT",
+        value_enum,
+        default_value = "enforce"
+    )]
+    pub enforcement: Enforcement,
+
+    /// Leave deny reasons out of the errors clients get (they are still logged).
+    #[arg(long, env = "MCP_GUARD_HIDE_DENY_REASONS", default_value_t = false)]
+    pub hide_deny_reasons: bool,
+
+    /// How often the bundle directory is re-read in case a file-system event was missed.
+    #[arg(long, env = "MCP_GUARD_POLICY_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub policy_poll_interval: Duration,
+
+    /// Name of the governed MCP server (policy input `server.name`).
+    #[arg(long, env = "MCP_GUARD_SERVER_NAME", default_value = "")]
+    pub server_name: String,
+
+    /// Namespace of the pod (policy input `server.namespace`).
+    #[arg(long, env = "MCP_GUARD_POD_NAMESPACE", default_value = "")]
+    pub pod_namespace: String,
+
+    /// Name of the pod (policy input `server.pod`).
+    #[arg(long, env = "MCP_GUARD_POD_NAME", default_value = "")]
+    pub pod_name: String,
+}

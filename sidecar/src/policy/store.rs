@@ -1,0 +1,241 @@
+//! The policy in force: compiled off the request path, swapped in atomically, and kept when a new
+//! bundle fails. The bundle directory is watched (kubelet's `..data` symlink swap and plain file
+//! edits) with a polling fallback.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use notify::Watcher;
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::PolicyError;
+use super::bundle::Bundle;
+use super::engine::CompiledBundle;
+use super::input;
+use crate::metrics::Metrics;
+
+/// What `/policy` on the admin port shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub dir: Option<PathBuf>,
+    /// Hash of the bundle in force; `null` while none is (every governed request is denied).
+    pub hash: Option<String>,
+    pub loaded_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// Hash of the bundle that failed, so an operator sees which edit was refused.
+    pub rejected_hash: Option<String>,
+}
+
+pub struct PolicyStore {
+    dir: PathBuf,
+    current: ArcSwapOption<CompiledBundle>,
+    status: RwLock<Status>,
+    metrics: Arc<Metrics>,
+}
+
+fn now_rfc3339() -> String {
+    humantime_rfc3339(SystemTime::now())
+}
+
+/// RFC 3339 UTC time with seconds precision, without a date crate.
+fn humantime_rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+impl PolicyStore {
+    pub fn new(dir: &Path, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(PolicyStore {
+            dir: dir.to_path_buf(),
+            current: ArcSwapOption::empty(),
+            status: RwLock::new(Status {
+                dir: Some(dir.to_path_buf()),
+                ..Status::default()
+            }),
+            metrics,
+        })
+    }
+
+    /// The bundle in force, if any.
+    pub fn current(&self) -> Option<Arc<CompiledBundle>> {
+        self.current.load_full()
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.read().clone()
+    }
+
+    /// Reads and, if it changed, compiles the bundle and puts it in force. Blocking: call it off
+    /// the request path. Returns whether a new bundle went into force.
+    pub fn reload(&self) -> Result<bool, PolicyError> {
+        let bundle = match Bundle::read_dir(&self.dir) {
+            Ok(b) => b,
+            Err(e) => return self.failed(e, None),
+        };
+        let in_force = self.current.load();
+        if in_force.as_ref().is_some_and(|c| c.hash == bundle.hash) {
+            return Ok(false);
+        }
+        if self.status.read().rejected_hash.as_deref() == Some(&*bundle.hash) {
+            // The same broken bundle as last time: already reported.
+            return Ok(false);
+        }
+        match CompiledBundle::compile(&bundle, &input::probe()) {
+            Ok(compiled) => {
+                let hash = compiled.hash.to_string();
+                let previous = self.current.swap(Some(Arc::new(compiled)));
+                {
+                    let mut st = self.status.write();
+                    st.hash = Some(hash.clone());
+                    st.loaded_at = Some(now_rfc3339());
+                    st.rejected_hash = None;
+                    st.last_error = None;
+                    st.last_error_at = None;
+                }
+                self.metrics
+                    .policy_loaded(&hash, previous.as_ref().map(|p| &*p.hash));
+                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), "policy loaded");
+                Ok(true)
+            }
+            Err(e) => self.failed(e, Some(bundle.hash.to_string())),
+        }
+    }
+
+    fn failed(&self, e: PolicyError, hash: Option<String>) -> Result<bool, PolicyError> {
+        let keeping = self.current.load().as_ref().map(|c| c.hash.to_string());
+        let message = e.to_string();
+        {
+            let mut st = self.status.write();
+            if st.last_error.as_deref() == Some(message.as_str()) && st.rejected_hash == hash {
+                // The same failure as at the last poll: reported already.
+                return Err(e);
+            }
+            st.last_error = Some(message);
+            st.last_error_at = Some(now_rfc3339());
+            st.rejected_hash = hash;
+        }
+        self.metrics.policy_failed();
+        match &keeping {
+            Some(h) => {
+                tracing::error!(error = %e, dir = %self.dir.display(), keeping = %h, "new policy refused; the previous one stays in force")
+            }
+            None => {
+                tracing::error!(error = %e, dir = %self.dir.display(), "no valid policy: every governed request is denied until one loads")
+            }
+        }
+        Err(e)
+    }
+
+    /// Keeps the bundle current until the process ends: file-system events (debounced) and a
+    /// poll every `poll`. The directory may not exist yet (an optional ConfigMap volume that has
+    /// no ConfigMap): polling covers that, and the watch is set up once the directory appears.
+    pub fn spawn_watcher(self: &Arc<Self>, poll: Duration) {
+        let store = Arc::clone(self);
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            let mut watcher = store.watch(&tx, true);
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if watcher.is_none() {
+                            watcher = store.watch(&tx, false);
+                        }
+                    }
+                    Some(()) = rx.recv() => {
+                        // Let a burst of events (kubelet writes, then swaps a link) settle.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+                let s = Arc::clone(&store);
+                if let Err(e) = tokio::task::spawn_blocking(move || s.reload()).await {
+                    tracing::error!(error = %e, "policy reload task failed");
+                }
+            }
+        });
+    }
+
+    fn watch(&self, tx: &mpsc::Sender<()>, first: bool) -> Option<notify::RecommendedWatcher> {
+        let tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
+            }
+        })
+        .and_then(|mut w| {
+            w.watch(&self.dir, notify::RecursiveMode::NonRecursive)
+                .map(|()| w)
+        });
+        match watcher {
+            Ok(w) => {
+                if !first {
+                    tracing::info!(dir = %self.dir.display(), "watching the policy directory");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                if first {
+                    tracing::warn!(error = %e, dir = %self.dir.display(), "cannot watch the policy directory yet; polling until it can");
+                }
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn a_broken_bundle_keeps_the_last_good_one() {
+        let dir = std::env::temp_dir().join(format!("mcp-guard-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = PolicyStore::new(&dir, Arc::new(Metrics::new()));
+        assert!(store.reload().is_err(), "empty directory: no policy");
+        assert!(store.current().is_none());
+        std::fs::write(
+            dir.join("p.rego"),
+            "package mcp.authz\nimport rego.v1\nallow := true\n",
+        )
+        .unwrap();
+        assert!(store.reload().unwrap());
+        let good = store.current().unwrap().hash.clone();
+        std::fs::write(dir.join("p.rego"), "package mcp.authz\nallow if {\n").unwrap();
+        let err = store.reload().unwrap_err().to_string();
+        assert!(err.contains("p.rego"), "{err}");
+        assert_eq!(store.current().unwrap().hash, good);
+        let st = store.status();
+        assert_eq!(st.hash.as_deref(), Some(&*good));
+        assert!(st.last_error.is_some() && st.rejected_hash.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

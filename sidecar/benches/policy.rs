@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport};
+use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport, Verdict};
 use mcp_guard_sidecar::metrics::Metrics;
 use mcp_guard_sidecar::policy::bundle::Bundle;
 use mcp_guard_sidecar::policy::engine::CompiledBundle;
@@ -49,29 +49,22 @@ fn decisions(c: &mut Criterion) {
     let denied = call_input("tool_45");
     assert!(compiled.decide(&allowed).unwrap().allowed());
     assert!(!compiled.decide(&denied).unwrap().allowed());
+    assert!(compiled.uses_bytecode());
     let mut g = c.benchmark_group("decision");
-    g.bench_function("reused_engine/allow", |b| {
+    g.bench_function("bytecode_reused_vm/allow", |b| {
         b.iter(|| black_box(compiled.decide(black_box(&allowed)).unwrap()))
     });
-    g.bench_function("reused_engine/deny", |b| {
+    g.bench_function("bytecode_reused_vm/deny", |b| {
         b.iter(|| black_box(compiled.decide(black_box(&denied)).unwrap()))
     });
-    g.bench_function("x_input_conversion", |b| {
-        b.iter(|| black_box(regorus::Value::from(black_box(&allowed).clone())))
+    g.bench_function("interpreter_reused_engine/allow", |b| {
+        b.iter(|| black_box(compiled.decide_interpreted(black_box(&allowed)).unwrap()))
     });
-    let trivial = CompiledBundle::compile(
-        &Bundle::from_parts(
-            vec![("t.rego".into(), "package mcp.authz\nallow := true\n".into())],
-            None,
-        ),
-        &input::probe(),
-    )
-    .unwrap();
-    g.bench_function("x_trivial_policy", |b| {
-        b.iter(|| black_box(trivial.decide(black_box(&allowed)).unwrap()))
-    });
-    g.bench_function("clone_per_decision/allow", |b| {
+    g.bench_function("interpreter_clone_per_decision/allow", |b| {
         b.iter(|| black_box(compiled.decide_on_fresh_clone(black_box(&allowed)).unwrap()))
+    });
+    g.bench_function("input_conversion_only", |b| {
+        b.iter(|| black_box(regorus::Value::from(black_box(&allowed).clone())))
     });
     g.finish();
 }
@@ -89,7 +82,8 @@ fn filtering(c: &mut Criterion) {
             .get_matches_from(["b"]),
     )
     .unwrap();
-    let interceptor = PolicyInterceptor::new(&config, store, metrics);
+    let new_interceptor =
+        || PolicyInterceptor::new(&config, Arc::clone(&store), Arc::clone(&metrics));
     let tools: Vec<Value> = (0..1000)
         .map(|i| {
             json!({"name": format!("tool_{:02}", i % 50 + (i / 50) * 100), "description": "A tool that does a thing with a thing",
@@ -100,7 +94,13 @@ fn filtering(c: &mut Criterion) {
     let list = json!({"tools": tools});
     let identity = mcp_guard_sidecar::identity::Identity {
         sub: "u1".into(),
+        iss: "https://idp".into(),
+        email: Some("u1@example.com".into()),
         roles: vec!["developer".into()],
+        groups: vec!["eng".into()],
+        scopes: vec!["mcp:read".into()],
+        client_id: Some("agent".into()),
+        claims: serde_json::from_value(json!({"tier": "silver", "sub": "u1"})).unwrap(),
         ..Default::default()
     };
     let ctx = Context {
@@ -109,11 +109,44 @@ fn filtering(c: &mut Criterion) {
         identity: Some(&identity),
         client: None,
     };
-    c.bench_function("filter/tools_list_1000", |b| {
+
+    // The request path of one tools/call: input frame (caller converted once per token) + VM.
+    let warm = new_interceptor();
+    warm.filter_list(&ctx, "tools/list", &mut list.clone());
+    let call = |tool: &str| {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+                          "params":{"name": tool, "arguments":{"limit":10,"table":"orders"}}});
+        match mcp_guard_sidecar::jsonrpc::Payload::parse(body.to_string().as_bytes()).unwrap() {
+            mcp_guard_sidecar::jsonrpc::Payload::Single(m) => m,
+            mcp_guard_sidecar::jsonrpc::Payload::Batch(_) => unreachable!(),
+        }
+    };
+    let allowed = call("tool_15");
+    let denied = call("tool_45");
+    assert_eq!(warm.check(&ctx, &allowed), Verdict::Allow);
+    assert_ne!(warm.check(&ctx, &denied), Verdict::Allow);
+    c.bench_function("decision/request_path_check/allow", |b| {
+        b.iter(|| black_box(warm.check(black_box(&ctx), black_box(&allowed))))
+    });
+    c.bench_function("decision/request_path_check/deny", |b| {
+        b.iter(|| black_box(warm.check(black_box(&ctx), black_box(&denied))))
+    });
+
+    c.bench_function("filter/tools_list_1000/cold", |b| {
+        b.iter_batched(
+            || (new_interceptor(), list.clone()),
+            |(interceptor, mut result)| {
+                interceptor.filter_list(&ctx, "tools/list", &mut result);
+                black_box(result)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    c.bench_function("filter/tools_list_1000/warm", |b| {
         b.iter_batched(
             || list.clone(),
             |mut result| {
-                interceptor.filter_list(&ctx, "tools/list", &mut result);
+                warm.filter_list(&ctx, "tools/list", &mut result);
                 black_box(result)
             },
             criterion::BatchSize::LargeInput,

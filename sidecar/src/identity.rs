@@ -2,6 +2,8 @@
 //! audit see it. Filled in by authentication; `None` in a [`crate::intercept::Context`] means an
 //! anonymous caller.
 
+use std::sync::OnceLock;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -21,4 +23,35 @@ pub struct Identity {
     pub client_id: Option<String>,
     /// Every claim of the token, as issued.
     pub claims: Map<String, Value>,
+    /// The policy input's `subject` for this caller, converted on first use. An identity is
+    /// built once per verified token and not changed afterwards, so this is computed once per
+    /// token, not once per request.
+    #[serde(skip)]
+    pub policy_view: PolicyView,
+}
+
+/// A cache beside the identity's fields; it takes no part in comparisons.
+#[derive(Clone, Default)]
+pub struct PolicyView(OnceLock<regorus::Value>);
+
+impl PartialEq for PolicyView {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for PolicyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyView")
+    }
+}
+
+impl Identity {
+    /// The policy input's `subject` for this caller.
+    pub fn policy_subject(&self) -> regorus::Value {
+        self.policy_view
+            .0
+            .get_or_init(|| regorus::Value::from(crate::policy::input::subject_json(Some(self))))
+            .clone()
+    }
 }

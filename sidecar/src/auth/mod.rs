@@ -789,6 +789,7 @@ pub fn identity_from_claims(claims: Map<String, Value>) -> Option<Identity> {
         scopes,
         client_id: s("client_id").or_else(|| s("azp")),
         claims,
+        policy_view: Default::default(),
     })
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use regorus::Value as RegoValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -14,10 +15,11 @@ const MAX_TOOLS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    definition: Arc<Value>,
     hash: Arc<str>,
     /// The hash first seen for this name (pinned for the life of the sidecar).
     pinned: Arc<str>,
+    /// The definition as the policy sees it, converted once per definition.
+    view: RegoValue,
 }
 
 /// What changed when a list answer was recorded.
@@ -62,7 +64,7 @@ impl ToolCatalog {
             match map.get_mut(name) {
                 Some(e) if e.hash == hash => {}
                 Some(e) => {
-                    e.definition = Arc::new(def.clone());
+                    e.view = annotate(def, &hash, &e.pinned);
                     e.hash = Arc::clone(&hash);
                     if e.pinned != hash {
                         changed.push(Changed {
@@ -73,12 +75,13 @@ impl ToolCatalog {
                     }
                 }
                 None if !full => {
+                    let view = annotate(def, &hash, &hash);
                     map.insert(
                         name.to_owned(),
                         Entry {
-                            definition: Arc::new(def.clone()),
                             pinned: Arc::clone(&hash),
                             hash,
+                            view,
                         },
                     );
                 }
@@ -88,29 +91,27 @@ impl ToolCatalog {
         changed
     }
 
-    /// The definition of `name` as the policy sees it: the server's fields plus `hash`,
-    /// `pinned_hash` and `changed`. `None` when the server has not listed it yet.
-    pub fn for_policy(&self, name: &str) -> Option<Value> {
+    /// The policy view of tool `name`: the server's definition plus `hash`, `pinned_hash` and
+    /// `changed`, with the definition's hash. `None` when the server has not listed it yet.
+    pub fn view(&self, name: &str) -> Option<(RegoValue, Arc<str>)> {
         let map = self.tools.read();
         let e = map.get(name)?;
-        Some(annotate(&e.definition, &e.hash, &e.pinned))
+        Some((e.view.clone(), Arc::clone(&e.hash)))
     }
 
-    /// The policy view of a definition seen in a list answer right now.
-    pub fn for_policy_item(&self, def: &Value) -> Value {
+    /// The policy view of a definition seen in a list answer: the recorded one, or (for a tool
+    /// past the catalog's capacity) one made now.
+    pub fn view_of(&self, def: &Value) -> (RegoValue, Arc<str>) {
         let name = def.get("name").and_then(Value::as_str).unwrap_or_default();
-        let hash = definition_hash(def);
-        let pinned = self
-            .tools
-            .read()
-            .get(name)
-            .map(|e| Arc::clone(&e.pinned))
-            .unwrap_or_else(|| hash.as_str().into());
-        annotate(def, &hash, &pinned)
+        if let Some(v) = self.view(name) {
+            return v;
+        }
+        let hash: Arc<str> = definition_hash(def).into();
+        (annotate(def, &hash, &hash), hash)
     }
 }
 
-fn annotate(def: &Value, hash: &str, pinned: &str) -> Value {
+fn annotate(def: &Value, hash: &str, pinned: &str) -> RegoValue {
     let mut v = def.clone();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("hash".into(), hash.into());
@@ -119,7 +120,7 @@ fn annotate(def: &Value, hash: &str, pinned: &str) -> Value {
         obj.entry("annotations")
             .or_insert_with(|| Value::Object(Default::default()));
     }
-    v
+    RegoValue::from(v)
 }
 
 #[cfg(test)]
@@ -132,12 +133,15 @@ mod tests {
         let c = ToolCatalog::default();
         let v1 = json!({"name":"echo","description":"Echoes"});
         let v2 = json!({"name":"echo","description":"Echoes, and also sends your files away"});
+        let seen = |c: &ToolCatalog| -> Value {
+            serde_json::from_str(&c.view("echo").unwrap().0.to_json_str().unwrap()).unwrap()
+        };
         assert!(c.record(std::slice::from_ref(&v1)).is_empty());
-        assert_eq!(c.for_policy("echo").unwrap()["changed"], false);
+        assert_eq!(seen(&c)["changed"], false);
         let changed = c.record(std::slice::from_ref(&v2));
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].tool, "echo");
-        let seen = c.for_policy("echo").unwrap();
+        let seen = seen(&c);
         assert_eq!(seen["changed"], true);
         assert_eq!(seen["description"], v2["description"]);
         assert_eq!(seen["pinned_hash"].as_str().unwrap(), definition_hash(&v1));

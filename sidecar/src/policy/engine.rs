@@ -1,14 +1,22 @@
-//! Compiling a bundle into a regorus engine once, and evaluating decisions with it.
+//! Compiling a bundle once, and evaluating decisions with it.
 //!
-//! Evaluation needs a mutable engine (the input is set on it). Rather than clone the compiled
-//! engine for every decision, each thread keeps its own copy of the current bundle's engine and
-//! reuses it until the bundle changes: a clone per thread per reload, not per request
-//! (`bench/` records both costs side by side).
+//! A bundle is parsed and checked by regorus's interpreter, then compiled to regorus's bytecode
+//! (RVM), which decides about four times faster than the interpreter. Both need mutable state to
+//! evaluate (the input is set on them), so each thread keeps its own VM (or interpreter engine)
+//! for the bundle in force and reuses it until the bundle changes: one copy per thread per
+//! reload, never one per request. `sidecar/benches/policy.rs` records the three costs side by
+//! side (bytecode, reused interpreter, interpreter cloned per decision).
+//!
+//! At load, the bytecode's decision on a probe input is compared with the interpreter's; a
+//! bundle the compiler cannot translate, or on which the two disagree, is evaluated by the
+//! interpreter (logged), so a gap in the bytecode compiler costs speed, never correctness.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
 use regorus::{Engine, Value as RegoValue};
 use serde_json::{Value, json};
 
@@ -20,30 +28,32 @@ pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
 
 /// Glue that reads the operator's rules into one decision, so a decision is one evaluation.
 /// Allowed means `allow` is true and no `deny` reason holds.
-const GLUE: &str = r#"
-package mcp_guard.internal
-import rego.v1
-
-default allow := false
-allow if data.mcp.authz.allow == true
-
-reasons contains r if {
-    some r in data.mcp.authz.deny
-}
-
-decision := {"allow": allow, "deny": reasons}
-
-default visible := false
-visible if data.mcp.authz.visible == true
-"#;
+const GLUE: &str = include_str!("glue.rego");
 const DECISION_RULE: &str = "data.mcp_guard.internal.decision";
 const VISIBLE_RULE: &str = "data.mcp_guard.internal.visible";
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's engine for the bundle of the given generation.
+    /// This thread's interpreter for the bundle of the given generation.
     static LOCAL: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
+    /// This thread's VMs for the bundle of the given generation: (decision, visible).
+    static LOCAL_VM: RefCell<Option<(u64, RegoVM, Option<RegoVM>)>> = const { RefCell::new(None) };
+}
+
+/// The bytecode of a bundle.
+struct Bytecode {
+    decision: Arc<Program>,
+    visible: Option<Arc<Program>>,
+    data: RegoValue,
+}
+
+fn vm_for(program: &Arc<Program>, data: &RegoValue) -> Result<RegoVM, PolicyError> {
+    let mut vm = RegoVM::new();
+    vm.load_program(Arc::clone(program));
+    vm.set_data(data.clone())
+        .map_err(|e| PolicyError::Eval(e.to_string()))?;
+    Ok(vm)
 }
 
 /// What the policy decided on one input.
@@ -67,6 +77,7 @@ impl Decision {
 /// A compiled bundle, shared by every request.
 pub struct CompiledBundle {
     engine: Engine,
+    bytecode: Option<Bytecode>,
     generation: u64,
     pub hash: Arc<str>,
     /// Whether the bundle defines its own `visible` rule for list items.
@@ -78,6 +89,7 @@ impl std::fmt::Debug for CompiledBundle {
         f.debug_struct("CompiledBundle")
             .field("hash", &self.hash)
             .field("has_visible", &self.has_visible)
+            .field("bytecode", &self.bytecode.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -104,18 +116,22 @@ impl CompiledBundle {
         engine
             .add_policy("mcp-guard-glue.rego".into(), GLUE.into())
             .map_err(compile_error)?;
-        if let Some(data) = &bundle.data {
-            let v = RegoValue::from_json_str(data)
-                .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
-            if v.as_object().is_err() {
-                return Err(PolicyError::Compile(
-                    "data.json: the document must be a JSON object".into(),
-                ));
+        let data = match &bundle.data {
+            Some(text) => {
+                let v = RegoValue::from_json_str(text)
+                    .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
+                if v.as_object().is_err() {
+                    return Err(PolicyError::Compile(
+                        "data.json: the document must be a JSON object".into(),
+                    ));
+                }
+                engine
+                    .add_data(v.clone())
+                    .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
+                v
             }
-            engine
-                .add_data(v)
-                .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
-        }
+            None => RegoValue::new_object(),
+        };
         let packages = engine.get_packages().map_err(compile_error)?;
         if !packages.iter().any(|p| p == ENTRY_PACKAGE) {
             return Err(PolicyError::Compile(format!(
@@ -136,38 +152,137 @@ impl CompiledBundle {
             .modules
             .iter()
             .any(|(_, text)| declares_package(text, "mcp.authz"));
-        let compiled = CompiledBundle {
+        let mut compiled = CompiledBundle {
             engine,
+            bytecode: None,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             hash: Arc::clone(&bundle.hash),
             has_visible,
         };
-        compiled.decide(probe)?;
-        if has_visible {
-            compiled.visible(probe)?;
+        let by_interpreter = compiled.decide(probe)?;
+        let visible_by_interpreter = if has_visible {
+            Some(compiled.visible(probe)?)
+        } else {
+            None
+        };
+        match compiled.compile_bytecode(data) {
+            Ok(bytecode) => {
+                compiled.bytecode = Some(bytecode);
+                compiled.generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+                let same = compiled.decide(probe).ok() == Some(by_interpreter)
+                    && (!has_visible || compiled.visible(probe).ok() == visible_by_interpreter);
+                if !same {
+                    tracing::warn!(policy_hash = %compiled.hash, "bytecode and interpreter disagree on this bundle; using the interpreter");
+                    compiled.bytecode = None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy_hash = %compiled.hash, reason = %e, "bundle cannot be compiled to bytecode; using the interpreter");
+            }
         }
         Ok(compiled)
     }
 
-    fn eval(&self, input: &Value, rule: &str) -> Result<RegoValue, PolicyError> {
-        let input = RegoValue::from(input.clone());
-        LOCAL.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(g, _)| *g != self.generation) {
-                *slot = Some((self.generation, self.engine.clone()));
-            }
-            let Some((_, engine)) = slot.as_mut() else {
-                return Err(PolicyError::Eval("no engine".into()));
-            };
-            engine.set_input(input);
-            engine
-                .eval_rule(rule.to_owned())
-                .map_err(|e| PolicyError::Eval(e.to_string()))
+    fn compile_bytecode(&mut self, data: RegoValue) -> Result<Bytecode, String> {
+        let program = |engine: &mut Engine, rule: &str| -> Result<Arc<Program>, String> {
+            let entry: Arc<str> = rule.into();
+            let policy = engine
+                .compile_with_entrypoint(&entry)
+                .map_err(|e| e.to_string())?;
+            Compiler::compile_from_policy(&policy, &[rule]).map_err(|e| e.to_string())
+        };
+        let decision = program(&mut self.engine, DECISION_RULE)?;
+        let visible = if self.has_visible {
+            Some(program(&mut self.engine, VISIBLE_RULE)?)
+        } else {
+            None
+        };
+        Ok(Bytecode {
+            decision,
+            visible,
+            data,
         })
     }
 
-    /// Decides with a fresh clone of the compiled engine, the alternative to the per-thread
-    /// engine that [`Self::decide`] reuses. Kept for the benchmark that compares the two.
+    /// Whether decisions run on bytecode (else on the interpreter).
+    pub fn uses_bytecode(&self) -> bool {
+        self.bytecode.is_some()
+    }
+
+    fn eval(&self, input: RegoValue, rule: &str) -> Result<RegoValue, PolicyError> {
+        match &self.bytecode {
+            Some(bc) if rule == DECISION_RULE || rule == VISIBLE_RULE => {
+                self.eval_bytecode(bc, input, rule == VISIBLE_RULE)
+            }
+            _ => self.eval_interpreter_value(input, rule),
+        }
+    }
+
+    fn eval_bytecode(
+        &self,
+        bc: &Bytecode,
+        input: RegoValue,
+        visible: bool,
+    ) -> Result<RegoValue, PolicyError> {
+        guarded(&LOCAL_VM, || {
+            LOCAL_VM.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(g, _, _)| *g != self.generation) {
+                    let vis = match &bc.visible {
+                        Some(p) => Some(vm_for(p, &bc.data)?),
+                        None => None,
+                    };
+                    *slot = Some((self.generation, vm_for(&bc.decision, &bc.data)?, vis));
+                }
+                let Some((_, decision_vm, visible_vm)) = slot.as_mut() else {
+                    return Err(PolicyError::Eval("no policy VM".into()));
+                };
+                let vm = match (visible, visible_vm) {
+                    (false, _) => decision_vm,
+                    (true, Some(v)) => v,
+                    (true, None) => return Err(PolicyError::Eval("no `visible` rule".into())),
+                };
+                vm.set_input(input);
+                vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))
+            })
+        })
+    }
+
+    fn eval_interpreter(&self, input: &Value, rule: &str) -> Result<RegoValue, PolicyError> {
+        self.eval_interpreter_value(RegoValue::from(input.clone()), rule)
+    }
+
+    fn eval_interpreter_value(
+        &self,
+        input: RegoValue,
+        rule: &str,
+    ) -> Result<RegoValue, PolicyError> {
+        guarded(&LOCAL, || {
+            LOCAL.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(g, _)| *g != self.generation) {
+                    *slot = Some((self.generation, self.engine.clone()));
+                }
+                let Some((_, engine)) = slot.as_mut() else {
+                    return Err(PolicyError::Eval("no engine".into()));
+                };
+                engine.set_input(input);
+                engine
+                    .eval_rule(rule.to_owned())
+                    .map_err(|e| PolicyError::Eval(e.to_string()))
+            })
+        })
+    }
+
+    /// Decides with this thread's interpreter engine, whether or not the bundle has bytecode.
+    /// For the benchmark and the equivalence test.
+    #[doc(hidden)]
+    pub fn decide_interpreted(&self, input: &Value) -> Result<Decision, PolicyError> {
+        decision_of(&self.eval_interpreter(input, DECISION_RULE)?)
+    }
+
+    /// Decides with a fresh clone of the compiled interpreter engine, the alternative to reusing
+    /// one per thread. Kept for the benchmark that compares them.
     #[doc(hidden)]
     pub fn decide_on_fresh_clone(&self, input: &Value) -> Result<Decision, PolicyError> {
         let mut engine = self.engine.clone();
@@ -175,36 +290,38 @@ impl CompiledBundle {
         let v = engine
             .eval_rule(DECISION_RULE.to_owned())
             .map_err(|e| PolicyError::Eval(e.to_string()))?;
-        Ok(Decision {
-            allow: v["allow"].as_bool().copied().unwrap_or(false),
-            reasons: match v["deny"].as_set() {
-                Ok(set) => set.iter().map(reason_text).collect(),
-                Err(_) => Vec::new(),
-            },
-        })
+        decision_of(&v)
     }
 
     /// Decides on one input document.
     pub fn decide(&self, input: &Value) -> Result<Decision, PolicyError> {
-        let v = self.eval(input, DECISION_RULE)?;
-        let allow = v["allow"].as_bool().copied().unwrap_or(false);
-        let mut reasons: Vec<String> = match v["deny"].as_set() {
-            Ok(set) => set.iter().map(reason_text).collect(),
-            Err(_) => Vec::new(),
-        };
-        reasons.sort();
-        Ok(Decision { allow, reasons })
+        self.decide_value(RegoValue::from(input.clone()))
+    }
+
+    /// Decides on one input document built as the engine's value (the request path).
+    pub fn decide_value(&self, input: RegoValue) -> Result<Decision, PolicyError> {
+        decision_of(&self.eval(input, DECISION_RULE)?)
     }
 
     /// The bundle's own `visible` rule on one input.
     pub fn visible(&self, input: &Value) -> Result<bool, PolicyError> {
+        self.visible_value(RegoValue::from(input.clone()))
+    }
+
+    /// The bundle's own `visible` rule on one input built as the engine's value.
+    pub fn visible_value(&self, input: RegoValue) -> Result<bool, PolicyError> {
         let v = self.eval(input, VISIBLE_RULE)?;
         Ok(v.as_bool().copied().unwrap_or(false))
     }
 
-    /// Evaluates any rule (for `policy eval` and the test runner).
+    /// Which generation this bundle is: distinct for every compiled bundle in the process.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Evaluates any rule with the interpreter (for `policy eval` and the test runner).
     pub fn eval_rule(&self, input: &Value, rule: &str) -> Result<Value, PolicyError> {
-        let v = self.eval(input, rule)?;
+        let v = self.eval_interpreter(input, rule)?;
         if v == RegoValue::Undefined {
             return Ok(Value::Null);
         }
@@ -237,6 +354,36 @@ impl CompiledBundle {
         }
         out
     }
+}
+
+/// Runs an evaluation, turning a panic inside the engine into an error (the request is then
+/// denied) and dropping this thread's engine, whose state the panic may have left half-changed.
+fn guarded<T: 'static>(
+    local: &'static std::thread::LocalKey<RefCell<Option<T>>>,
+    eval: impl FnOnce() -> Result<RegoValue, PolicyError>,
+) -> Result<RegoValue, PolicyError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(eval)) {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = local.try_with(|cell| cell.try_borrow_mut().map(|mut slot| *slot = None));
+            Err(PolicyError::Eval("the policy engine panicked".into()))
+        }
+    }
+}
+
+/// Reads the glue's `decision` object. A `deny` that is neither a set nor an array of reasons
+/// is itself a reason, so a malformed policy denies.
+fn decision_of(v: &RegoValue) -> Result<Decision, PolicyError> {
+    let allow = v["allow"].as_bool().copied().unwrap_or(false);
+    let deny = &v["deny"];
+    let mut reasons: Vec<String> = match (deny.as_set(), deny.as_array()) {
+        (Ok(set), _) => set.iter().map(reason_text).collect(),
+        (_, Ok(list)) => list.iter().map(reason_text).collect(),
+        _ if *deny == RegoValue::Undefined => Vec::new(),
+        _ => vec![format!("malformed deny: {}", reason_text(deny))],
+    };
+    reasons.sort();
+    Ok(Decision { allow, reasons })
 }
 
 fn reason_text(v: &RegoValue) -> String {
@@ -296,6 +443,7 @@ deny contains "no deleting on fridays" if {
         assert!(d.allow && !d.allowed());
         assert_eq!(d.reasons, vec!["no deleting on fridays".to_owned()]);
         assert!(!c.has_visible);
+        assert!(c.uses_bytecode(), "this bundle runs on bytecode");
     }
 
     #[test]
@@ -314,8 +462,86 @@ deny contains "no deleting on fridays" if {
             compiled("package mcp.authz\nimport rego.v1\nvisible if input.tool.name == \"a\"\n")
                 .unwrap();
         assert!(c.has_visible);
+        assert!(c.uses_bytecode());
         assert!(c.visible(&json!({"tool":{"name":"a"}})).unwrap());
         assert!(!c.visible(&json!({"tool":{"name":"b"}})).unwrap());
+    }
+
+    /// The bytecode must decide as the interpreter does: every fixture input of the example
+    /// bundle and of the benchmark, and variations of them.
+    #[test]
+    fn bytecode_agrees_with_the_interpreter() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let bundles = [
+            Bundle::read_dir(&root.join("docs/policy-example")).unwrap(),
+            Bundle::from_parts(
+                vec![(
+                    "realistic.rego".into(),
+                    include_str!("../../benches/fixtures/realistic.rego").into(),
+                )],
+                Some(include_str!("../../benches/fixtures/realistic.json").into()),
+            ),
+        ];
+        let mut inputs = Vec::new();
+        for entry in std::fs::read_dir(root.join("docs/policy-example/tests")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".input.json") {
+                inputs.push(
+                    serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()).unwrap(),
+                );
+            }
+        }
+        let base = inputs.clone();
+        for (i, b) in base.iter().enumerate() {
+            for roles in [
+                json!([]),
+                json!(["mcp-admin"]),
+                json!(["analyst", "pii"]),
+                json!(["operator"]),
+            ] {
+                let mut v = b.clone();
+                v["subject"]["roles"] = roles;
+                v["request"]["arguments"] = json!({"limit": 2000 * i, "table": "PII_users"});
+                v["server"]["namespace"] = json!(if i % 2 == 0 { "prod-1" } else { "dev" });
+                inputs.push(v);
+            }
+        }
+        for bundle in &bundles {
+            let c = CompiledBundle::compile(bundle, &input_probe()).unwrap();
+            assert!(c.uses_bytecode(), "{}", bundle.hash);
+            for input in &inputs {
+                assert_eq!(
+                    c.decide(input).unwrap(),
+                    c.decide_interpreted(input).unwrap(),
+                    "bundle {} on {input}",
+                    bundle.hash
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_engine_panic_denies_instead_of_crashing() {
+        // regorus 0.14 panics on strings.count with an empty needle (see docs/policy-builtins.md).
+        let c = compiled(
+            "package mcp.authz\nimport rego.v1\nallow if strings.count(input.request.tool, input.x) > 0\n",
+        )
+        .unwrap();
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = c.decide(&json!({"request": {"tool": "abc"}, "x": ""}));
+        std::panic::set_hook(hook);
+        assert!(r.is_err(), "{r:?}");
+        // The thread's engine was replaced and still decides.
+        assert!(
+            c.decide(&json!({"request": {"tool": "abc"}, "x": "b"}))
+                .unwrap()
+                .allowed()
+        );
+    }
+
+    fn input_probe() -> Value {
+        crate::policy::input::probe()
     }
 
     #[test]

@@ -1,8 +1,16 @@
 //! The input document a policy decides on: schema `mcp-guard.dev/policy-input/v1`, documented in
 //! `docs/policy.md`. Fields are only ever added within a version.
+//!
+//! The document is built directly as the policy engine's value type. The parts that stay the same
+//! for every decision of a request (the caller, the client, the server) are converted once per
+//! request — the caller once per verified token — and shared by reference, so filtering a long
+//! list converts only each item.
 
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use regorus::Value as RegoValue;
+use serde_json::{Value, json};
 
 use crate::identity::Identity;
 pub use crate::intercept::ClientInfo;
@@ -13,14 +21,21 @@ use crate::jsonrpc::Message;
 pub const INPUT_VERSION: &str = "mcp-guard.dev/policy-input/v1";
 
 /// The MCP server this sidecar governs (from the pod, through the downward API).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ServerInfo {
     pub name: String,
     pub namespace: String,
     pub pod: String,
 }
 
-fn subject(identity: Option<&Identity>) -> Value {
+impl ServerInfo {
+    pub fn to_value(&self) -> RegoValue {
+        RegoValue::from(json!({"name": self.name, "namespace": self.namespace, "pod": self.pod}))
+    }
+}
+
+/// The `subject` part of the input, as JSON.
+pub fn subject_json(identity: Option<&Identity>) -> Value {
     match identity {
         None => {
             json!({"authenticated": false, "groups": [], "roles": [], "scopes": [], "claims": {}})
@@ -39,99 +54,192 @@ fn subject(identity: Option<&Identity>) -> Value {
     }
 }
 
-/// The input for a decision on one client message. `tool` is the server's own definition of the
-/// tool the message names (from its last `tools/list`), with the sidecar's `hash` and `changed`
-/// added.
-pub fn for_message(
-    ctx: &Context<'_>,
-    server: &ServerInfo,
-    msg: &Message,
-    tool: Option<Value>,
-) -> Value {
-    let method = msg.method().unwrap_or_default();
-    let params = msg.params();
-    let arguments = params
-        .and_then(|p| p.get("arguments"))
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    let target = msg.target();
-    let mut request = Map::new();
-    request.insert("method".into(), method.into());
-    request.insert("name".into(), target.into());
-    match method {
-        "tools/call" => {
-            request.insert("tool".into(), target.into());
-        }
-        "prompts/get" => {
-            request.insert("prompt".into(), target.into());
-        }
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            request.insert("uri".into(), target.into());
-        }
-        _ => {}
-    }
-    request.insert("arguments".into(), arguments);
-    request.insert("session_id".into(), ctx.session_id.into());
-    request.insert("transport".into(), ctx.transport.as_str().into());
-    build(ctx, server, Value::Object(request), tool)
+fn client_json(client: Option<&ClientInfo>) -> Value {
+    let c = client.cloned().unwrap_or_default();
+    json!({"name": c.name, "version": c.version, "protocol_version": c.protocol_version})
 }
 
-/// The input deciding whether one item of a list answer is visible: the same as a call of that
-/// item with no arguments (`tools/call`, `prompts/get`, `resources/read`).
-pub fn for_list_item(
-    ctx: &Context<'_>,
-    server: &ServerInfo,
-    list_method: &str,
-    item: &Value,
-    tool: Option<Value>,
-) -> Value {
-    let (method, key, field) = match list_method {
+fn text(s: Option<&str>) -> RegoValue {
+    s.map_or(RegoValue::Null, RegoValue::from)
+}
+
+/// What every decision of one request shares.
+pub struct Frame {
+    subject: RegoValue,
+    client: RegoValue,
+    server: RegoValue,
+    session_id: RegoValue,
+    transport: RegoValue,
+}
+
+impl Frame {
+    /// The frame of a request. `server` is converted once per sidecar ([`ServerInfo::to_value`]).
+    pub fn new(ctx: &Context<'_>, server: &RegoValue) -> Frame {
+        Frame {
+            subject: match ctx.identity {
+                Some(id) => id.policy_subject(),
+                None => RegoValue::from(subject_json(None)),
+            },
+            client: RegoValue::from(client_json(ctx.client)),
+            server: server.clone(),
+            session_id: text(ctx.session_id),
+            transport: RegoValue::from(ctx.transport.as_str()),
+        }
+    }
+
+    /// A fingerprint of everything in the frame, for caching decisions that depend on nothing
+    /// else (list visibility).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for part in [
+            &self.subject,
+            &self.client,
+            &self.server,
+            &self.session_id,
+            &self.transport,
+        ] {
+            part.to_string().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn document(&self, request: RegoValue, tool: Option<RegoValue>) -> RegoValue {
+        let mut doc = BTreeMap::new();
+        doc.insert(RegoValue::from("version"), RegoValue::from(INPUT_VERSION));
+        doc.insert(RegoValue::from("subject"), self.subject.clone());
+        doc.insert(RegoValue::from("client"), self.client.clone());
+        doc.insert(RegoValue::from("server"), self.server.clone());
+        doc.insert(RegoValue::from("request"), request);
+        if let Some(t) = tool {
+            doc.insert(RegoValue::from("tool"), t);
+        }
+        RegoValue::from(doc)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        key: Option<&str>,
+        name: RegoValue,
+        arguments: RegoValue,
+    ) -> BTreeMap<RegoValue, RegoValue> {
+        let mut r = BTreeMap::new();
+        r.insert(RegoValue::from("method"), RegoValue::from(method));
+        r.insert(RegoValue::from("name"), name.clone());
+        if let Some(k) = key {
+            r.insert(RegoValue::from(k), name);
+        }
+        r.insert(RegoValue::from("arguments"), arguments);
+        r.insert(RegoValue::from("session_id"), self.session_id.clone());
+        r.insert(RegoValue::from("transport"), self.transport.clone());
+        r
+    }
+
+    /// The input for a decision on one client message. `tool` is the policy view of the server's
+    /// own definition of the tool the message names.
+    pub fn message(&self, msg: &Message, tool: Option<RegoValue>) -> RegoValue {
+        let method = msg.method().unwrap_or_default();
+        let arguments = msg
+            .params()
+            .and_then(|p| p.get("arguments"))
+            .map_or_else(RegoValue::new_object, |a| RegoValue::from(a.clone()));
+        let key = match method {
+            "tools/call" => Some("tool"),
+            "prompts/get" => Some("prompt"),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+            _ => None,
+        };
+        let request = self.request(method, key, text(msg.target()), arguments);
+        self.document(RegoValue::from(request), tool)
+    }
+
+    /// The input deciding whether one item of a list answer is visible: the same as a call of
+    /// that item with no arguments (`tools/call`, `prompts/get`, `resources/read`), with
+    /// `request.list` naming the list.
+    pub fn list_item(&self, list_method: &str, item: &Value, tool: Option<RegoValue>) -> RegoValue {
+        let (method, key, field) = list_item_call(list_method);
+        let name = text(item.get(field).and_then(Value::as_str));
+        let mut request = self.request(method, Some(key), name, RegoValue::new_object());
+        request.insert(RegoValue::from("list"), RegoValue::from(list_method));
+        self.document(RegoValue::from(request), tool)
+    }
+}
+
+/// The call a list item stands for: (method, request key, item field naming it).
+pub fn list_item_call(list_method: &str) -> (&'static str, &'static str, &'static str) {
+    match list_method {
         "tools/list" => ("tools/call", "tool", "name"),
         "prompts/list" => ("prompts/get", "prompt", "name"),
         "resources/list" => ("resources/read", "uri", "uri"),
         _ => ("resources/read", "uri", "uriTemplate"),
-    };
-    let name = item.get(field).cloned().unwrap_or(Value::Null);
-    let request = json!({
-        "method": method,
-        "name": name,
-        key: name,
-        "arguments": {},
-        "session_id": ctx.session_id,
-        "transport": ctx.transport.as_str(),
-        "list": list_method,
-    });
-    build(ctx, server, request, tool)
-}
-
-fn build(ctx: &Context<'_>, server: &ServerInfo, request: Value, tool: Option<Value>) -> Value {
-    let client = ctx.client.cloned().unwrap_or_default();
-    let mut doc = Map::with_capacity(6);
-    doc.insert("version".into(), INPUT_VERSION.into());
-    doc.insert("subject".into(), subject(ctx.identity));
-    doc.insert(
-        "client".into(),
-        json!({"name": client.name, "version": client.version, "protocol_version": client.protocol_version}),
-    );
-    doc.insert(
-        "server".into(),
-        json!({"name": server.name, "namespace": server.namespace, "pod": server.pod}),
-    );
-    doc.insert("request".into(), request);
-    if let Some(t) = tool {
-        doc.insert("tool".into(), t);
     }
-    Value::Object(doc)
 }
 
 /// An input used to try a new bundle once before it is put in force.
 pub fn probe() -> Value {
     json!({
         "version": INPUT_VERSION,
-        "subject": subject(None),
+        "subject": subject_json(None),
         "client": {"name": "mcp-guard-probe", "version": null, "protocol_version": null},
         "server": {"name": "", "namespace": "", "pod": ""},
         "request": {"method": "tools/call", "name": "probe", "tool": "probe", "arguments": {}, "session_id": null, "transport": "streamable-http"},
-        "tool": {"name": "probe", "inputSchema": {"type": "object"}, "annotations": {}, "hash": "", "changed": false},
+        "tool": {"name": "probe", "inputSchema": {"type": "object"}, "annotations": {}, "hash": "", "pinned_hash": "", "changed": false},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intercept::Transport;
+    use crate::jsonrpc::Payload;
+
+    #[test]
+    fn the_document_has_the_documented_shape() {
+        let id = Identity {
+            sub: "ana".into(),
+            roles: vec!["analyst".into()],
+            ..Default::default()
+        };
+        let client = ClientInfo {
+            name: Some("agent".into()),
+            version: Some("1".into()),
+            protocol_version: Some("2025-11-25".into()),
+        };
+        let ctx = Context {
+            transport: Transport::StreamableHttp,
+            session_id: Some("s1"),
+            identity: Some(&id),
+            client: Some(&client),
+        };
+        let server = ServerInfo {
+            name: "warehouse".into(),
+            namespace: "analytics".into(),
+            pod: "w-0".into(),
+        };
+        let frame = Frame::new(&ctx, &server.to_value());
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_query","arguments":{"limit":5}}});
+        let Payload::Single(msg) = Payload::parse(body.to_string().as_bytes()).unwrap() else {
+            unreachable!()
+        };
+        let doc = frame.message(&msg, Some(RegoValue::from(json!({"name": "run_query"}))));
+        let doc: Value = serde_json::from_str(&doc.to_json_str().unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "version": INPUT_VERSION,
+                "subject": {"authenticated": true, "sub": "ana", "iss": "", "email": null, "groups": [],
+                            "roles": ["analyst"], "scopes": [], "client_id": null, "claims": {}},
+                "client": {"name": "agent", "version": "1", "protocol_version": "2025-11-25"},
+                "server": {"name": "warehouse", "namespace": "analytics", "pod": "w-0"},
+                "request": {"method": "tools/call", "name": "run_query", "tool": "run_query",
+                            "arguments": {"limit": 5}, "session_id": "s1", "transport": "streamable-http"},
+                "tool": {"name": "run_query"},
+            })
+        );
+        let item = frame.list_item("prompts/list", &json!({"name": "greet"}), None);
+        let item: Value = serde_json::from_str(&item.to_json_str().unwrap()).unwrap();
+        assert_eq!(item["request"]["method"], "prompts/get");
+        assert_eq!(item["request"]["prompt"], "greet");
+        assert_eq!(item["request"]["list"], "prompts/list");
+    }
 }

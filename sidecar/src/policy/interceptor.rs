@@ -1,14 +1,18 @@
 //! Enforcing the policy at the interception point: governed methods are decided, list answers
 //! are filtered item by item, and a hidden item is answered as one that does not exist.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+use regorus::Value as RegoValue;
 use serde_json::{Value, json};
 
 use super::catalog::ToolCatalog;
 use super::config::{Enforcement, PolicyConfig};
 use super::engine::{CompiledBundle, Decision};
-use super::input::{self, ServerInfo};
+use super::input::{Frame, ServerInfo};
 use super::store::PolicyStore;
 use crate::intercept::{Context, Interceptor, LIST_METHODS, Verdict, list_field};
 use crate::jsonrpc::{Message, code};
@@ -22,13 +26,19 @@ pub const GOVERNED: [&str; 4] = [
     "resources/subscribe",
 ];
 
+/// Visibility decisions remembered at most; the cache starts over when full.
+const MAX_CACHED: usize = 100_000;
+
 pub struct PolicyInterceptor {
     store: Arc<PolicyStore>,
     mode: Enforcement,
     hide_reasons: bool,
-    server: ServerInfo,
+    server: RegoValue,
     catalog: ToolCatalog,
     metrics: Arc<Metrics>,
+    /// Whether a tool is visible, by (bundle, caller frame, tool definition): a visibility input
+    /// holds nothing else, so an agent that lists the same tools again pays for each once.
+    visible_cache: Mutex<HashMap<u64, bool>>,
 }
 
 /// The answer to a call of an item the caller cannot see: the one MCP servers give for an item
@@ -56,15 +66,17 @@ impl PolicyInterceptor {
                 name: config.server_name.clone(),
                 namespace: config.pod_namespace.clone(),
                 pod: config.pod_name.clone(),
-            },
+            }
+            .to_value(),
             catalog: ToolCatalog::default(),
             metrics,
+            visible_cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// Decides, turning an evaluation failure into a denial (fail closed).
-    fn decide(&self, bundle: &CompiledBundle, input: &Value) -> Decision {
-        bundle.decide(input).unwrap_or_else(|e| {
+    fn decide(&self, bundle: &CompiledBundle, input: RegoValue) -> Decision {
+        bundle.decide_value(input).unwrap_or_else(|e| {
             tracing::error!(error = %e, policy_hash = %bundle.hash, "policy evaluation failed; denying");
             Decision {
                 allow: false,
@@ -75,9 +87,9 @@ impl PolicyInterceptor {
 
     /// Whether one list item is visible: the bundle's `visible` rule, or else whether a call of
     /// the item with no arguments would be allowed.
-    fn item_visible(&self, bundle: &CompiledBundle, input: &Value) -> bool {
+    fn item_visible(&self, bundle: &CompiledBundle, input: RegoValue) -> bool {
         if bundle.has_visible {
-            bundle.visible(input).unwrap_or_else(|e| {
+            bundle.visible_value(input).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "policy `visible` failed; hiding the item");
                 false
             })
@@ -86,10 +98,36 @@ impl PolicyInterceptor {
         }
     }
 
-    fn tool_view(&self, msg: &Message) -> Option<Value> {
+    fn tool_view(&self, msg: &Message) -> Option<RegoValue> {
         (msg.method() == Some("tools/call"))
-            .then(|| msg.target().and_then(|n| self.catalog.for_policy(n)))
+            .then(|| msg.target().and_then(|n| self.catalog.view(n)))
             .flatten()
+            .map(|(view, _)| view)
+    }
+
+    /// Visibility of one tool of a list, from the cache when this caller has seen this
+    /// definition under this bundle before.
+    fn tool_visible(
+        &self,
+        bundle: &CompiledBundle,
+        frame: &Frame,
+        frame_key: u64,
+        item: &Value,
+    ) -> bool {
+        let (view, hash) = self.catalog.view_of(item);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (bundle.generation(), frame_key, &*hash).hash(&mut h);
+        let key = h.finish();
+        if let Some(v) = self.visible_cache.lock().get(&key) {
+            return *v;
+        }
+        let visible = self.item_visible(bundle, frame.list_item("tools/list", item, Some(view)));
+        let mut cache = self.visible_cache.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, visible);
+        visible
     }
 }
 
@@ -115,8 +153,8 @@ impl Interceptor for PolicyInterceptor {
                 data: None,
             };
         };
-        let input = input::for_message(ctx, &self.server, msg, self.tool_view(msg));
-        let decision = self.decide(&bundle, &input);
+        let frame = Frame::new(ctx, &self.server);
+        let decision = self.decide(&bundle, frame.message(msg, self.tool_view(msg)));
         if decision.allowed() {
             return Verdict::Allow;
         }
@@ -137,8 +175,7 @@ impl Interceptor for PolicyInterceptor {
             "tools/call" | "prompts/get" => json!({"name": name}),
             _ => json!({"uri": name}),
         };
-        let item_input = input::for_list_item(ctx, &self.server, list, &item, self.tool_view(msg));
-        if !self.item_visible(&bundle, &item_input) {
+        if !self.item_visible(&bundle, frame.list_item(list, &item, self.tool_view(msg))) {
             return not_found(method, name);
         }
         let (message, data) = if self.hide_reasons {
@@ -186,13 +223,18 @@ impl Interceptor for PolicyInterceptor {
             tracing::warn!(method, hidden, "no policy loaded; list answered empty");
             return hidden > 0;
         };
-        let before = items.len();
-        let mut keep = Vec::with_capacity(before);
-        for item in items.iter() {
-            let tool = (method == "tools/list").then(|| self.catalog.for_policy_item(item));
-            let input = input::for_list_item(ctx, &self.server, method, item, tool);
-            keep.push(self.item_visible(&bundle, &input));
-        }
+        let frame = Frame::new(ctx, &self.server);
+        let frame_key = frame.fingerprint();
+        let keep: Vec<bool> = items
+            .iter()
+            .map(|item| {
+                if method == "tools/list" {
+                    self.tool_visible(&bundle, &frame, frame_key, item)
+                } else {
+                    self.item_visible(&bundle, frame.list_item(method, item, None))
+                }
+            })
+            .collect();
         let hidden = keep.iter().filter(|k| !**k).count();
         if hidden == 0 {
             return false;

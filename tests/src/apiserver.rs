@@ -1,0 +1,565 @@
+//! A real Kubernetes control plane for admission tests: etcd and kube-apiserver (built by
+//! `tests/scripts/install-kube.sh`, paths in `$MCP_GUARD_CACHE/kube/env.sh`) on free loopback
+//! ports, with self-signed certificates (openssl), token authentication and RBAC, plus the
+//! mcp-guard webhook server. No kubelet runs: pods are admitted and stored, never scheduled.
+//! Everything stops on drop (the API server before etcd).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Output, Proc, TempDir, cache_dir, free_port, port_open, run_bounded, target_dir};
+
+/// The admin token of the API servers started here (member of `system:masters`).
+pub const ADMIN_TOKEN: &str = "mcp-guard-test-admin-token";
+
+const KUBE_HINT: &str = "run `tests/scripts/install-kube.sh` first (it builds kube-apiserver from \
+     Debian's kubernetes source, installs etcd-server and kubernetes-validate under \
+     $MCP_GUARD_CACHE/kube, default ~/.cache/mcp-guard/kube; about 6 minutes the first time)";
+
+/// Paths from `kube/env.sh`.
+#[derive(Debug, Clone)]
+pub struct KubeTools {
+    pub apiserver: PathBuf,
+    pub controller_manager: Option<PathBuf>,
+    /// The matching kubectl; `kubectl` from `PATH` when the env file names none.
+    pub kubectl: PathBuf,
+    pub etcd: PathBuf,
+    pub validate: Option<PathBuf>,
+    pub version: String,
+}
+
+/// Reads `$MCP_GUARD_CACHE/kube/env.sh`; panics with the install command when it is missing.
+pub fn kube_tools() -> KubeTools {
+    let env_file = cache_dir().join("kube").join("env.sh");
+    let text = fs::read_to_string(&env_file)
+        .unwrap_or_else(|e| panic!("{} ({e}): {KUBE_HINT}", env_file.display()));
+    let vars: HashMap<&str, &str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let path = |key: &str| -> PathBuf {
+        let p = PathBuf::from(
+            vars.get(key)
+                .unwrap_or_else(|| panic!("{} has no {key}: {KUBE_HINT}", env_file.display())),
+        );
+        assert!(p.exists(), "{} does not exist: {KUBE_HINT}", p.display());
+        p
+    };
+    KubeTools {
+        apiserver: path("KUBE_APISERVER"),
+        controller_manager: vars
+            .get("KUBE_CONTROLLER_MANAGER")
+            .map(PathBuf::from)
+            .filter(|p| p.exists()),
+        etcd: path("ETCD"),
+        kubectl: vars
+            .get("KUBECTL")
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("kubectl")),
+        validate: vars
+            .get("KUBE_VALIDATE")
+            .map(PathBuf::from)
+            .filter(|p| p.exists()),
+        version: vars.get("KUBE_VERSION").unwrap_or(&"").to_string(),
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = run_bounded(
+        "openssl",
+        Command::new("openssl").current_dir(dir).args(args),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "openssl {args:?} failed: {}", out.stderr);
+}
+
+/// A CA and serving certificates signed by it, for `127.0.0.1` / `localhost`.
+#[derive(Debug)]
+pub struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    /// Creates `ca.crt` / `ca.key` in `dir`.
+    pub fn new(dir: &Path) -> TestCa {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=mcp-guard-test-ca",
+            ],
+        );
+        TestCa {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        fs::read_to_string(self.dir.join("ca.crt")).unwrap_or_default()
+    }
+
+    /// Path of the CA certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Issues `<name>.crt` / `<name>.key` for 127.0.0.1 and localhost; returns their paths.
+    pub fn issue(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let ext = format!("{name}.ext");
+        fs::write(
+            self.dir.join(&ext),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap_or_else(|e| panic!("write {ext}: {e}"));
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+        (self.dir.join(crt), self.dir.join(key))
+    }
+}
+
+/// etcd + kube-apiserver, stopped on drop.
+pub struct ApiServer {
+    controller_manager: Option<Proc>,
+    apiserver: Option<Proc>,
+    etcd: Option<Proc>,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// A kubeconfig for the admin token.
+    pub kubeconfig: PathBuf,
+    /// The CA that signed the API server's certificate (and may sign others).
+    pub ca: TestCa,
+    pub tools: KubeTools,
+    dir: TempDir,
+}
+
+impl ApiServer {
+    /// Starts etcd and the API server and waits until `/readyz` answers.
+    pub fn start() -> ApiServer {
+        let tools = kube_tools();
+        let dir = TempDir::new("kube");
+        let d = dir.path().to_path_buf();
+        let ca = TestCa::new(&d);
+        let (crt, key) = ca.issue("apiserver", "kube-apiserver");
+        openssl(&d, &["genrsa", "-out", "sa.key", "2048"]);
+        openssl(&d, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+        fs::write(
+            d.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n"),
+        )
+        .unwrap_or_else(|e| panic!("write tokens.csv: {e}"));
+
+        let mut last = String::new();
+        for _ in 0..3 {
+            let (client, peer) = (free_port(), free_port());
+            let mut etcd = Proc::spawn(
+                "etcd",
+                Command::new(&tools.etcd)
+                    .arg("--name=default")
+                    .arg(format!(
+                        "--data-dir={}",
+                        d.join(format!("etcd-{client}")).display()
+                    ))
+                    .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                    .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                    .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                    ))
+                    .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+                    .arg("--log-level=warn"),
+            );
+            if let Err(e) = wait_until(Duration::from_secs(30), || {
+                if let Some(s) = etcd.try_status() {
+                    return Err(format!("etcd exited ({s})\n{}", etcd.logs()));
+                }
+                Ok(port_open(client))
+            }) {
+                last = e;
+                continue;
+            }
+            let port = free_port();
+            let mut apiserver = Proc::spawn(
+                "kube-apiserver",
+                Command::new(&tools.apiserver)
+                    .arg(format!("--etcd-servers=http://127.0.0.1:{client}"))
+                    .arg("--bind-address=127.0.0.1")
+                    .arg("--advertise-address=127.0.0.1")
+                    .arg(format!("--secure-port={port}"))
+                    .arg("--insecure-port=0")
+                    .arg(format!("--tls-cert-file={}", crt.display()))
+                    .arg(format!("--tls-private-key-file={}", key.display()))
+                    .arg(format!(
+                        "--token-auth-file={}",
+                        d.join("tokens.csv").display()
+                    ))
+                    .arg("--authorization-mode=RBAC")
+                    .arg("--disable-admission-plugins=ServiceAccount")
+                    .arg("--service-cluster-ip-range=10.96.0.0/16")
+                    .arg("--service-account-issuer=https://kubernetes.default.svc")
+                    .arg(format!(
+                        "--service-account-key-file={}",
+                        d.join("sa.pub").display()
+                    ))
+                    .arg(format!(
+                        "--service-account-signing-key-file={}",
+                        d.join("sa.key").display()
+                    ))
+                    .arg(format!("--cert-dir={}", d.join("certs").display()))
+                    .arg("--allow-privileged=true")
+                    .arg("--v=1"),
+            );
+            let url = format!("https://127.0.0.1:{port}");
+            let kubeconfig = d.join("kubeconfig");
+            fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n    namespace: default\ncurrent-context: test\n",
+                    ca.ca_path().display()
+                ),
+            )
+            .unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
+            let mut server = ApiServer {
+                controller_manager: None,
+                apiserver: None,
+                etcd: Some(etcd),
+                url,
+                kubeconfig,
+                ca,
+                tools: tools.clone(),
+                dir,
+            };
+            let ready = wait_until(Duration::from_secs(90), || {
+                if let Some(s) = apiserver.try_status() {
+                    return Err(format!("kube-apiserver exited ({s})\n{}", apiserver.logs()));
+                }
+                let out = server.kubectl(&["get", "--raw", "/readyz"], None);
+                Ok(out.success() && out.stdout.trim() == "ok")
+            });
+            server.apiserver = Some(apiserver);
+            match ready {
+                Ok(()) => return server,
+                Err(e) => panic!("kube-apiserver did not become ready: {e}"),
+            }
+        }
+        panic!("kube-apiserver did not start: {last}");
+    }
+
+    /// Starts kube-controller-manager (Deployment and ReplicaSet controllers only), so
+    /// Deployments produce pods through the real controller path.
+    pub fn start_controller_manager(&mut self) {
+        let bin = self
+            .tools
+            .controller_manager
+            .clone()
+            .unwrap_or_else(|| panic!("kube-controller-manager not installed: {KUBE_HINT}"));
+        let proc = Proc::spawn(
+            "kube-controller-manager",
+            Command::new(bin)
+                .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+                .arg("--controllers=deployment,replicaset")
+                .arg("--leader-elect=false")
+                .arg("--port=0")
+                .arg("--secure-port=0")
+                .arg("--v=1"),
+        );
+        self.controller_manager = Some(proc);
+    }
+
+    /// Runs `kubectl` against this API server (admin), optionally with stdin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(&self.tools.kubectl);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--request-timeout=30s")
+            .args(args);
+        match stdin {
+            None => run_bounded("kubectl", &mut cmd, Duration::from_secs(60)),
+            Some(input) => {
+                static N: AtomicU64 = AtomicU64::new(0);
+                let file = self
+                    .dir
+                    .path()
+                    .join(format!("stdin-{}.yaml", N.fetch_add(1, Ordering::Relaxed)));
+                fs::write(&file, input).unwrap_or_else(|e| panic!("write stdin: {e}"));
+                cmd.arg("-f").arg(&file);
+                run_bounded("kubectl", &mut cmd, Duration::from_secs(60))
+            }
+        }
+    }
+
+    /// `kubectl <verb> -f -` with `manifest`; panics on failure.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.kubectl(&["apply"], Some(manifest));
+        assert!(
+            out.success(),
+            "kubectl apply failed:\n{}\n{}\n{manifest}",
+            out.stdout,
+            out.stderr
+        );
+    }
+
+    /// `kubectl get <kind> <name> -n <ns> -o json`.
+    pub fn get_json(&self, kind: &str, namespace: &str, name: &str) -> Value {
+        let out = self.kubectl(&["get", kind, name, "-n", namespace, "-o", "json"], None);
+        assert!(out.success(), "kubectl get {kind} {name}: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("kubectl get {kind} {name}: not JSON ({e}): {}", out.stdout))
+    }
+
+    /// The directory holding certificates, kubeconfig and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        // Controllers, then the API server: etcd going away under it only produces noise.
+        drop(self.controller_manager.take());
+        if let Some(mut a) = self.apiserver.take() {
+            if !std::thread::panicking() {
+                a.signal("TERM");
+                let _ = a.wait_exit(Duration::from_secs(5));
+            }
+            drop(a);
+        }
+        drop(self.etcd.take());
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Ok(true)`, an error, or `timeout` passes.
+pub fn wait_until(
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `target/debug/mcp-guard-webhook`; panics with the build command when it is missing.
+pub fn webhook_bin() -> PathBuf {
+    let path = target_dir().join("debug").join("mcp-guard-webhook");
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// The webhook server (`mcp-guard-webhook serve`) with a certificate from `ca`, talking to
+/// `api` for namespaces and the version.
+pub struct Webhook {
+    pub proc: Proc,
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Webhook {
+    /// Starts the webhook on a free port and waits for `/readyz`.
+    pub fn start(api: &ApiServer, extra: &[&str]) -> Webhook {
+        let (cert, key) = api
+            .ca
+            .issue(&format!("webhook-{}", free_port()), "mcp-guard-webhook");
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut proc = Proc::spawn(
+                "mcp-guard-webhook",
+                Command::new(webhook_bin())
+                    .arg("serve")
+                    .arg(format!("--listen=127.0.0.1:{port}"))
+                    .arg(format!("--tls-cert={}", cert.display()))
+                    .arg(format!("--tls-key={}", key.display()))
+                    .arg("--log-format=text")
+                    .arg("--log=info,mcp_guard_webhook=debug")
+                    .args(extra)
+                    .env("KUBECONFIG", &api.kubeconfig),
+            );
+            let ca = api.ca.ca_path();
+            let ready = wait_until(Duration::from_secs(60), || {
+                if let Some(s) = proc.try_status() {
+                    return Err(format!("webhook exited ({s})\n{}", proc.logs()));
+                }
+                Ok(curl(&ca, &format!("https://127.0.0.1:{port}/readyz")).0 == 200)
+            });
+            match ready {
+                Ok(()) => {
+                    return Webhook {
+                        proc,
+                        port,
+                        cert,
+                        key,
+                    };
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("webhook did not start: {last}");
+    }
+
+    /// `https://127.0.0.1:PORT/mutate`.
+    pub fn mutate_url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.port)
+    }
+}
+
+/// `GET url` with `curl --cacert ca`: (status, body); status 0 when the request failed.
+pub fn curl(ca: &Path, url: &str) -> (u16, String) {
+    let out = run_bounded(
+        "curl",
+        Command::new("curl")
+            .arg("-sS")
+            .arg("--max-time")
+            .arg("10")
+            .arg("--cacert")
+            .arg(ca)
+            .arg("-w")
+            .arg("\n%{http_code}")
+            .arg(url),
+        Duration::from_secs(20),
+    );
+    let (body, code) = out
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or((out.stdout.as_str(), "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A MutatingWebhookConfiguration that sends pod CREATEs to `url`.
+pub fn mutating_webhook_config(
+    name: &str,
+    url: &str,
+    ca_pem: &str,
+    failure_policy: &str,
+) -> String {
+    let ca_b64 = base64(ca_pem.as_bytes());
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: {name}
+webhooks:
+- name: inject.mcp-guard.dev
+  admissionReviewVersions: ["v1"]
+  sideEffects: None
+  failurePolicy: {failure_policy}
+  reinvocationPolicy: IfNeeded
+  timeoutSeconds: 10
+  clientConfig:
+    url: {url}
+    caBundle: {ca_b64}
+  rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE"]
+    resources: ["pods"]
+  namespaceSelector:
+    matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: ["kube-system", "mcp-guard"]
+"#
+    )
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foob"), "Zm9vYg==");
+    }
+}

@@ -1,0 +1,460 @@
+//! The `mcp-guard.dev/*` annotations: their names, and the parsing and validation of per-pod
+//! settings. An invalid value becomes an [`AnnotationError`] that names the annotation and what
+//! it accepts, so the pod is refused with a message a person can act on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::config::InjectConfig;
+
+/// Opt-in / opt-out, on the pod template or on the namespace: `enabled` or `disabled`.
+pub const INJECT: &str = "mcp-guard.dev/inject";
+/// Written by the webhook on injected pods (JSON); its presence makes injection a no-op.
+pub const STATUS: &str = "mcp-guard.dev/status";
+/// The MCP server's port: a container port number or name.
+pub const PORT: &str = "mcp-guard.dev/port";
+/// The MCP endpoint path.
+pub const PATH: &str = "mcp-guard.dev/path";
+/// Traffic mode: `takeover`, `redirect` or `explicit`.
+pub const TRAFFIC: &str = "mcp-guard.dev/traffic";
+/// Name of the policy ConfigMap mounted into the sidecar.
+pub const POLICY: &str = "mcp-guard.dev/policy";
+/// `enforce` or `shadow`.
+pub const ENFORCEMENT: &str = "mcp-guard.dev/enforcement";
+/// The server's canonical resource URI (the token audience).
+pub const RESOURCE_URI: &str = "mcp-guard.dev/resource-uri";
+/// The accepted token issuer.
+pub const ISSUER: &str = "mcp-guard.dev/issuer";
+/// Sidecar resources.
+pub const CPU_REQUEST: &str = "mcp-guard.dev/cpu-request";
+pub const CPU_LIMIT: &str = "mcp-guard.dev/cpu-limit";
+pub const MEMORY_REQUEST: &str = "mcp-guard.dev/memory-request";
+pub const MEMORY_LIMIT: &str = "mcp-guard.dev/memory-limit";
+/// Sidecar log level.
+pub const LOG_LEVEL: &str = "mcp-guard.dev/log-level";
+
+/// Label on injected pods: what the distribution controller's NetworkPolicy selects.
+pub const LABEL_INJECTED: &str = "mcp-guard.dev/injected";
+/// Label on injected pods: the traffic mode (the NetworkPolicy covers `takeover` and `explicit`).
+pub const LABEL_TRAFFIC: &str = "mcp-guard.dev/traffic";
+
+/// An annotation whose value the webhook does not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotationError {
+    pub annotation: String,
+    pub value: String,
+    /// What the annotation accepts, in words.
+    pub expected: String,
+}
+
+impl fmt::Display for AnnotationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(
+                f,
+                "annotation {} is required: {}",
+                self.annotation, self.expected
+            )
+        } else {
+            write!(
+                f,
+                "annotation {}: invalid value {:?}: {}",
+                self.annotation, self.value, self.expected
+            )
+        }
+    }
+}
+
+impl std::error::Error for AnnotationError {}
+
+impl AnnotationError {
+    pub fn new(annotation: &str, value: &str, expected: impl Into<String>) -> Self {
+        Self {
+            annotation: annotation.to_string(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// The value of `mcp-guard.dev/inject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectChoice {
+    Enabled,
+    Disabled,
+}
+
+/// Parses `mcp-guard.dev/inject`.
+pub fn inject_choice(value: &str) -> Result<InjectChoice, AnnotationError> {
+    match value {
+        "enabled" => Ok(InjectChoice::Enabled),
+        "disabled" => Ok(InjectChoice::Disabled),
+        _ => Err(AnnotationError::new(
+            INJECT,
+            value,
+            "allowed values are \"enabled\" and \"disabled\"",
+        )),
+    }
+}
+
+/// How clients' traffic reaches the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// The sidecar takes the server port's name; Services with a named `targetPort` follow.
+    Takeover,
+    /// An init container redirects the server's port to the sidecar with iptables.
+    Redirect,
+    /// The sidecar listens on its own port; clients must dial it.
+    Explicit,
+}
+
+impl Traffic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Traffic::Takeover => "takeover",
+            Traffic::Redirect => "redirect",
+            Traffic::Explicit => "explicit",
+        }
+    }
+}
+
+impl fmt::Display for Traffic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `mcp-guard.dev/port`: a number or a container port name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// Per-pod settings: the annotations, with the webhook's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub port: Option<PortRef>,
+    pub path: String,
+    pub traffic: Option<Traffic>,
+    pub policy: String,
+    pub enforcement: String,
+    pub resource_uri: Option<String>,
+    pub issuer: Option<String>,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Reads every `mcp-guard.dev/*` setting; returns all invalid ones, not just the first.
+    pub fn parse(
+        annotations: &BTreeMap<String, String>,
+        cfg: &InjectConfig,
+    ) -> Result<Self, Vec<AnnotationError>> {
+        let mut errors = Vec::new();
+        let get = |key: &str| annotations.get(key).map(|v| v.trim());
+        let mut check = |r: Result<(), AnnotationError>| {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        };
+
+        let port = match get(PORT) {
+            None => None,
+            Some(v) => match parse_port(v) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    check(Err(e));
+                    None
+                }
+            },
+        };
+        let path = get(PATH).unwrap_or(&cfg.default_path).to_string();
+        check(validate_path(&path));
+        let traffic = match get(TRAFFIC) {
+            None => None,
+            Some("takeover") => Some(Traffic::Takeover),
+            Some("redirect") => Some(Traffic::Redirect),
+            Some("explicit") => Some(Traffic::Explicit),
+            Some(v) => {
+                check(Err(AnnotationError::new(
+                    TRAFFIC,
+                    v,
+                    "allowed values are \"takeover\", \"redirect\" and \"explicit\"",
+                )));
+                None
+            }
+        };
+        let policy = get(POLICY).unwrap_or(&cfg.default_policy).to_string();
+        check(validate_dns_subdomain(POLICY, &policy));
+        let enforcement = get(ENFORCEMENT)
+            .unwrap_or(&cfg.default_enforcement)
+            .to_string();
+        if enforcement != "enforce" && enforcement != "shadow" {
+            check(Err(AnnotationError::new(
+                ENFORCEMENT,
+                &enforcement,
+                "allowed values are \"enforce\" and \"shadow\"",
+            )));
+        }
+        let resource_uri = get(RESOURCE_URI).map(str::to_string);
+        if let Some(uri) = &resource_uri {
+            check(validate_url(RESOURCE_URI, uri));
+        }
+        let issuer = get(ISSUER)
+            .map(str::to_string)
+            .or_else(|| cfg.default_issuer.clone());
+        if let Some(iss) = &issuer {
+            check(validate_url(ISSUER, iss));
+        }
+        let mut quantity = |key: &str, default: &str, kind: QuantityKind| {
+            let v = get(key).unwrap_or(default).to_string();
+            check(validate_quantity(key, &v, kind));
+            v
+        };
+        let cpu_request = quantity(CPU_REQUEST, &cfg.cpu_request, QuantityKind::Cpu);
+        let cpu_limit = quantity(CPU_LIMIT, &cfg.cpu_limit, QuantityKind::Cpu);
+        let memory_request = quantity(MEMORY_REQUEST, &cfg.memory_request, QuantityKind::Memory);
+        let memory_limit = quantity(MEMORY_LIMIT, &cfg.memory_limit, QuantityKind::Memory);
+        let log_level = get(LOG_LEVEL).unwrap_or(&cfg.default_log_level).to_string();
+        if !matches!(
+            log_level.as_str(),
+            "trace" | "debug" | "info" | "warn" | "error"
+        ) {
+            check(Err(AnnotationError::new(
+                LOG_LEVEL,
+                &log_level,
+                "allowed values are \"trace\", \"debug\", \"info\", \"warn\" and \"error\"",
+            )));
+        }
+        if let (Some(r), Some(l)) = (parse_cpu(&cpu_request), parse_cpu(&cpu_limit))
+            && r > l
+        {
+            check(Err(AnnotationError::new(
+                CPU_REQUEST,
+                &cpu_request,
+                format!("must not exceed the CPU limit {cpu_limit}"),
+            )));
+        }
+        if let (Some(r), Some(l)) = (parse_memory(&memory_request), parse_memory(&memory_limit))
+            && r > l
+        {
+            check(Err(AnnotationError::new(
+                MEMORY_REQUEST,
+                &memory_request,
+                format!("must not exceed the memory limit {memory_limit}"),
+            )));
+        }
+
+        if errors.is_empty() {
+            Ok(Self {
+                port,
+                path,
+                traffic,
+                policy,
+                enforcement,
+                resource_uri,
+                issuer,
+                cpu_request,
+                cpu_limit,
+                memory_request,
+                memory_limit,
+                log_level,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn parse_port(v: &str) -> Result<PortRef, AnnotationError> {
+    const EXPECTED: &str = "expected a container port number (1-65535) or a port name \
+         (1-15 lowercase letters, digits and '-', with at least one letter)";
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return match v.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(PortRef::Number(n)),
+            _ => Err(AnnotationError::new(PORT, v, EXPECTED)),
+        };
+    }
+    if is_port_name(v) {
+        Ok(PortRef::Name(v.to_string()))
+    } else {
+        Err(AnnotationError::new(PORT, v, EXPECTED))
+    }
+}
+
+/// Kubernetes' IANA_SVC_NAME: 1-15 chars of `[a-z0-9-]`, a letter somewhere, no leading,
+/// trailing or doubled `-`.
+pub fn is_port_name(v: &str) -> bool {
+    (1..=15).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && v.bytes().any(|b| b.is_ascii_lowercase())
+        && !v.starts_with('-')
+        && !v.ends_with('-')
+        && !v.contains("--")
+}
+
+fn validate_path(v: &str) -> Result<(), AnnotationError> {
+    let ok = v.starts_with('/')
+        && v.len() <= 1024
+        && v.bytes().all(|b| b.is_ascii_graphic())
+        && !v.contains(['?', '#']);
+    if ok {
+        Ok(())
+    } else {
+        Err(AnnotationError::new(
+            PATH,
+            v,
+            "expected an absolute URL path such as /mcp (no query, no spaces)",
+        ))
+    }
+}
+
+fn validate_dns_subdomain(key: &str, v: &str) -> Result<(), AnnotationError> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(AnnotationError::new(
+            key,
+            v,
+            "expected a ConfigMap name (lowercase letters, digits, '-' and '.')",
+        ))
+    }
+}
+
+fn validate_url(key: &str, v: &str) -> Result<(), AnnotationError> {
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
+    let ok = match rest {
+        Some(rest) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && !v.contains('#') && v.bytes().all(|b| b.is_ascii_graphic())
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(AnnotationError::new(
+            key,
+            v,
+            "expected an absolute http(s) URL without a fragment, such as https://mcp.example.com/mcp",
+        ))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum QuantityKind {
+    Cpu,
+    Memory,
+}
+
+fn validate_quantity(key: &str, v: &str, kind: QuantityKind) -> Result<(), AnnotationError> {
+    let ok = match kind {
+        QuantityKind::Cpu => parse_cpu(v).is_some(),
+        QuantityKind::Memory => parse_memory(v).is_some(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let expected = match kind {
+            QuantityKind::Cpu => "expected a CPU quantity such as 100m, 0.5 or 2",
+            QuantityKind::Memory => "expected a memory quantity such as 64Mi, 1Gi or 500M",
+        };
+        Err(AnnotationError::new(key, v, expected))
+    }
+}
+
+/// Splits a quantity into its positive decimal number and suffix.
+fn split_quantity(v: &str) -> Option<(f64, &str)> {
+    let end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, suffix) = v.split_at(end);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1
+    {
+        return None;
+    }
+    let n: f64 = num.parse().ok()?;
+    (n > 0.0).then_some((n, suffix))
+}
+
+/// CPU in millicores.
+fn parse_cpu(v: &str) -> Option<f64> {
+    let (n, suffix) = split_quantity(v)?;
+    match suffix {
+        "" => Some(n * 1000.0),
+        "m" => Some(n),
+        _ => None,
+    }
+}
+
+/// Memory in bytes.
+fn parse_memory(v: &str) -> Option<f64> {
+    let (n, suffix) = split_quantity(v)?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_cpu("100m"), Some(100.0));
+        assert_eq!(parse_cpu("0.5"), Some(500.0));
+        assert_eq!(parse_cpu("1Gi"), None);
+        assert_eq!(parse_memory("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_memory("lots"), None);
+        assert_eq!(parse_memory("1..2Mi"), None);
+    }
+
+    #[test]
+    fn port_names() {
+        assert!(is_port_name("http"));
+        assert!(is_port_name("mcp-2"));
+        assert!(!is_port_name("HTTP"));
+        assert!(!is_port_name("123"));
+        assert!(!is_port_name("a-very-long-port-name"));
+        assert_eq!(parse_port("8080"), Ok(PortRef::Number(8080)));
+        assert!(parse_port("70000").is_err());
+        assert!(parse_port("0").is_err());
+    }
+
+    #[test]
+    fn all_errors_reported() {
+        let mut a = BTreeMap::new();
+        a.insert(TRAFFIC.to_string(), "sideways".to_string());
+        a.insert(MEMORY_LIMIT.to_string(), "lots".to_string());
+        let errs = Settings::parse(&a, &InjectConfig::default()).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(errs[0].to_string().contains(TRAFFIC));
+    }
+}

@@ -1,0 +1,100 @@
+//! The command line of `mcp-guard-webhook`: `serve` and `inject`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::offline::InjectArgs;
+use crate::server::ServeArgs;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// mcp-guard admission webhook: injects the mcp-guard sidecar into annotated pods.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-guard-webhook", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_GUARD_WEBHOOK_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_GUARD_WEBHOOK_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve `/mutate` over HTTPS for the API server.
+    Serve(Box<ServeArgs>),
+    /// Inject manifests offline (YAML or JSON, several documents) and print them.
+    Inject(Box<InjectArgs>),
+}
+
+fn init_logging(cli: &Cli) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .map_err(|e| format!("invalid --log / MCP_GUARD_WEBHOOK_LOG {:?}: {e}", cli.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("mcp-guard-webhook: {e}");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Inject(args) => match crate::offline::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mcp-guard-webhook inject: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("mcp-guard-webhook: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::server::serve(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook failed");
+                    eprintln!("mcp-guard-webhook serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

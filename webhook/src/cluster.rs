@@ -1,0 +1,122 @@
+//! What the webhook reads from the cluster: the API server's version (native sidecars need
+//! 1.29) once at startup, and namespace annotations from a metadata-only reflector cache, so a
+//! review never waits on a GET (a cache miss, e.g. a namespace created a moment ago, falls back
+//! to one GET).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("kubernetes client configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("cannot read the API server version {0:?}")]
+    Version(String),
+}
+
+/// Builds a client from the environment (in-cluster, or `KUBECONFIG`).
+pub async fn client() -> Result<kube::Client, ClusterError> {
+    let config = kube::Config::infer().await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// `(major, minor)` of the API server.
+pub async fn server_version(client: &kube::Client) -> Result<(u32, u32), ClusterError> {
+    let info = client.apiserver_version().await?;
+    parse_version(&info.major, &info.minor)
+        .ok_or_else(|| ClusterError::Version(format!("{}.{}", info.major, info.minor)))
+}
+
+/// Parses `major` and `minor` as the API server reports them (`"1"`, `"29+"`).
+pub fn parse_version(major: &str, minor: &str) -> Option<(u32, u32)> {
+    let digits = |s: &str| -> Option<u32> {
+        let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+        d.parse().ok()
+    };
+    Some((digits(major)?, digits(minor)?))
+}
+
+/// Native sidecars (`restartPolicy: Always` on init containers) are on by default from 1.29.
+pub fn supports_native_sidecars(version: (u32, u32)) -> bool {
+    version >= (1, 29)
+}
+
+/// Namespace annotations, from a reflector cache.
+#[derive(Clone)]
+pub struct Namespaces {
+    store: Store<PartialObjectMeta<Namespace>>,
+    api: Api<PartialObjectMeta<Namespace>>,
+    synced: Arc<AtomicBool>,
+}
+
+impl Namespaces {
+    /// Starts the reflector on the current runtime.
+    pub fn start(client: kube::Client) -> Self {
+        let (store, writer) = reflector::store();
+        // `Api<PartialObjectMeta<_>>` lists and watches metadata only: no specs in memory.
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+        let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
+        let synced = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&synced);
+        let ready = store.clone();
+        tokio::spawn(async move {
+            if ready.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Release);
+                tracing::info!("namespace cache synced");
+            }
+        });
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(reflector::reflector(writer, stream));
+            while let Some(ev) = s.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "namespace watch error; retrying");
+                }
+            }
+        });
+        Self { store, api, synced }
+    }
+
+    /// Whether the first list has arrived.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The namespace's annotations; empty when the namespace cannot be found.
+    pub async fn annotations(&self, name: &str) -> BTreeMap<String, String> {
+        if let Some(ns) = self.store.get(&ObjectRef::new(name)) {
+            return ns.metadata.annotations.clone().unwrap_or_default();
+        }
+        match self.api.get_opt(name).await {
+            Ok(Some(ns)) => ns.metadata.annotations.unwrap_or_default(),
+            Ok(None) => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(namespace = name, error = %e, "namespace lookup failed");
+                BTreeMap::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("1", "29+"), Some((1, 29)));
+        assert_eq!(parse_version("1", "x"), None);
+        assert!(supports_native_sidecars((1, 29)));
+        assert!(!supports_native_sidecars((1, 28)));
+        assert!(supports_native_sidecars((2, 0)));
+    }
+}

@@ -1,0 +1,388 @@
+//! `mcp-guard-webhook serve`: the HTTPS admission server. `/mutate` answers `AdmissionReview` v1
+//! (kube's types) with [`crate::inject::mutate`]'s decision; `/livez`, `/readyz` and `/metrics`
+//! sit beside it on the same TLS port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Args;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::cluster::{self, ClusterError, Namespaces};
+use crate::config::{InjectConfig, InjectorArgs, NativeSidecars};
+use crate::inject::{self, Outcome, PodContext};
+use crate::metrics::Metrics;
+use crate::selection::SkipReason;
+use crate::tls::{CertStore, TlsError};
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS listener.
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Serving certificate chain (PEM); reloaded when it changes.
+    #[arg(
+        long,
+        env = "MCP_GUARD_WEBHOOK_TLS_CERT",
+        default_value = "/etc/mcp-guard/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+
+    /// Serving private key (PEM); reloaded when it changes.
+    #[arg(
+        long,
+        env = "MCP_GUARD_WEBHOOK_TLS_KEY",
+        default_value = "/etc/mcp-guard/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+
+    /// How often the certificate files are checked even without a file event.
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Largest accepted request body.
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Run without cluster access: namespace annotations are not read, and `--native-sidecars
+    /// auto` means native. For benchmarks and tests.
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_NO_KUBE")]
+    pub no_kube: bool,
+
+    /// How long in-flight reviews may take to finish after SIGTERM.
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub injector: InjectorArgs,
+}
+
+/// `500ms`, `10s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 10s, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?} (e.g. 500ms, 10s, 2m)")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What the handlers share.
+pub struct AppState {
+    pub config: InjectConfig,
+    pub namespaces: Option<Namespaces>,
+    pub metrics: Metrics,
+}
+
+/// The routes, for the server and for in-process tests.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    match &st.namespaces {
+        Some(ns) if !ns.is_synced() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "namespace cache not synced",
+        )
+            .into_response(),
+        _ => "ok".into_response(),
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn mutate(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = match review(&st, &body).await {
+        Ok(resp) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            review_json(resp),
+        )
+            .into_response(),
+        Err((kind, message)) => {
+            st.metrics.error(kind);
+            tracing::warn!(kind, %message, "admission review rejected");
+            (StatusCode::BAD_REQUEST, message).into_response()
+        }
+    };
+    st.metrics.observe_duration(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serializes kube's review, with the patch as the base64 string the API server's `[]byte`
+/// expects (kube's `Vec<u8>` serializes as an array of numbers: accepted, but four times larger).
+fn review_json(mut resp: AdmissionResponse) -> Vec<u8> {
+    use base64::Engine;
+    let patch = resp.patch.take();
+    let review = resp.into_review();
+    let fallback = || br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec();
+    match patch {
+        None => serde_json::to_vec(&review).unwrap_or_else(|_| fallback()),
+        Some(bytes) => {
+            let mut v = serde_json::to_value(&review).unwrap_or(Value::Null);
+            if let Some(r) = v.get_mut("response").and_then(Value::as_object_mut) {
+                r.insert(
+                    "patch".to_string(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                );
+            }
+            serde_json::to_vec(&v).unwrap_or_else(|_| fallback())
+        }
+    }
+}
+
+async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'static str, String)> {
+    // One parse: the pod stays raw `Value` (unknown fields survive); the rest of the review,
+    // without the objects, goes through kube's types.
+    let mut raw: Value = serde_json::from_slice(body)
+        .map_err(|e| ("bad_request", format!("not an AdmissionReview: {e}")))?;
+    let pod = raw
+        .pointer_mut("/request/object")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    if let Some(old) = raw.pointer_mut("/request/oldObject") {
+        *old = Value::Null;
+    }
+    let review: AdmissionReview<DynamicObject> = serde_json::from_value(raw)
+        .map_err(|e| ("bad_request", format!("not an AdmissionReview: {e}")))?;
+    let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|e| {
+        (
+            "bad_request",
+            format!("not an AdmissionReview request: {e}"),
+        )
+    })?;
+    let resp = AdmissionResponse::from(&req);
+    if req.operation != Operation::Create || req.kind.kind != "Pod" || req.sub_resource.is_some() {
+        return Ok(resp);
+    }
+    if !pod.is_object() {
+        return Err(("no_object", "the review carries no object".to_string()));
+    }
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| {
+            pod.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "default".to_string());
+    let ns_annotations = match &st.namespaces {
+        Some(ns) => ns.annotations(&namespace).await,
+        None => BTreeMap::new(),
+    };
+    let ctx = PodContext {
+        pod: &pod,
+        namespace: &namespace,
+        namespace_annotations: &ns_annotations,
+        workload_name: None,
+    };
+    let pod_name = pod
+        .pointer("/metadata/name")
+        .or_else(|| pod.pointer("/metadata/generateName"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match inject::mutate(&st.config, ctx) {
+        Outcome::Injected { patch, traffic } => match resp.clone().with_patch(patch) {
+            Ok(r) => {
+                st.metrics.injected(traffic);
+                tracing::info!(namespace, pod = pod_name, %traffic, "injected");
+                Ok(r)
+            }
+            Err(e) => {
+                st.metrics.error("patch");
+                Ok(resp.deny(format!("mcp-guard: cannot serialize the patch: {e}")))
+            }
+        },
+        Outcome::Skipped(reason) => {
+            st.metrics.skipped(reason);
+            tracing::debug!(namespace, pod = pod_name, %reason, "skipped");
+            let mut resp = resp;
+            if reason == SkipReason::NoServerPort {
+                resp.warnings = Some(vec![format!(
+                    "mcp-guard: namespace {namespace} opts in, but the pod declares no container \
+                     port: not injected (set {} to the MCP server's port)",
+                    crate::annotations::PORT
+                )]);
+            }
+            Ok(resp)
+        }
+        Outcome::Invalid(message) => {
+            st.metrics.denied();
+            tracing::info!(namespace, pod = pod_name, %message, "refused");
+            Ok(resp.deny(format!("mcp-guard: {message}")))
+        }
+    }
+}
+
+/// Runs `serve` until SIGTERM or an interrupt.
+pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    let metrics = Metrics::new();
+    let certs = CertStore::load(&args.tls_cert, &args.tls_key)?;
+    let tls_config = certs.server_config()?;
+
+    let (namespaces, native) = if args.no_kube {
+        (None, true)
+    } else {
+        let client = cluster::client().await?;
+        let native = match args.injector.native_sidecars {
+            NativeSidecars::Auto => {
+                let v = cluster::server_version(&client).await?;
+                let native = cluster::supports_native_sidecars(v);
+                tracing::info!(version = %format!("{}.{}", v.0, v.1), native, "API server version read");
+                native
+            }
+            _ => false,
+        };
+        (Some(Namespaces::start(client)), native)
+    };
+    let config = InjectConfig::from_args(&args.injector, native);
+    tracing::info!(native_sidecar = config.native_sidecar, image = %config.image, "injector configured");
+
+    let watch = tokio::spawn({
+        let certs = Arc::clone(&certs);
+        let (interval, metrics) = (args.tls_reload_interval, metrics.clone());
+        async move {
+            if let Err(e) = certs.watch(interval, metrics).await {
+                tracing::error!(error = %e, "certificate watch failed; reload only on restart");
+            }
+        }
+    });
+    let state = Arc::new(AppState {
+        config,
+        namespaces,
+        metrics,
+    });
+    let app = router(state, args.max_body_bytes);
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(args.listen), "serving");
+    let acceptor = TlsAcceptor::from(tls_config);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(terminated());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let conn_builder = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            b
+        };
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = conn_builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("shutting down");
+    drop(listener);
+    watch.abort();
+    if tokio::time::timeout(args.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight connections did not finish in time");
+    }
+    Ok(())
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

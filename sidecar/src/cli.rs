@@ -44,6 +44,68 @@ pub enum Command {
     /// Work with policy bundles offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Waits until the sidecar in this pod is ready (its admin `/readyz` answers 200), then exits
+    /// 0; exits 1 when the time is up. Used as the postStart hook of a sidecar injected as a
+    /// regular container, so the app container starts only once the sidecar serves. Reads the
+    /// admin address from MCP_GUARD_ADMIN_LISTEN (a wildcard address means loopback).
+    WaitReady {
+        /// How long to wait.
+        #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// Asks `/readyz` on `addr` once; true on 200.
+async fn ready_once(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+fn wait_ready(admin: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
+    let mut addr = admin;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-guard-sidecar wait-ready: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if ready_once(addr).await {
+                return ExitCode::SUCCESS;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                eprintln!(
+                    "mcp-guard-sidecar wait-ready: http://{addr}/readyz not ready after {timeout:?}"
+                );
+                return ExitCode::FAILURE;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,8 +210,10 @@ async fn terminated() {
 /// The entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Policy(cmd)) = cli.command {
-        return run_policy(cmd);
+    match cli.command {
+        Some(Command::Policy(cmd)) => return run_policy(cmd),
+        Some(Command::WaitReady { timeout }) => return wait_ready(cli.proxy.admin_listen, timeout),
+        None => {}
     }
     if let Err(e) = init_logging(&cli) {
         eprintln!("mcp-guard-sidecar: {e}");

@@ -328,3 +328,46 @@ async fn inspector_cli_with_a_bearer_header_sees_its_roles_list() {
     assert!(called.to_string().contains("PATH"), "{called}");
     st.sidecar.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cannot_be_taken_over_by_another_caller() {
+    let mut st = stack(&[]);
+    let url = st.sidecar.url("/mcp");
+    bounded("session binding", async {
+        let admin = Agent::connect(&url, &st.provider.admin_token().await).await;
+        let reader_token = st.provider.reader_token().await;
+        // The reader presents its own valid token with the admin's session id.
+        let thief = Agent {
+            url: url.clone(),
+            auth: format!("Bearer {reader_token}"),
+            session: admin.session.clone(),
+            protocol: admin.protocol.clone(),
+        };
+        assert!(thief.session.is_some(), "server-everything opens sessions");
+        let r = thief.post(&call_body(7, DENIED, json!({}))).await;
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(!r.body.contains("PATH"), "{}", r.body);
+        let del = request(
+            reqwest::Method::DELETE,
+            &url,
+            &[
+                ("authorization", thief.auth.as_str()),
+                (
+                    "mcp-session-id",
+                    thief.session.as_deref().unwrap_or_default(),
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            del.status, 404,
+            "the reader cannot end the admin's session: {}",
+            del.body
+        );
+        // The admin's session is untouched.
+        let (answer, _) = admin.call(8, DENIED, json!({})).await;
+        assert!(answer.get("result").is_some(), "{answer}");
+    })
+    .await;
+    st.sidecar.assert_alive();
+}

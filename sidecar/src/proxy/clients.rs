@@ -1,5 +1,6 @@
 //! Who the MCP client says it is: learned from `initialize` (kept per session) or read from each
-//! request's `params._meta` (MCP 2026-07-28, which has no sessions).
+//! request's `params._meta` (MCP 2026-07-28, which has no sessions); and who owns each session:
+//! a session opened through the sidecar by one verified caller cannot be used by another.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use http::HeaderMap;
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
+use crate::identity::Identity;
 use crate::intercept::ClientInfo;
 use crate::jsonrpc::{Message, Payload};
 
@@ -50,9 +52,31 @@ fn from_meta(msg: &Message) -> Option<ClientInfo> {
     (info.is_some() || version.is_some()).then(|| from_fields(info, version))
 }
 
+/// The verified caller that opened a session: issuer and subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    iss: String,
+    sub: String,
+}
+
+impl Owner {
+    /// The owner a caller would be; `None` for an anonymous caller.
+    pub fn of(identity: Option<&Identity>) -> Option<Owner> {
+        identity.map(|i| Owner {
+            iss: i.iss.clone(),
+            sub: i.sub.clone(),
+        })
+    }
+}
+
+struct Entry {
+    client: Arc<ClientInfo>,
+    owner: Option<Owner>,
+}
+
 #[derive(Default)]
 pub struct ClientTable {
-    by_session: RwLock<HashMap<String, Arc<ClientInfo>>>,
+    by_session: RwLock<HashMap<String, Entry>>,
 }
 
 impl ClientTable {
@@ -67,7 +91,7 @@ impl ClientTable {
         if let Some(c) = from_meta(first).or_else(|| from_initialize(first)) {
             return Some(Arc::new(c));
         }
-        let known = self.by_session.read().get(session?).cloned()?;
+        let known = Arc::clone(&self.by_session.read().get(session?)?.client);
         let header_version = headers
             .get("mcp-protocol-version")
             .and_then(|v| v.to_str().ok());
@@ -80,13 +104,23 @@ impl ClientTable {
         }
     }
 
-    /// Remembers the client of a session the server just opened.
-    pub fn remember(&self, session: &str, client: Arc<ClientInfo>) {
+    /// Remembers the client and the owner of a session the server just opened.
+    pub fn remember(&self, session: &str, client: Arc<ClientInfo>, owner: Option<Owner>) {
         let mut map = self.by_session.write();
         if map.len() >= MAX_SESSIONS {
             map.clear();
         }
-        map.insert(session.to_owned(), client);
+        map.insert(session.to_owned(), Entry { client, owner });
+    }
+
+    /// Whether `identity` may use `session`. A session opened through this sidecar belongs to
+    /// the caller who opened it; a session the sidecar did not see opened (it restarted, say)
+    /// is left to the server.
+    pub fn may_use(&self, session: &str, identity: Option<&Identity>) -> bool {
+        match self.by_session.read().get(session) {
+            Some(e) => e.owner == Owner::of(identity),
+            None => true,
+        }
     }
 
     /// Forgets a session (DELETE).
@@ -113,7 +147,7 @@ mod tests {
         );
         let c = t.lookup(&init, &HeaderMap::new(), None).unwrap();
         assert_eq!(c.name.as_deref(), Some("agent"));
-        t.remember("s1", c);
+        t.remember("s1", c, None);
         let call =
             payload(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"x"}}));
         let c = t.lookup(&call, &HeaderMap::new(), Some("s1")).unwrap();
@@ -133,5 +167,31 @@ mod tests {
         );
         t.forget("s1");
         assert!(t.lookup(&call, &HeaderMap::new(), Some("s1")).is_none());
+    }
+
+    #[test]
+    fn a_session_belongs_to_whoever_opened_it() {
+        let t = ClientTable::default();
+        let ana = Identity {
+            sub: "ana".into(),
+            iss: "https://idp".into(),
+            ..Default::default()
+        };
+        let bob = Identity {
+            sub: "bob".into(),
+            iss: "https://idp".into(),
+            ..Default::default()
+        };
+        t.remember("s1", Arc::default(), Owner::of(Some(&ana)));
+        assert!(t.may_use("s1", Some(&ana)));
+        assert!(!t.may_use("s1", Some(&bob)));
+        assert!(
+            !t.may_use("s1", None),
+            "an anonymous caller cannot take over a caller's session"
+        );
+        assert!(t.may_use("unknown", Some(&bob)));
+        t.remember("s2", Arc::default(), None);
+        assert!(t.may_use("s2", None));
+        assert!(!t.may_use("s2", Some(&bob)));
     }
 }

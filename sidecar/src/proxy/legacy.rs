@@ -11,7 +11,9 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use super::clients::Owner;
 use super::rewrite::{EndpointHook, PendingRequests};
+use crate::identity::Identity;
 
 /// How many answers the sidecar may have queued on one stream before a POST waits.
 const INJECT_QUEUE: usize = 64;
@@ -23,9 +25,16 @@ const MAX_PENDING: usize = 10_000;
 pub struct Session {
     pending: Mutex<HashMap<String, &'static str>>,
     inject: mpsc::Sender<Bytes>,
+    /// The verified caller who opened the stream; only they may post to it.
+    owner: Option<Owner>,
 }
 
 impl Session {
+    /// Whether `identity` may post to this session.
+    pub fn may_use(&self, identity: Option<&Identity>) -> bool {
+        self.owner == Owner::of(identity)
+    }
+
     /// Notes that the answer to request `id` must be rewritten as an answer to `method`.
     pub fn expect(&self, id: String, method: &'static str) {
         let mut p = self.pending.lock();
@@ -84,11 +93,12 @@ impl Drop for Guard {
 
 impl Sessions {
     /// Prepares a GET stream: its session is registered when the server announces its endpoint.
-    pub fn open(self: &Arc<Self>, upstream_authority: String) -> NewStream {
+    pub fn open(self: &Arc<Self>, upstream_authority: String, owner: Option<Owner>) -> NewStream {
         let (tx, rx) = mpsc::channel(INJECT_QUEUE);
         let session = Arc::new(Session {
             pending: Mutex::new(HashMap::new()),
             inject: tx,
+            owner,
         });
         let key = Arc::new(Mutex::new(None));
         let hook = {
@@ -179,7 +189,7 @@ mod tests {
     #[test]
     fn session_lives_as_long_as_its_stream() {
         let sessions = Arc::new(Sessions::default());
-        let mut s = sessions.open("127.0.0.1:8".into());
+        let mut s = sessions.open("127.0.0.1:8".into(), None);
         assert_eq!((s.hook)("/message?sessionId=9"), "/message?sessionId=9");
         assert!(sessions.is_message_path("/message"));
         let sess = sessions.get("/message?sessionId=9").unwrap();

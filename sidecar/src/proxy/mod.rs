@@ -1,7 +1,7 @@
 //! The MCP-aware proxy: every client message is parsed, put to the interception point, and
 //! forwarded to the MCP server only when allowed; answers stream back, list answers filtered.
 
-mod clients;
+pub(crate) mod clients;
 mod legacy;
 pub mod rewrite;
 
@@ -405,6 +405,15 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let identity = caller(&parts.extensions);
+        let taken = match (&legacy_session, &session_id) {
+            (Some(s), _) => !s.may_use(identity.as_deref()),
+            (None, Some(sid)) => !self.inner.clients.may_use(sid, identity.as_deref()),
+            (None, None) => false,
+        };
+        if taken {
+            self.record(&payload, Outcome::Denied, None, start);
+            return session_not_found(single_id.as_ref());
+        }
         let client = self
             .inner
             .clients
@@ -483,7 +492,8 @@ impl Proxy {
                 .get(SESSION_HEADER)
                 .and_then(|v| v.to_str().ok())
         {
-            self.inner.clients.remember(sid, Arc::clone(c));
+            let owner = clients::Owner::of(identity.as_deref());
+            self.inner.clients.remember(sid, Arc::clone(c), owner);
         }
 
         let denied = if legacy_session.is_some() {
@@ -571,10 +581,13 @@ impl Proxy {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if parts.method == Method::DELETE
-            && let Some(sid) = &session
-        {
-            self.inner.clients.forget(sid);
+        if let Some(sid) = &session {
+            if !self.inner.clients.may_use(sid, identity.as_deref()) {
+                return session_not_found(None);
+            }
+            if parts.method == Method::DELETE {
+                self.inner.clients.forget(sid);
+            }
         }
         let resp = self
             .inner
@@ -630,10 +643,10 @@ impl Proxy {
             return Response::from_parts(parts, Body::new(body));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
-        let stream = self
-            .inner
-            .sessions
-            .open(self.inner.upstream.authority().to_owned());
+        let stream = self.inner.sessions.open(
+            self.inner.upstream.authority().to_owned(),
+            clients::Owner::of(identity.as_deref()),
+        );
         let rewriter = Rewriter::new(
             Arc::clone(&self.inner.interceptor),
             Transport::Sse,
@@ -648,6 +661,18 @@ impl Proxy {
             .with_guard(stream.guard);
         Response::from_parts(parts, Body::new(body))
     }
+}
+
+/// The answer to a request for a session its caller does not own: the one servers give for a
+/// session that does not exist, so nothing about another caller's session is revealed.
+fn session_not_found(id: Option<&Value>) -> Response<Body> {
+    tracing::warn!("refused a session opened by another caller");
+    error(
+        StatusCode::NOT_FOUND,
+        id,
+        code::INVALID_REQUEST,
+        "session not found",
+    )
 }
 
 /// The verified caller [`crate::auth::Authenticator::admit`] left in the request's extensions.

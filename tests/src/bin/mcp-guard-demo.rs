@@ -2,8 +2,8 @@
 //!
 //! Starts, in this process and on free loopback ports, an unmodified MCP server (the rmcp example
 //! server, with a destructive `delete_everything` tool) and the mcp-guard sidecar in front of it
-//! (`--deny-tools delete_everything`), then talks MCP over plain HTTP to both and prints what a
-//! client sees. Exits non-zero when anything is not as expected. Needs nothing but cargo.
+//! with an embedded Rego policy ([`POLICY`]), then talks MCP over plain HTTP to both and prints
+//! what a client sees. Exits non-zero when anything is not as expected. Needs nothing but cargo.
 
 #[allow(dead_code)] // the server binary's `main` is not used here
 #[path = "mcp-guard-example-server.rs"]
@@ -21,6 +21,26 @@ use serde_json::{Value, json};
 
 const PROTOCOL_VERSION: &str = "2025-11-25";
 const DENIED_TOOL: &str = "delete_everything";
+
+/// The demo's policy, written to a temporary bundle directory as a ConfigMap would be mounted.
+const POLICY: &str = r#"package mcp.authz
+import rego.v1
+
+default allow := false
+
+# Tools whose own definition says they change nothing are open to everyone.
+allow if input.tool.annotations.readOnlyHint == true
+
+# Other tools, by name.
+allow if input.request.tool in {"echo", "add"}
+
+# Arguments are checked too; the reason reaches the client.
+deny contains "add: operands above 1000 are not allowed" if {
+    input.request.tool == "add"
+    some v in input.request.arguments
+    v > 1000
+}
+"#;
 const ECHO_TEXT: &str = "hello through mcp-guard";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -75,6 +95,10 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     });
 
     // 2. The sidecar in front of it, through its library, with the demo's policy.
+    let policy_dir = std::env::temp_dir().join(format!("mcp-guard-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&policy_dir)
+        .and_then(|()| std::fs::write(policy_dir.join("authz.rego"), POLICY))
+        .with_context(|| format!("cannot write the demo policy to {}", policy_dir.display()))?;
     let proxy_addr = free_loopback_port().context("no free port for the sidecar")?;
     let admin_addr = free_loopback_port().context("no free port for the sidecar admin")?;
     let flags = [
@@ -89,8 +113,8 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         server_addr.port().to_string(),
         "--path".to_owned(),
         "/mcp".to_owned(),
-        "--deny-tools".to_owned(),
-        DENIED_TOOL.to_owned(),
+        "--policy-dir".to_owned(),
+        policy_dir.to_string_lossy().into_owned(),
     ];
     let config = SidecarFlags::try_parse_from(&flags)
         .map_err(|e| anyhow!("sidecar flags rejected: {e}"))?
@@ -109,9 +133,12 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!(
         "  MCP server   {server_url}   (rmcp, unmodified; tools: echo, add, get_weather, {DENIED_TOOL})"
     );
-    println!(
-        "  sidecar      {proxy_url}   (--deny-tools {DENIED_TOOL}; admin http://{admin_addr})\n"
-    );
+    println!("  sidecar      {proxy_url}   (admin http://{admin_addr})");
+    println!("  policy       {}/authz.rego:\n", policy_dir.display());
+    for line in POLICY.lines().filter(|l| !l.trim().is_empty()) {
+        println!("      {line}");
+    }
+    println!();
 
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -160,7 +187,7 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     outcome?;
     println!(
         "\nOK: the server is unchanged, yet through mcp-guard the client never saw {DENIED_TOOL} \
-         and could not call it."
+         and could not call it, and add's arguments were checked by the policy."
     );
     Ok(())
 }
@@ -272,6 +299,24 @@ async fn converse(http: &reqwest::Client, server_url: &str, proxy_url: &str) -> 
     ensure!(
         !denied.to_string().contains("\"deleted\""),
         "the denied call reached the server: {denied}"
+    );
+
+    let (status, refused) = mcp
+        .call(
+            "tools/call",
+            json!({ "name": "add", "arguments": { "a": 5000, "b": 1 } }),
+        )
+        .await
+        .context("tools/call add through the sidecar")?;
+    println!("  tools/call add {{\"a\": 5000, \"b\": 1}}");
+    let reasons = refused
+        .pointer("/error/data/reasons")
+        .cloned()
+        .unwrap_or(Value::Null);
+    println!("                                -> refused (HTTP {status}): reasons {reasons}");
+    ensure!(
+        reasons == json!(["add: operands above 1000 are not allowed"]),
+        "tools/call add with a large operand was not refused with its reason: {refused}"
     );
 
     mcp.close().await;

@@ -589,17 +589,7 @@ impl Proxy {
                 self.inner.clients.forget(sid);
             }
         }
-        let resp = self
-            .inner
-            .upstream
-            .send(
-                parts.method,
-                parts.uri.path_and_query(),
-                parts.headers,
-                Bytes::new(),
-            )
-            .await;
-        match resp {
+        match self.send_bodyless(parts).await {
             Ok(resp) => {
                 let rewriter = Rewriter::new(
                     Arc::clone(&self.inner.interceptor),
@@ -615,6 +605,22 @@ impl Proxy {
         }
     }
 
+    /// Forwards a request that has no body (GET, DELETE) as the client sent it.
+    async fn send_bodyless(
+        &self,
+        parts: http::request::Parts,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        self.inner
+            .upstream
+            .send(
+                parts.method,
+                parts.uri.path_and_query(),
+                parts.headers,
+                Bytes::new(),
+            )
+            .await
+    }
+
     /// `GET /sse` of the older transport.
     async fn sse_stream<B>(&self, req: Request<B>) -> Response<Body>
     where
@@ -623,17 +629,7 @@ impl Proxy {
     {
         let (parts, _) = req.into_parts();
         let identity = caller(&parts.extensions);
-        let resp = self
-            .inner
-            .upstream
-            .send(
-                parts.method,
-                parts.uri.path_and_query(),
-                parts.headers,
-                Bytes::new(),
-            )
-            .await;
-        let resp = match resp {
+        let resp = match self.send_bodyless(parts).await {
             Ok(r) => r,
             Err(e) => return upstream_error(&e, None),
         };

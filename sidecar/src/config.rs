@@ -73,6 +73,13 @@ pub struct ProxyConfig {
 
     #[command(flatten)]
     pub policy: crate::policy::config::PolicyConfig,
+
+    /// The audit trail.
+    #[command(flatten)]
+    pub audit: crate::audit::AuditConfig,
+    /// OpenTelemetry export.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Parses `250ms`, `10s`, `5m` or a bare number of seconds.

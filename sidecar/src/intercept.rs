@@ -72,6 +72,20 @@ impl Verdict {
     }
 }
 
+/// What the audit trail records of a decision beyond the [`Verdict`]: filled in by
+/// [`Interceptor::check_noted`]; empty (no allocation) when nothing is to be said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionNote {
+    /// Why the policy refused (or, in shadow mode, would have refused).
+    pub reasons: Vec<String>,
+    /// The hash of the policy bundle that decided.
+    pub policy_hash: Option<std::sync::Arc<str>>,
+    /// The policy would deny, but enforcement is shadow so the message was forwarded.
+    pub shadow_denied: bool,
+    /// Argument paths (`arguments.password`) the policy asks the audit trail to redact.
+    pub redact: Vec<String>,
+}
+
 /// The list methods whose results are filtered item by item.
 pub const LIST_METHODS: [&str; 4] = [
     "tools/list",
@@ -105,6 +119,11 @@ pub trait Interceptor: Send + Sync + 'static {
     /// Decides on one request or notification from the client.
     fn check(&self, ctx: &Context<'_>, msg: &Message) -> Verdict;
 
+    /// As [`Self::check`], noting for the audit trail what the verdict alone does not say.
+    fn check_noted(&self, ctx: &Context<'_>, msg: &Message, _note: &mut DecisionNote) -> Verdict {
+        self.check(ctx, msg)
+    }
+
     /// Whether answers to `method` must be seen (and possibly rewritten) by [`Self::filter_list`].
     fn rewrites(&self, method: &str) -> bool;
 
@@ -121,6 +140,16 @@ impl Interceptor for Chain {
     fn check(&self, ctx: &Context<'_>, msg: &Message) -> Verdict {
         for i in &self.0 {
             let v = i.check(ctx, msg);
+            if v != Verdict::Allow {
+                return v;
+            }
+        }
+        Verdict::Allow
+    }
+
+    fn check_noted(&self, ctx: &Context<'_>, msg: &Message, note: &mut DecisionNote) -> Verdict {
+        for i in &self.0 {
+            let v = i.check_noted(ctx, msg, note);
             if v != Verdict::Allow {
                 return v;
             }

@@ -6,6 +6,7 @@
 //! [`proxy::rewrite`] (list answers filtered, [`sse`] events passed one by one).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,8 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sse;
+pub mod time;
+pub mod telemetry;
 pub mod upstream;
 
 use std::future::Future;
@@ -46,6 +49,10 @@ pub enum Error {
     Upstream(#[from] upstream::UpstreamError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error("cannot start the audit trail: {0}")]
+    Audit(std::io::Error),
+    #[error("OpenTelemetry: {0}")]
+    Telemetry(String),
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
@@ -99,6 +106,24 @@ pub async fn run_proxy(
     let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
     authenticator.log_startup();
     proxy.set_auth(Arc::clone(&authenticator));
+    let server_ref = audit::ServerRef {
+        name: config.policy.server_name.clone(),
+        namespace: config.policy.pod_namespace.clone(),
+        pod: config.policy.pod_name.clone(),
+    };
+    let telemetry = telemetry::Telemetry::start(&config.telemetry, &server_ref, &metrics)
+        .map_err(Error::Telemetry)?;
+    let auditor = audit::Auditor::start(
+        &config.audit,
+        server_ref,
+        config.policy.enforcement,
+        Arc::clone(&metrics),
+        telemetry.clone(),
+    )
+    .map_err(Error::Audit)?;
+    if let Some(a) = &auditor {
+        proxy.set_audit(Arc::clone(a));
+    }
     {
         // Keys load off the request path; until they do, tokens are refused (fail closed).
         let authenticator = Arc::clone(&authenticator);
@@ -175,6 +200,13 @@ pub async fn run_proxy(
         config.drain_timeout,
     );
     tokio::join!(proxy_server, admin_server);
+    if let Some(a) = &auditor {
+        a.flush(std::time::Duration::from_secs(2)).await;
+    }
+    if let Some(t) = telemetry {
+        let done = tokio::task::spawn_blocking(move || t.shutdown());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), done).await;
+    }
     tracing::info!("mcp-guard sidecar stopped");
     Ok(())
 }

@@ -107,6 +107,7 @@ pub struct Metrics {
     policy_info: Family<HashLabels, Gauge>,
     shadow_denied: Family<MethodLabels, Counter>,
     tool_changes: Counter,
+    audit_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -156,6 +157,12 @@ impl Metrics {
             "Tool definitions that changed from the one pinned when the tool was first listed",
             tool_changes.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit lines lost: the audit queue was full or the audit output could not be written",
+            audit_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -164,6 +171,7 @@ impl Metrics {
             policy_info,
             shadow_denied,
             tool_changes,
+            audit_dropped,
         }
     }
 
@@ -201,6 +209,23 @@ impl Metrics {
     /// A tool's definition changed from its pinned one.
     pub fn tool_changed(&self) {
         self.tool_changes.inc();
+    }
+
+    /// Audit lines lost so far.
+    pub fn audit_dropped_total(&self) -> u64 {
+        self.audit_dropped.get()
+    }
+
+    /// Policy bundles tried so far with this `result` (`success` or `failure`).
+    pub fn policy_reloads_total(&self, result: &'static str) -> u64 {
+        self.policy_reloads
+            .get_or_create(&ResultLabels { result })
+            .get()
+    }
+
+    /// Audit lines were lost.
+    pub fn audit_dropped(&self, lines: u64) {
+        self.audit_dropped.inc_by(lines);
     }
 
     /// Counts one handled message.

@@ -62,6 +62,8 @@ pub struct Decision {
     pub allow: bool,
     /// Deny reasons, sorted.
     pub reasons: Vec<String>,
+    /// Argument paths the audit trail redacts (`redact` rule), sorted.
+    pub redact: Vec<String>,
 }
 
 impl Decision {
@@ -383,7 +385,18 @@ fn decision_of(v: &RegoValue) -> Result<Decision, PolicyError> {
         _ => vec![format!("malformed deny: {}", reason_text(deny))],
     };
     reasons.sort();
-    Ok(Decision { allow, reasons })
+    let redact = &v["redact"];
+    let mut redact: Vec<String> = match (redact.as_set(), redact.as_array()) {
+        (Ok(set), _) => set.iter().map(reason_text).collect(),
+        (_, Ok(list)) => list.iter().map(reason_text).collect(),
+        _ => Vec::new(),
+    };
+    redact.sort();
+    Ok(Decision {
+        allow,
+        reasons,
+        redact,
+    })
 }
 
 fn reason_text(v: &RegoValue) -> String {

@@ -12,7 +12,12 @@ reasons contains r if {
 	some r in data.mcp.authz.deny
 }
 
-decision := {"allow": allow, "deny": reasons}
+# Argument paths the audit trail must not show (`arguments.password`), as the operator names them.
+redact contains p if {
+	some p in data.mcp.authz.redact
+}
+
+decision := {"allow": allow, "deny": reasons, "redact": redact}
 
 default visible := false
 

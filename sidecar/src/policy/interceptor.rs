@@ -14,7 +14,7 @@ use super::config::{Enforcement, PolicyConfig};
 use super::engine::{CompiledBundle, Decision};
 use super::input::{Frame, ServerInfo};
 use super::store::PolicyStore;
-use crate::intercept::{Context, Interceptor, LIST_METHODS, Verdict, list_field};
+use crate::intercept::{Context, DecisionNote, Interceptor, LIST_METHODS, Verdict, list_field};
 use crate::jsonrpc::{Message, code};
 use crate::metrics::Metrics;
 
@@ -81,6 +81,7 @@ impl PolicyInterceptor {
             Decision {
                 allow: false,
                 reasons: vec!["policy evaluation failed".into()],
+                redact: Vec::new(),
             }
         })
     }
@@ -133,6 +134,10 @@ impl PolicyInterceptor {
 
 impl Interceptor for PolicyInterceptor {
     fn check(&self, ctx: &Context<'_>, msg: &Message) -> Verdict {
+        self.check_noted(ctx, msg, &mut DecisionNote::default())
+    }
+
+    fn check_noted(&self, ctx: &Context<'_>, msg: &Message, note: &mut DecisionNote) -> Verdict {
         let Some(method) = msg.method() else {
             return Verdict::Allow;
         };
@@ -142,10 +147,13 @@ impl Interceptor for PolicyInterceptor {
         let name = msg.target().unwrap_or_default();
         let Some(bundle) = self.store.current() else {
             if self.mode == Enforcement::Shadow {
+                note.shadow_denied = true;
+                note.reasons = vec!["no policy loaded".into()];
                 tracing::warn!(method, name, "no policy loaded; forwarded (shadow)");
                 self.metrics.shadow_denied(Some(method));
                 return Verdict::Allow;
             }
+            note.reasons = vec!["no policy loaded".into()];
             tracing::warn!(method, name, "no policy loaded; denied");
             return Verdict::Deny {
                 code: code::DENIED,
@@ -154,12 +162,16 @@ impl Interceptor for PolicyInterceptor {
             };
         };
         let frame = Frame::new(ctx, &self.server);
-        let decision = self.decide(&bundle, frame.message(msg, self.tool_view(msg)));
+        let mut decision = self.decide(&bundle, frame.message(msg, self.tool_view(msg)));
+        note.policy_hash = Some(Arc::clone(&bundle.hash));
+        note.redact = std::mem::take(&mut decision.redact);
         if decision.allowed() {
             return Verdict::Allow;
         }
         let subject = ctx.identity.map(|i| i.sub.as_str()).unwrap_or("anonymous");
+        note.reasons.clone_from(&decision.reasons);
         if self.mode == Enforcement::Shadow {
+            note.shadow_denied = true;
             tracing::info!(method, name, subject, reasons = ?decision.reasons, policy_hash = %bundle.hash, "would deny (shadow)");
             self.metrics.shadow_denied(Some(method));
             return Verdict::Allow;

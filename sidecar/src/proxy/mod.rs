@@ -45,6 +45,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Authentication; set once at startup ([`Proxy::set_auth`]), disabled until then.
     auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
+    /// The audit trail; set once at startup ([`Proxy::set_audit`]), off until then.
+    audit: std::sync::OnceLock<Arc<crate::audit::Auditor>>,
 }
 
 /// A JSON-RPC error as an HTTP response.
@@ -173,12 +175,18 @@ impl Proxy {
                 clients: clients::ClientTable::default(),
                 metrics,
                 auth: std::sync::OnceLock::new(),
+                audit: std::sync::OnceLock::new(),
             }),
         })
     }
 
     pub fn upstream(&self) -> &Upstream {
         &self.inner.upstream
+    }
+
+    /// Installs the audit trail (once, before serving); `false` when one was already set.
+    pub fn set_audit(&self, audit: Arc<crate::audit::Auditor>) -> bool {
+        self.inner.audit.set(audit).is_ok()
     }
 
     /// Installs the authenticator (once, before serving); `false` when one was already set.
@@ -275,15 +283,20 @@ impl Proxy {
     }
 
     /// Puts each client message to the interceptor.
-    fn check(&self, payload: &Payload, ctx: &Context<'_>) -> Checked {
+    fn check(
+        &self,
+        payload: &Payload,
+        ctx: &Context<'_>,
+        audit: &mut crate::audit::Recording,
+    ) -> Checked {
         let interceptor = &self.inner.interceptor;
         let msgs = payload.messages();
         let mut denied = Vec::new();
         let mut pending = Vec::new();
         let mut keep = Vec::with_capacity(msgs.len());
-        for m in msgs {
+        for (i, m) in msgs.iter().enumerate() {
             let verdict = match m.kind {
-                Kind::Request | Kind::Notification => interceptor.check(ctx, m),
+                Kind::Request | Kind::Notification => audit.check(&**interceptor, ctx, i, m),
                 Kind::Response => Verdict::Allow,
             };
             match (&verdict, m.kind) {
@@ -427,7 +440,16 @@ impl Proxy {
             identity: identity.as_deref(),
             client: client.as_deref(),
         };
-        let checked = self.check(&payload, &ctx);
+        let mut audit = crate::audit::Recording::begin(
+            self.inner.audit.get(),
+            &parts.headers,
+            &bytes,
+            matches!(payload, Payload::Single(_)),
+            identity.as_ref(),
+            client.as_ref(),
+            start,
+        );
+        let checked = self.check(&payload, &ctx, &mut audit);
 
         if let Some(session) = &legacy_session {
             // Answers on the older transport travel on the GET stream, the sidecar's own too.
@@ -444,11 +466,11 @@ impl Proxy {
             }
             if checked.remaining == 0 {
                 self.record(&payload, Outcome::Ok, Some(&checked.keep), start);
-                return accepted();
+                return audit.wrap(accepted());
             }
         } else if checked.remaining == 0 {
             self.record(&payload, Outcome::Ok, Some(&checked.keep), start);
-            return match payload {
+            return audit.wrap(match payload {
                 Payload::Single(_) => match checked.denied.into_iter().next() {
                     Some(err) => json_response(StatusCode::OK, Bytes::from(err.to_string())),
                     None => accepted(),
@@ -457,7 +479,7 @@ impl Proxy {
                     let all = Value::Array(checked.denied).to_string();
                     json_response(StatusCode::OK, Bytes::from(all))
                 }
-            };
+            });
         }
 
         let body = match &checked.forward {
@@ -467,21 +489,20 @@ impl Proxy {
             }
             Some(msgs) => Bytes::from(Value::Array(msgs.clone()).to_string()),
         };
+        let mut headers = parts.headers;
+        audit.propagate(&mut headers);
+        audit.forwarding();
         let upstream = self
             .inner
             .upstream
-            .send(
-                parts.method,
-                parts.uri.path_and_query(),
-                parts.headers,
-                body,
-            )
+            .send(parts.method, parts.uri.path_and_query(), headers, body)
             .await;
         let resp = match upstream {
             Ok(r) => r,
             Err(e) => {
                 self.record(&payload, Outcome::UpstreamError, Some(&checked.keep), start);
-                return upstream_error(&e, single_id.as_ref());
+                audit.upstream_failed();
+                return audit.wrap(upstream_error(&e, single_id.as_ref()));
             }
         };
         self.record(&payload, Outcome::Ok, Some(&checked.keep), start);
@@ -509,7 +530,7 @@ impl Proxy {
             false,
         )
         .with_identity(identity);
-        self.answer(resp, rewriter, denied).await
+        audit.wrap(self.answer(resp, rewriter, denied).await)
     }
 
     /// Streams the server's answer back, rewriting what must change and merging in the answers

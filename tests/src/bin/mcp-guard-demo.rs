@@ -99,6 +99,7 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&policy_dir)
         .and_then(|()| std::fs::write(policy_dir.join("authz.rego"), POLICY))
         .with_context(|| format!("cannot write the demo policy to {}", policy_dir.display()))?;
+    let audit_file = policy_dir.join("audit.jsonl");
     let proxy_addr = free_loopback_port().context("no free port for the sidecar")?;
     let admin_addr = free_loopback_port().context("no free port for the sidecar admin")?;
     let flags = [
@@ -115,6 +116,8 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "/mcp".to_owned(),
         "--policy-dir".to_owned(),
         policy_dir.to_string_lossy().into_owned(),
+        "--audit-file".to_owned(),
+        audit_file.to_string_lossy().into_owned(),
     ];
     let config = SidecarFlags::try_parse_from(&flags)
         .map_err(|e| anyhow!("sidecar flags rejected: {e}"))?
@@ -185,6 +188,7 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
 
     outcome?;
+    show_audit(&audit_file).await?;
     println!(
         "\nOK: the server is unchanged, yet through mcp-guard the client never saw {DENIED_TOOL} \
          and could not call it, and add's arguments were checked by the policy."
@@ -536,4 +540,43 @@ async fn wait_ready(http: &reqwest::Client, admin: SocketAddr) -> anyhow::Result
         "the sidecar was not ready within {} s ({url}: {last})",
         READY_TIMEOUT.as_secs()
     )
+}
+
+/// Prints the audit trail the sidecar wrote (one JSON line per governed or list request, written
+/// off the request path, so it is read until the calls above are all there).
+async fn show_audit(path: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let calls = lines.iter().filter(|l| l["method"] == "tools/call").count();
+        if calls >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("\nAudit trail ({}):", path.display());
+    for l in &lines {
+        let target = l["target"].as_str().unwrap_or("");
+        let reasons = l["decision"]["reasons"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(" {}", Value::Array(r.clone())))
+            .unwrap_or_default();
+        println!(
+            "  {:<12} {:<18} allowed={:<5} outcome={}{reasons}",
+            l["method"].as_str().unwrap_or("?"),
+            target,
+            l["decision"]["allowed"],
+            l["outcome"].as_str().unwrap_or("?"),
+        );
+    }
+    ensure!(
+        lines.iter().filter(|l| l["method"] == "tools/call").count() == 3,
+        "expected one audit line per tools/call (3), got {lines:?}"
+    );
+    Ok(())
 }

@@ -1,0 +1,353 @@
+#![allow(clippy::unwrap_used)]
+//! The audit trail end to end: the sidecar in front of the real rmcp example server
+//! (`--stateless-json`, MCP 2026-07-28 requests) with a Rego policy; 10,000 mixed calls
+//! (allowed, denied by policy, lists) produce exactly one `mcp-guard.audit/v1` line each on the
+//! sidecar's stdout, and secrets at redacted argument paths (named by the policy and by
+//! `--audit-redact`) appear in no line.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mcp_guard_tests::*;
+use serde_json::{Value, json};
+
+const CALLS: i64 = 10_000;
+const CONCURRENCY: usize = 8;
+
+const POLICY: &str = r#"package mcp.authz
+import rego.v1
+default allow := false
+allow if input.request.tool != "delete_everything"
+deny contains "delete_everything is never allowed" if input.request.tool == "delete_everything"
+redact contains "arguments.password"
+# Every tool is listed, so a denial is told with its reason (not as an unknown tool).
+visible := true
+"#;
+
+const POLICY_SECRET: &str = "hunter2-POLICY-SECRET";
+const FLAG_SECRET: &str = "Atlantis-FLAG-SECRET";
+
+/// What request `i` of the mix is: (method, body).
+fn request(i: i64) -> (&'static str, Value) {
+    let meta = meta_2026();
+    match i % 5 {
+        0 => (
+            "denied",
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                   "params":{"name":"delete_everything","arguments":{},"_meta":meta}}),
+        ),
+        1 => (
+            "list",
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/list","params":{"_meta":meta}}),
+        ),
+        2 => (
+            "echo",
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                   "params":{"name":"echo","arguments":{"text":"hi","password":POLICY_SECRET},"_meta":meta}}),
+        ),
+        3 => (
+            "weather",
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                   "params":{"name":"get_weather","arguments":{"city":FLAG_SECRET},"_meta":meta}}),
+        ),
+        _ => (
+            "add",
+            json!({"jsonrpc":"2.0","id":i,"method":"tools/call",
+                   "params":{"name":"add","arguments":{"a":i,"b":1},"_meta":meta}}),
+        ),
+    }
+}
+
+fn audit_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v| v["schema"] == "mcp-guard.audit/v1")
+        .collect()
+}
+
+fn start_example_server() -> (Proc, u16) {
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        "mcp-guard-example-server",
+        Command::new(example_server_bin())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--stateless-json"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !port_open(port) {
+        assert!(
+            proc.try_status().is_none(),
+            "example server exited\n{}",
+            proc.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "example server did not listen\n{}",
+            proc.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, port)
+}
+
+/// POSTs one 2026-07-28 request, with the `Mcp-Method` / `Mcp-Name` headers it mirrors.
+async fn send(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", PROTOCOL_2026);
+    if let Some(m) = body["method"].as_str() {
+        req = req.header("mcp-method", m);
+    }
+    if let Some(n) = body["params"]["name"].as_str() {
+        req = req.header("mcp-name", n);
+    }
+    let resp = req.body(body.to_string()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_mixed_calls_one_line_each_and_no_secret() {
+    let tmp = TempDir::new("audit-e2e");
+    let policy_dir = tmp.path().join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("authz.rego"), POLICY).unwrap();
+    let (_server, server_port) = start_example_server();
+    let mut sc = Sidecar::start(
+        server_port,
+        &[
+            "--policy-dir",
+            policy_dir.to_str().unwrap(),
+            "--audit-redact",
+            "arguments.city",
+            "--server-name",
+            "example",
+            "--pod-namespace",
+            "tools",
+        ],
+    );
+    let url = sc.url("/mcp");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    // A first call checks the setup before the load.
+    let (status, v) = send(&client, &url, &request(2).1).await;
+    assert_eq!(status, 200, "{v}\n{}", sc.proc.logs());
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut bad = Vec::new();
+            let mut i = 1000 + w as i64;
+            while i < 1000 + CALLS {
+                let (kind, body) = request(i);
+                let (status, v) = send(&client, &url, &body).await;
+                let ok = status == 200
+                    && match kind {
+                        "denied" => v["error"]["code"] == -32003,
+                        "list" => v["result"]["tools"].is_array(),
+                        _ => v["result"].is_object(),
+                    };
+                if !ok {
+                    bad.push(format!("{i} {kind}: {status} {v}"));
+                }
+                i += CONCURRENCY as i64;
+            }
+            bad
+        }));
+    }
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await.unwrap());
+    }
+    let load = started.elapsed();
+    assert!(
+        bad.is_empty(),
+        "{} bad answers, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(3)]
+    );
+
+    // Every line is written within a moment; then no more come.
+    let expected = CALLS as usize + 1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = audit_lines(&sc.proc.stdout());
+    while lines.len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lines = audit_lines(&sc.proc.stdout());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stdout = sc.proc.stdout();
+    let lines = audit_lines(&stdout);
+    sc.assert_alive();
+    assert_eq!(
+        lines.len(),
+        expected,
+        "audit lines after {load:?} of load\n{}",
+        sc.proc.logs()
+    );
+
+    // Exactly one line per request id, with what the request was.
+    let mut by_id: HashMap<i64, &Value> = HashMap::new();
+    for l in &lines {
+        let id = l["request_id"].as_i64().unwrap();
+        assert!(by_id.insert(id, l).is_none(), "two lines for id {id}");
+    }
+    for i in (1000..1000 + CALLS).chain([2]) {
+        let l = by_id
+            .get(&i)
+            .unwrap_or_else(|| panic!("no line for id {i}"));
+        let (kind, _) = request(i);
+        let (method, target, outcome, allowed) = match kind {
+            "denied" => ("tools/call", json!("delete_everything"), "denied", false),
+            "list" => ("tools/list", Value::Null, "ok", true),
+            "echo" => ("tools/call", json!("echo"), "ok", true),
+            "weather" => ("tools/call", json!("get_weather"), "ok", true),
+            _ => ("tools/call", json!("add"), "ok", true),
+        };
+        assert_eq!(
+            (
+                l["method"].as_str(),
+                &l["target"],
+                l["outcome"].as_str(),
+                l["decision"]["allowed"].as_bool()
+            ),
+            (Some(method), &target, Some(outcome), Some(allowed)),
+            "{l}"
+        );
+        assert_eq!(l["server"]["namespace"], "tools", "{l}");
+        assert_eq!(l["client"]["name"], "mcp-guard-tests", "{l}");
+        assert_eq!(l["decision"]["mode"], "enforce", "{l}");
+        if kind == "denied" {
+            assert_eq!(
+                l["decision"]["reasons"],
+                json!(["delete_everything is never allowed"]),
+                "{l}"
+            );
+            assert_eq!(l["error_code"], -32003, "{l}");
+        }
+        if kind == "echo" {
+            assert_eq!(l["arguments"]["text"], "hi", "{l}");
+            assert_eq!(l["arguments"]["password"], "[REDACTED]", "{l}");
+        }
+        if kind == "weather" {
+            assert_eq!(l["arguments"]["city"], "[REDACTED]", "{l}");
+        }
+        if kind != "list" {
+            assert!(
+                l["decision"]["policy"]
+                    .as_str()
+                    .is_some_and(|h| h.starts_with("sha256:")),
+                "{l}"
+            );
+        }
+    }
+    assert!(
+        !stdout.contains(POLICY_SECRET) && !stdout.contains(FLAG_SECRET),
+        "a redacted secret reached the audit trail"
+    );
+    assert!(
+        !sc.proc.stderr().contains(POLICY_SECRET) && !sc.proc.stderr().contains(FLAG_SECRET),
+        "a redacted secret reached the logs"
+    );
+    let (_, metrics) = sc.admin("GET", "/metrics");
+    assert!(
+        metrics.contains("mcp_guard_audit_dropped_total 0"),
+        "{metrics}"
+    );
+}
+
+/// `--audit-file` appends there instead of stdout; an upstream that is down gives
+/// `upstream_error`; a JSON-RPC error answer of the server gives `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_file_and_error_outcomes() {
+    let tmp = TempDir::new("audit-file");
+    let file = tmp.path().join("audit.log");
+    let (mut server, server_port) = start_example_server();
+    let sc = Sidecar::start(server_port, &["--audit-file", file.to_str().unwrap()]);
+    let url = sc.url("/mcp");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let meta = meta_2026();
+    let unknown = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+        "params":{"name":"no_such_tool","arguments":{},"_meta":meta}});
+    let (status, v) = send(&client, &url, &unknown).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["error"].is_object(), "{v}");
+    server.kill();
+    let echo = json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":"x"},"_meta":meta}});
+    let (status, _) = send(&client, &url, &echo).await;
+    assert_eq!(status, 502);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while lines.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lines = audit_lines(&std::fs::read_to_string(&file).unwrap_or_default());
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}\n{}", sc.proc.logs());
+    assert_eq!(lines[0]["outcome"], "error", "{}", lines[0]);
+    assert!(lines[0]["error_code"].is_i64(), "{}", lines[0]);
+    assert_eq!(lines[1]["outcome"], "upstream_error", "{}", lines[1]);
+    assert_eq!(lines[1]["status"], 502, "{}", lines[1]);
+    assert!(
+        audit_lines(&sc.proc.stdout()).is_empty(),
+        "audit lines on stdout despite --audit-file"
+    );
+}
+
+/// In shadow mode a call the policy would deny is forwarded, and its line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_records_the_would_be_denial() {
+    let tmp = TempDir::new("audit-shadow");
+    let policy_dir = tmp.path().join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("authz.rego"), POLICY).unwrap();
+    let (_server, server_port) = start_example_server();
+    let sc = Sidecar::start(
+        server_port,
+        &[
+            "--policy-dir",
+            policy_dir.to_str().unwrap(),
+            "--enforcement",
+            "shadow",
+        ],
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (status, v) = send(&client, &sc.url("/mcp"), &request(5).1).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["result"].is_object(), "forwarded in shadow mode: {v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = Vec::new();
+    while lines.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lines = audit_lines(&sc.proc.stdout());
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}\n{}", sc.proc.logs());
+    let l = &lines[0];
+    assert_eq!(
+        l["decision"],
+        json!({
+            "allowed": false, "forwarded": true, "mode": "shadow",
+            "reasons": ["delete_everything is never allowed"],
+            "policy": l["decision"]["policy"].clone()
+        }),
+        "{l}"
+    );
+    assert_eq!(l["outcome"], "ok", "{l}");
+    assert_eq!(l["target"], "delete_everything", "{l}");
+}

@@ -365,6 +365,26 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("kubectl get {kind} {name}: not JSON ({e}): {}", out.stdout))
     }
 
+    /// A kubeconfig that acts as `user` (member of `groups`) through impersonation by the admin,
+    /// so a component can run with exactly the RBAC rights granted to, e.g., its ServiceAccount
+    /// (`system:serviceaccount:<ns>:<name>`).
+    pub fn impersonating_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let text =
+            fs::read_to_string(&self.kubeconfig).unwrap_or_else(|e| panic!("read kubeconfig: {e}"));
+        let groups: String = groups.iter().map(|g| format!("\n    - {g}")).collect();
+        let text = text.replace(
+            &format!("    token: {ADMIN_TOKEN}\n"),
+            &format!("    token: {ADMIN_TOKEN}\n    as: {user}\n    as-groups:{groups}\n"),
+        );
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.path().join(format!("kubeconfig-{safe}"));
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
+        path
+    }
+
     /// The directory holding certificates, kubeconfig and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -426,6 +446,11 @@ pub struct Webhook {
 impl Webhook {
     /// Starts the webhook on a free port and waits for `/readyz`.
     pub fn start(api: &ApiServer, extra: &[&str]) -> Webhook {
+        Self::start_with_kubeconfig(api, &api.kubeconfig, extra)
+    }
+
+    /// [`Webhook::start`] with another kubeconfig (e.g. [`ApiServer::impersonating_kubeconfig`]).
+    pub fn start_with_kubeconfig(api: &ApiServer, kubeconfig: &Path, extra: &[&str]) -> Webhook {
         let (cert, key) = api
             .ca
             .issue(&format!("webhook-{}", free_port()), "mcp-guard-webhook");
@@ -442,7 +467,7 @@ impl Webhook {
                     .arg("--log-format=text")
                     .arg("--log=info,mcp_guard_webhook=debug")
                     .args(extra)
-                    .env("KUBECONFIG", &api.kubeconfig),
+                    .env("KUBECONFIG", kubeconfig),
             );
             let ca = api.ca.ca_path();
             let ready = wait_until(Duration::from_secs(60), || {
@@ -469,6 +494,11 @@ impl Webhook {
     /// `https://127.0.0.1:PORT/mutate`.
     pub fn mutate_url(&self) -> String {
         format!("https://127.0.0.1:{}/mutate", self.port)
+    }
+
+    /// `https://127.0.0.1:PORT/validate`.
+    pub fn validate_url(&self) -> String {
+        format!("https://127.0.0.1:{}/validate", self.port)
     }
 }
 
@@ -527,6 +557,42 @@ webhooks:
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values: ["kube-system", "mcp-guard"]
+"#
+    )
+}
+
+/// A ValidatingWebhookConfiguration that sends CREATEs and UPDATEs of ConfigMaps labelled
+/// `mcp-guard.dev/policy` to `url` (the policy bundle check).
+pub fn validating_webhook_config(
+    name: &str,
+    url: &str,
+    ca_pem: &str,
+    failure_policy: &str,
+) -> String {
+    let ca_b64 = base64(ca_pem.as_bytes());
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: {name}
+webhooks:
+- name: policy.mcp-guard.dev
+  admissionReviewVersions: ["v1"]
+  sideEffects: None
+  failurePolicy: {failure_policy}
+  timeoutSeconds: 10
+  clientConfig:
+    url: {url}
+    caBundle: {ca_b64}
+  rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["configmaps"]
+  objectSelector:
+    matchExpressions:
+    - key: mcp-guard.dev/policy
+      operator: Exists
 "#
     )
 }

@@ -42,7 +42,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve `/mutate` over HTTPS for the API server.
+    /// Serve `/mutate` and `/validate` over HTTPS for the API server; with `--controller`, also
+    /// run the policy-distribution controller.
     Serve(Box<ServeArgs>),
     /// Inject manifests offline (YAML or JSON, several documents) and print them.
     Inject(Box<InjectArgs>),

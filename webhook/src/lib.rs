@@ -1,6 +1,8 @@
 //! mcp-guard admission webhook: decides which pods get the mcp-guard sidecar and builds the JSON
 //! patch that injects it, serves that decision to the API server over TLS (`serve`), and applies
-//! it offline to manifests (`inject`).
+//! it offline to manifests (`inject`). `serve` also refuses policy bundles that do not compile
+//! ([`validate`]) and, with `--controller`, distributes policy to every namespace that needs it
+//! ([`controller`]).
 //!
 //! The decision itself is one pure function, [`inject::mutate`]: raw pod in, [`inject::Outcome`]
 //! out. Everything else is plumbing around it.
@@ -9,6 +11,7 @@ pub mod annotations;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod inject;
 pub mod metrics;
 pub mod offline;
@@ -16,3 +19,4 @@ pub mod patch;
 pub mod selection;
 pub mod server;
 pub mod tls;
+pub mod validate;

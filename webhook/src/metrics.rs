@@ -8,6 +8,7 @@
 //! | `mcp_guard_webhook_errors_total` | `kind` | reviews that could not be processed |
 //! | `mcp_guard_webhook_admission_duration_seconds` | | time from request to answer |
 //! | `mcp_guard_webhook_tls_reloads_total` | `result` | serving certificate reloads |
+//! | `mcp_guard_webhook_policy_refused_total` | | policy ConfigMaps refused by `/validate` |
 
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ pub struct Metrics {
     errors: Family<KindLabel, Counter>,
     duration: Histogram,
     tls_reloads: Family<ResultLabel, Counter>,
+    policy_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,12 @@ impl Metrics {
             "Serving certificate reloads",
             tls_reloads.clone(),
         );
+        let policy_refused = Counter::default();
+        registry.register(
+            "policy_refused",
+            "Policy ConfigMaps refused by /validate because they do not compile",
+            policy_refused.clone(),
+        );
         // Make every series visible from the start.
         for r in SkipReason::ALL {
             let _ = skipped.get_or_create(&ReasonLabel { reason: r.as_str() });
@@ -109,7 +117,12 @@ impl Metrics {
             errors,
             duration,
             tls_reloads,
+            policy_refused,
         }
+    }
+
+    pub fn policy_refused(&self) {
+        self.policy_refused.inc();
     }
 
     pub fn injected(&self, traffic: Traffic) {

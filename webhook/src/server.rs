@@ -1,6 +1,8 @@
 //! `mcp-guard-webhook serve`: the HTTPS admission server. `/mutate` answers `AdmissionReview` v1
-//! (kube's types) with [`crate::inject::mutate`]'s decision; `/livez`, `/readyz` and `/metrics`
-//! sit beside it on the same TLS port.
+//! (kube's types) with [`crate::inject::mutate`]'s decision, `/validate` refuses policy
+//! ConfigMaps that do not compile ([`crate::validate`]); `/livez`, `/readyz` and `/metrics` sit
+//! beside them on the same TLS port. With `--controller` the policy-distribution controller
+//! ([`crate::controller`]) runs in the same process.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,6 +74,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub injector: InjectorArgs,
+
+    #[command(flatten)]
+    pub controller: crate::controller::ControllerArgs,
 }
 
 /// `500ms`, `10s`, `2m`.
@@ -115,6 +120,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -155,6 +161,30 @@ async fn mutate(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
         Err((kind, message)) => {
             st.metrics.error(kind);
             tracing::warn!(kind, %message, "admission review rejected");
+            (StatusCode::BAD_REQUEST, message).into_response()
+        }
+    };
+    st.metrics.observe_duration(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `/validate`: policy ConfigMaps that do not compile are refused ([`crate::validate`]).
+async fn validate(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = match crate::validate::review(&body) {
+        Ok(resp) => {
+            if !resp.allowed {
+                st.metrics.policy_refused();
+            }
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                review_json(resp),
+            )
+                .into_response()
+        }
+        Err(message) => {
+            st.metrics.error("bad_request");
+            tracing::warn!(%message, "validation review rejected");
             (StatusCode::BAD_REQUEST, message).into_response()
         }
     };
@@ -274,7 +304,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let certs = CertStore::load(&args.tls_cert, &args.tls_key)?;
     let tls_config = certs.server_config()?;
 
+    let mut controller_client = None;
     let (namespaces, native) = if args.no_kube {
+        if args.controller.enabled {
+            tracing::warn!("--controller ignored with --no-kube");
+        }
         (None, true)
     } else {
         let client = cluster::client().await?;
@@ -287,10 +321,26 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
             }
             _ => false,
         };
+        if args.controller.enabled {
+            controller_client = Some(client.clone());
+        }
         (Some(Namespaces::start(client)), native)
     };
     let config = InjectConfig::from_args(&args.injector, native);
     tracing::info!(native_sidecar = config.native_sidecar, image = %config.image, "injector configured");
+    let controller = controller_client.map(|client| {
+        let settings = crate::controller::Settings {
+            own_namespace: config.own_namespace.clone(),
+            sidecar_port: config.sidecar_port,
+            args: args.controller.clone(),
+        };
+        tracing::info!(
+            namespace = settings.own_namespace,
+            "policy controller starting"
+        );
+        let task = tokio::spawn(crate::controller::run(client.clone(), settings.clone()));
+        (task, client, settings)
+    });
 
     let watch = tokio::spawn({
         let certs = Arc::clone(&certs);
@@ -362,6 +412,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     tracing::info!("shutting down");
     drop(listener);
     watch.abort();
+    if let Some((task, client, settings)) = controller {
+        task.abort();
+        let _ = task.await;
+        crate::controller::release(client, &settings).await;
+    }
     if tokio::time::timeout(args.shutdown_grace, graceful.shutdown())
         .await
         .is_err()

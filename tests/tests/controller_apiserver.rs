@@ -1,0 +1,842 @@
+//! The policy-distribution controller and the policy validating webhook on a real kube-apiserver
+//! (v1.20 built from Debian's source, `tests/scripts/install-kube.sh`) with etcd and
+//! kube-controller-manager: `mcp-guard-webhook serve --controller`, running as a ServiceAccount
+//! with exactly the RBAC `docs/distribution.md` lists (impersonated), mirrors the source policy
+//! ConfigMap into every namespace that needs it, refuses broken bundles at apply time, reports
+//! status on the source, restores deleted mirrors, keeps the strict-ingress NetworkPolicy, fails
+//! over between two replicas through its Lease; and a sidecar started from the injected pod's
+//! container spec, reading the mirror laid out as kubelet lays it out, follows an edit of the
+//! source without a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A std Mutex only serializes these blocking tests; no async runtime is involved.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mcp_guard_tests::apiserver::{
+    ApiServer, Webhook, mutating_webhook_config, validating_webhook_config, wait_until,
+};
+use mcp_guard_tests::volume::ConfigMapVolume;
+use mcp_guard_tests::{
+    PROTOCOL_2026, Proc, TempDir, call_body, example_server_bin, free_port, http_blocking,
+    port_open, sidecar_bin, with_meta_2026,
+};
+use serde_json::{Value, json};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const OWN: &str = "mcp-guard";
+
+/// The rights `serve --controller` needs, exactly as `docs/distribution.md` lists them: the
+/// webhook runs as this ServiceAccount (impersonated), so a missing verb fails these tests.
+const RBAC: &str = r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: mcp-guard-webhook, namespace: mcp-guard}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: mcp-guard-webhook}
+rules:
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: mcp-guard-webhook}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: mcp-guard-webhook}
+subjects:
+- {kind: ServiceAccount, name: mcp-guard-webhook, namespace: mcp-guard}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: mcp-guard-webhook-leader-election, namespace: mcp-guard}
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: mcp-guard-webhook-leader-election, namespace: mcp-guard}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: mcp-guard-webhook-leader-election}
+subjects:
+- {kind: ServiceAccount, name: mcp-guard-webhook, namespace: mcp-guard}
+"#;
+const POLICY: &str = "mcp-guard-policy";
+
+fn namespace(name: &str, annotations: &[(&str, &str)]) -> String {
+    let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+    json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "annotations": ann}})
+    .to_string()
+}
+
+fn pod(name: &str, namespace: &str, inject: bool) -> String {
+    let ann: BTreeMap<&str, &str> = if inject {
+        [("mcp-guard.dev/inject", "enabled")].into()
+    } else {
+        BTreeMap::new()
+    };
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name},
+            "annotations": ann},
+        "spec": {"containers": [{"name": "server", "image": "example.com/mcp:1",
+            "ports": [{"name": "http", "containerPort": 8080}]}]}})
+    .to_string()
+}
+
+fn rego(version: &str) -> String {
+    format!(
+        "package mcp.authz\n\nimport rego.v1\n\ndefault allow := false\n\n# {version}\nallow if input.request.tool == \"{version}\"\n"
+    )
+}
+
+const BROKEN: &str = "package mcp.authz\n\nallow if {\n  input.x ==\n}\n";
+
+fn source(authz: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": POLICY, "namespace": OWN,
+            "labels": {"mcp-guard.dev/policy": "true"}},
+        "data": {"authz.rego": authz, "data.json": "{\"teams\": []}"}})
+    .to_string()
+}
+
+fn is_injected(pod: &Value) -> bool {
+    pod["metadata"]["annotations"]["mcp-guard.dev/status"].is_string()
+}
+
+fn get_opt(api: &ApiServer, kind: &str, ns: &str, name: &str) -> Option<Value> {
+    let out = api.kubectl(&["get", kind, name, "-n", ns, "-o", "json"], None);
+    if !out.success() {
+        return None;
+    }
+    serde_json::from_str(&out.stdout).ok()
+}
+
+fn list(api: &ApiServer, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let out = api.kubectl(&a, None);
+    assert!(out.success(), "kubectl {a:?}: {}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// `namespace -> authz.rego` of every mirror of the default policy.
+fn mirrors(api: &ApiServer) -> BTreeMap<String, String> {
+    list(
+        api,
+        &[
+            "configmaps",
+            "-A",
+            "-l",
+            &format!("mcp-guard.dev/mirror-of={POLICY}"),
+        ],
+    )
+    .iter()
+    .map(|m| {
+        (
+            m["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            m["data"]["authz.rego"].as_str().unwrap_or("").to_string(),
+        )
+    })
+    .collect()
+}
+
+fn status(api: &ApiServer) -> Value {
+    let cm = api.get_json("configmap", OWN, POLICY);
+    cm["metadata"]["annotations"]["mcp-guard.dev/status"]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+struct Cluster {
+    api: ApiServer,
+    webhook: Webhook,
+}
+
+/// Control plane + controller-manager, mcp-guard's namespace, the webhook with the controller,
+/// both webhook configurations registered and answering.
+fn start(extra: &[&str]) -> Cluster {
+    let mut api = ApiServer::start();
+    api.start_controller_manager();
+    api.apply(&namespace(OWN, &[]));
+    api.apply(RBAC);
+    let kubeconfig = api.impersonating_kubeconfig(
+        "system:serviceaccount:mcp-guard:mcp-guard-webhook",
+        &["system:serviceaccounts", "system:serviceaccounts:mcp-guard"],
+    );
+    let mut args = vec![
+        "--controller",
+        "--lease-duration=6s",
+        "--resync-interval=5s",
+        "--own-namespace=mcp-guard",
+    ];
+    args.extend_from_slice(extra);
+    let webhook = Webhook::start_with_kubeconfig(&api, &kubeconfig, &args);
+    api.apply(&mutating_webhook_config(
+        "mcp-guard",
+        &webhook.mutate_url(),
+        &api.ca.ca_pem(),
+        "Fail",
+    ));
+    api.apply(&validating_webhook_config(
+        "mcp-guard-policy",
+        &webhook.validate_url(),
+        &api.ca.ca_pem(),
+        "Fail",
+    ));
+    let probe_pod = pod("probe", "default", true);
+    wait_until(Duration::from_secs(30), || {
+        let out = api.kubectl(
+            &["create", "--dry-run=server", "-o", "json"],
+            Some(&probe_pod),
+        );
+        Ok(out.success()
+            && serde_json::from_str::<Value>(&out.stdout).is_ok_and(|p| is_injected(&p)))
+    })
+    .expect("the API server never called /mutate");
+    wait_until(Duration::from_secs(30), || {
+        let out = api.kubectl(&["create", "--dry-run=server"], Some(&source(BROKEN)));
+        Ok(!out.success() && out.stderr.contains("mcp-guard"))
+    })
+    .expect("the API server never called /validate");
+    Cluster { api, webhook }
+}
+
+#[test]
+fn policy_is_validated_distributed_reported_and_restored() {
+    let _g = serial();
+    let Cluster { api, webhook } = start(&[]);
+
+    api.apply(&namespace("apps", &[]));
+    api.apply(&namespace("team", &[("mcp-guard.dev/inject", "enabled")]));
+    api.apply(&namespace("plain", &[]));
+    api.apply(&pod("a1", "apps", true));
+    api.apply(&pod("a2", "apps", true));
+    api.apply(&pod("p1", "plain", false));
+    assert!(is_injected(&api.get_json("pod", "apps", "a1")));
+
+    // v1: distributed to the namespace with injected pods and the annotated one, not elsewhere.
+    api.apply(&source(&rego("v1")));
+    wait_until(Duration::from_secs(20), || {
+        let m = mirrors(&api);
+        Ok(m.len() == 2 && m.values().all(|r| r.contains("v1")))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "v1 never mirrored ({e}): {:?}\n{}",
+            mirrors(&api),
+            webhook.proc.logs()
+        )
+    });
+    assert_eq!(
+        mirrors(&api).keys().cloned().collect::<Vec<_>>(),
+        ["apps", "team"]
+    );
+    let mut st = Value::Null;
+    wait_until(Duration::from_secs(10), || {
+        st = status(&api);
+        Ok(st["namespaces"] == json!(["apps", "team"]))
+    })
+    .unwrap_or_else(|e| panic!("status never reported both namespaces ({e}): {st:#}"));
+    let v1_hash = st["hash"].as_str().unwrap().to_string();
+    assert!(v1_hash.starts_with("sha256:"), "{st:#}");
+    assert_eq!(st["distributedHash"], st["hash"]);
+    assert!(st["error"].is_null(), "{st:#}");
+    let mirror = api.get_json("configmap", "apps", POLICY);
+    assert_eq!(
+        mirror["metadata"]["annotations"]["mcp-guard.dev/hash"],
+        v1_hash.as_str()
+    );
+    assert_eq!(
+        mirror["metadata"]["labels"]["mcp-guard.dev/mirror-of"],
+        POLICY
+    );
+    assert_eq!(mirror["data"]["data.json"], "{\"teams\": []}");
+    assert!(
+        mirror["metadata"]["labels"]["mcp-guard.dev/policy"].is_null(),
+        "a mirror must not look like a source"
+    );
+
+    // An edit of the source reaches every mirror within 2 s.
+    api.apply(&source(&rego("v2")));
+    let edited = Instant::now();
+    wait_until(Duration::from_secs(10), || {
+        let m = mirrors(&api);
+        Ok(m.len() == 2 && m.values().all(|r| r.contains("v2")))
+    })
+    .expect("v2 never mirrored");
+    let took = edited.elapsed();
+    eprintln!("source edit reached every mirror in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "mirrors updated after {took:?}"
+    );
+    wait_until(Duration::from_secs(10), || {
+        st = status(&api);
+        Ok(st["hash"] != v1_hash.as_str() && st["namespaces"] == json!(["apps", "team"]))
+    })
+    .unwrap_or_else(|e| panic!("status never moved to v2 ({e}): {st:#}"));
+    let v2_hash = st["hash"].as_str().unwrap().to_string();
+
+    // A broken edit is refused at apply time, with the compiler's file and line.
+    let out = api.kubectl(&["apply"], Some(&source(BROKEN)));
+    assert!(!out.success(), "broken bundle admitted: {}", out.stdout);
+    assert!(
+        out.stderr.contains("denied the request")
+            && out.stderr.contains("authz.rego:5")
+            && out.stderr.contains("expecting expression"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        api.get_json("configmap", OWN, POLICY)["data"]["authz.rego"]
+            .as_str()
+            .unwrap()
+            .contains("v2")
+    );
+
+    // Without the validating webhook the broken edit lands: status shows it, mirrors keep v2.
+    let out = api.kubectl(
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "mcp-guard-policy",
+        ],
+        None,
+    );
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(30), || {
+        Ok(api.kubectl(&["apply"], Some(&source(BROKEN))).success())
+    })
+    .expect("the broken edit stayed refused after the webhook was removed");
+    wait_until(Duration::from_secs(10), || {
+        st = status(&api);
+        Ok(st["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("authz.rego:5")))
+    })
+    .unwrap_or_else(|e| panic!("status never showed the compile error ({e}): {st:#}"));
+    assert!(st["hash"].is_null(), "{st:#}");
+    assert_eq!(st["distributedHash"], v2_hash.as_str(), "{st:#}");
+    assert_eq!(st["namespaces"], json!(["apps", "team"]));
+    std::thread::sleep(Duration::from_secs(1));
+    let m = mirrors(&api);
+    assert_eq!(m.len(), 2);
+    assert!(
+        m.values().all(|r| r.contains("v2")),
+        "a mirror took the broken bundle: {m:?}"
+    );
+    for ns in ["apps", "team"] {
+        let mirror = api.get_json("configmap", ns, POLICY);
+        assert_eq!(
+            mirror["metadata"]["annotations"]["mcp-guard.dev/hash"],
+            v2_hash.as_str()
+        );
+    }
+    let events = list(&api, &["events", "-n", OWN]);
+    let reasons: BTreeSet<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(
+        reasons.contains("CompileFailed") && reasons.contains("Distributed"),
+        "{reasons:?}"
+    );
+
+    // A deleted mirror comes back (with the last good bundle, the source being broken).
+    let out = api.kubectl(&["delete", "configmap", POLICY, "-n", "apps"], None);
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(5), || {
+        Ok(get_opt(&api, "configmap", "apps", POLICY).is_some_and(|m| {
+            m["metadata"]["annotations"]["mcp-guard.dev/hash"] == v2_hash.as_str()
+        }))
+    })
+    .expect("deleted mirror not restored");
+
+    // A repaired source flows again; a namespace that stops needing the policy loses its mirror.
+    // (v3 also drops data.json: a key removed from the source goes from every mirror.)
+    let v3 = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": POLICY, "namespace": OWN,
+            "labels": {"mcp-guard.dev/policy": "true"}},
+        "data": {"authz.rego": rego("v3")}});
+    api.apply(&v3.to_string());
+    wait_until(Duration::from_secs(10), || {
+        let m = mirrors(&api);
+        Ok(m.len() == 2 && m.values().all(|r| r.contains("v3")))
+    })
+    .expect("v3 never mirrored");
+    for ns in ["apps", "team"] {
+        let mirror = api.get_json("configmap", ns, POLICY);
+        assert!(mirror["data"]["data.json"].is_null(), "{mirror:#}");
+    }
+    api.apply(&namespace("team", &[("mcp-guard.dev/inject", "disabled")]));
+    wait_until(Duration::from_secs(10), || {
+        Ok(mirrors(&api).keys().cloned().collect::<Vec<_>>() == ["apps"])
+    })
+    .expect("mirror in a namespace that no longer needs it was kept");
+
+    // A ConfigMap of that name the controller does not own is never touched.
+    api.apply(&namespace("mine", &[]));
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": POLICY, "namespace": "mine"}, "data": {"authz.rego": "theirs"}});
+    api.apply(&theirs.to_string());
+    api.apply(&namespace("mine", &[("mcp-guard.dev/inject", "enabled")]));
+    wait_until(Duration::from_secs(10), || {
+        Ok(status(&api)["conflicts"] == json!(["mine"]))
+    })
+    .expect("conflict not reported");
+    assert_eq!(
+        api.get_json("configmap", "mine", POLICY)["data"]["authz.rego"],
+        "theirs"
+    );
+
+    // The source goes: its mirrors go.
+    let out = api.kubectl(&["delete", "configmap", POLICY, "-n", OWN], None);
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(10), || Ok(mirrors(&api).is_empty()))
+        .expect("mirrors kept after the source was deleted");
+    assert!(get_opt(&api, "configmap", "mine", POLICY).is_some());
+
+    // One replica holds the lease.
+    let lease = api.get_json("lease", OWN, "mcp-guard-controller");
+    assert!(lease["spec"]["holderIdentity"].is_string(), "{lease:#}");
+    assert_no_forbidden(&webhook);
+}
+
+/// The documented RBAC was enough: nothing the controller did was refused.
+fn assert_no_forbidden(webhook: &Webhook) {
+    let logs = webhook.proc.logs();
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "the controller lacked a right:\n{logs}"
+    );
+}
+
+#[test]
+fn network_policy_selects_injected_pods_and_admits_only_the_sidecar_port() {
+    let _g = serial();
+    let Cluster { api, webhook } = start(&[]);
+
+    api.apply(&namespace("apps", &[]));
+    api.apply(&namespace(
+        "metrics",
+        &[
+            ("mcp-guard.dev/inject", "enabled"),
+            ("mcp-guard.dev/network-policy-exempt-ports", "15020"),
+        ],
+    ));
+    api.apply(&namespace(
+        "open",
+        &[
+            ("mcp-guard.dev/inject", "enabled"),
+            ("mcp-guard.dev/network-policy", "disabled"),
+        ],
+    ));
+    api.apply(&namespace("quiet", &[("mcp-guard.dev/inject", "enabled")]));
+    api.apply(&pod("a1", "apps", true));
+    api.apply(&pod("a2", "apps", true));
+    api.apply(&pod("plain", "apps", false));
+    api.apply(&pod("m1", "metrics", true));
+    api.apply(&pod("o1", "open", true));
+    // Through the real controllers too: a Deployment's pods.
+    api.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tools\n  namespace: apps\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: tools}\n  template:\n    metadata:\n      labels: {app: tools}\n      annotations: {mcp-guard.dev/inject: enabled}\n    spec:\n      containers:\n      - name: server\n        image: example.com/tools:1\n        ports: [{name: mcp, containerPort: 3000}]\n",
+    );
+    wait_until(Duration::from_secs(60), || {
+        Ok(list(&api, &["pods", "-n", "apps", "-l", "app=tools"]).len() == 2)
+    })
+    .expect("the Deployment's pods never appeared");
+
+    let netpols = |api: &ApiServer| -> BTreeSet<String> {
+        list(api, &["networkpolicies", "-A"])
+            .iter()
+            .filter(|n| n["metadata"]["name"] == "mcp-guard-sidecar-only")
+            .filter_map(|n| n["metadata"]["namespace"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_until(Duration::from_secs(20), || {
+        Ok(netpols(&api) == BTreeSet::from(["apps".to_string(), "metrics".to_string()]))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "network policies ({e}): {:?}\n{}",
+            netpols(&api),
+            webhook.proc.logs()
+        )
+    });
+
+    for (ns, ports) in [("apps", json!([15001])), ("metrics", json!([15001, 15020]))] {
+        let np = api.get_json("networkpolicy", ns, "mcp-guard-sidecar-only");
+        let spec = &np["spec"];
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]), "{np:#}");
+        let rules = spec["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 1, "{np:#}");
+        assert!(rules[0]["from"].is_null(), "{np:#}");
+        let got: Vec<Value> = rules[0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                assert_eq!(p["protocol"], "TCP");
+                p["port"].clone()
+            })
+            .collect();
+        assert_eq!(Value::from(got), ports, "{np:#}");
+        assert!(spec["egress"].is_null());
+
+        // The selector, evaluated by the API server, yields exactly the injected pods.
+        let sel = &spec["podSelector"];
+        let mut terms: Vec<String> = sel["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for e in sel["matchExpressions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            assert_eq!(e["operator"], "In");
+            let vals: Vec<&str> = e["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            terms.push(format!(
+                "{} in ({})",
+                e["key"].as_str().unwrap(),
+                vals.join(",")
+            ));
+        }
+        let selected: BTreeSet<String> = list(&api, &["pods", "-n", ns, "-l", &terms.join(",")])
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        let injected: BTreeSet<String> = list(&api, &["pods", "-n", ns])
+            .iter()
+            .filter(|p| is_injected(p))
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        assert!(!injected.is_empty());
+        assert_eq!(selected, injected, "selector {terms:?}");
+        if ns == "apps" {
+            assert_eq!(injected.len(), 4, "a1, a2 and the Deployment's two pods");
+        }
+    }
+
+    // A deleted NetworkPolicy is restored; one in a namespace whose injected pods are gone goes.
+    let out = api.kubectl(
+        &[
+            "delete",
+            "networkpolicy",
+            "mcp-guard-sidecar-only",
+            "-n",
+            "apps",
+        ],
+        None,
+    );
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(10), || {
+        Ok(get_opt(&api, "networkpolicy", "apps", "mcp-guard-sidecar-only").is_some())
+    })
+    .expect("deleted NetworkPolicy not restored");
+    let out = api.kubectl(
+        &["delete", "pod", "m1", "-n", "metrics", "--wait=false"],
+        None,
+    );
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(20), || {
+        Ok(netpols(&api) == BTreeSet::from(["apps".to_string()]))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "NetworkPolicy kept without injected pods ({e}): {:?}",
+            netpols(&api)
+        )
+    });
+    assert_no_forbidden(&webhook);
+}
+
+#[test]
+fn two_replicas_elect_one_leader_and_fail_over() {
+    let _g = serial();
+    let Cluster { api, webhook: a } = start(&["--identity=replica-a"]);
+    let kubeconfig = api.impersonating_kubeconfig(
+        "system:serviceaccount:mcp-guard:mcp-guard-webhook",
+        &["system:serviceaccounts", "system:serviceaccounts:mcp-guard"],
+    );
+    let b = Webhook::start_with_kubeconfig(
+        &api,
+        &kubeconfig,
+        &[
+            "--controller",
+            "--lease-duration=6s",
+            "--resync-interval=5s",
+            "--own-namespace=mcp-guard",
+            "--identity=replica-b",
+        ],
+    );
+    api.apply(&namespace("team", &[("mcp-guard.dev/inject", "enabled")]));
+    api.apply(&source(&rego("v1")));
+    wait_until(Duration::from_secs(20), || {
+        Ok(mirrors(&api).get("team").is_some_and(|r| r.contains("v1")))
+    })
+    .expect("v1 never mirrored");
+
+    let holder = |api: &ApiServer| -> String {
+        api.get_json("lease", OWN, "mcp-guard-controller")["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let leader = holder(&api);
+    assert!(leader == "replica-a" || leader == "replica-b", "{leader}");
+    let (mut leading, following, next) = if leader == "replica-a" {
+        (a, b, "replica-b")
+    } else {
+        (b, a, "replica-a")
+    };
+    // Only the leader writes.
+    assert!(leading.proc.logs().contains("mirror written"));
+    assert!(
+        !following.proc.logs().contains("mirror written")
+            && !following.proc.logs().contains("source status written"),
+        "the follower wrote:\n{}",
+        following.proc.logs()
+    );
+
+    // The leader dies without handing the lease back: the follower takes over once it expires.
+    // (The admission webhooks may point at the dead replica: take them away first.)
+    for kind in [
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+    ] {
+        let _ = api.kubectl(&["delete", kind, "--all"], None);
+    }
+    leading.proc.kill();
+    wait_until(Duration::from_secs(20), || Ok(holder(&api) == next))
+        .unwrap_or_else(|e| panic!("no failover ({e}): holder {}", holder(&api)));
+    api.apply(&source(&rego("v2")));
+    wait_until(Duration::from_secs(5), || {
+        Ok(mirrors(&api).get("team").is_some_and(|r| r.contains("v2")))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "the new leader does not distribute ({e})\n{}",
+            following.proc.logs()
+        )
+    });
+    assert_no_forbidden(&following);
+}
+
+fn start_example_server() -> (Proc, u16) {
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        "mcp-guard-example-server",
+        std::process::Command::new(example_server_bin())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--stateless-json"),
+    );
+    wait_until(Duration::from_secs(20), || {
+        if let Some(s) = proc.try_status() {
+            return Err(format!("example server exited ({s})\n{}", proc.logs()));
+        }
+        Ok(port_open(port))
+    })
+    .expect("example server did not listen");
+    (proc, port)
+}
+
+/// One stateless 2026-07-28 `tools/call` through the sidecar: whether it was answered with a
+/// result (allowed) rather than an error (denied).
+fn call_allowed(rt: &tokio::runtime::Runtime, port: u16, id: i64, tool: &str, args: Value) -> bool {
+    let body = with_meta_2026(call_body(id, tool, args));
+    let answer: Value = rt.block_on(async {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("http://127.0.0.1:{port}/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_2026)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", tool)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null)
+    });
+    answer.get("result").is_some()
+}
+
+/// `namespace`'s mirror of the default policy: (hash, files).
+fn mirror_files(api: &ApiServer, namespace: &str) -> (String, Vec<(String, String)>) {
+    let m = api.get_json("configmap", namespace, POLICY);
+    let files = m["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+        .collect();
+    (
+        m["metadata"]["annotations"]["mcp-guard.dev/hash"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        files,
+    )
+}
+
+const ECHO_ONLY: &str = "package mcp.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.request.tool == \"echo\"\n";
+const ECHO_AND_ADD: &str = "package mcp.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.request.tool in {\"echo\", \"add\"}\n";
+
+#[test]
+fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart() {
+    let _g = serial();
+    let Cluster {
+        api,
+        webhook: _webhook,
+    } = start(&[]);
+    api.apply(&namespace("apps", &[]));
+    api.apply(&pod("srv", "apps", true));
+    api.apply(&source(ECHO_ONLY));
+    wait_until(Duration::from_secs(20), || {
+        Ok(mirrors(&api)
+            .get("apps")
+            .is_some_and(|r| r.contains("echo")))
+    })
+    .expect("policy never mirrored");
+
+    // The mirror laid out as kubelet lays out a ConfigMap volume.
+    let tmp = TempDir::new("controller-e2e");
+    let (hash1, files) = mirror_files(&api, "apps");
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut vol = ConfigMapVolume::new(&tmp.path().join("policy"), &refs);
+
+    // The sidecar, started from the stored pod's sidecar container: its env, with the addresses
+    // and the volume path moved to this machine.
+    let stored = api.get_json("pod", "apps", "srv");
+    let sidecar = stored["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mcp-guard")
+        .cloned()
+        .expect("the sidecar container");
+    let (_server, upstream) = start_example_server();
+    let (port, admin) = (free_port(), free_port());
+    let mut env: BTreeMap<String, String> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(env["MCP_GUARD_POLICY_DIR"], "/etc/mcp-guard/policy");
+    env.insert("MCP_GUARD_LISTEN".into(), format!("127.0.0.1:{port}"));
+    env.insert(
+        "MCP_GUARD_ADMIN_LISTEN".into(),
+        format!("127.0.0.1:{admin}"),
+    );
+    env.insert("MCP_GUARD_UPSTREAM_PORT".into(), upstream.to_string());
+    env.insert(
+        "MCP_GUARD_POLICY_DIR".into(),
+        vol.path().display().to_string(),
+    );
+    env.insert("MCP_GUARD_POD_NAME".into(), "srv".into());
+    env.insert("MCP_GUARD_POD_NAMESPACE".into(), "apps".into());
+    let mut proc = Proc::spawn(
+        "mcp-guard-sidecar",
+        std::process::Command::new(sidecar_bin()).envs(&env),
+    );
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let policy_hash = |admin_addr| -> String {
+        http_blocking(admin_addr, "GET", "/policy", Duration::from_secs(2))
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| v["hash"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(30), || {
+        if let Some(s) = proc.try_status() {
+            return Err(format!("sidecar exited ({s})\n{}", proc.logs()));
+        }
+        Ok(port_open(port) && policy_hash(admin_addr) == hash1)
+    })
+    .unwrap_or_else(|e| panic!("sidecar never enforced {hash1} ({e})\n{}", proc.logs()));
+    assert_eq!(
+        status(&api)["hash"],
+        hash1.as_str(),
+        "one hash from source to sidecar"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(call_allowed(&rt, port, 1, "echo", json!({"text": "hi"})));
+    assert!(!call_allowed(&rt, port, 2, "add", json!({"a": 1, "b": 2})));
+
+    // Edit the source; the controller updates the mirror; kubelet would swap the volume.
+    api.apply(&source(ECHO_AND_ADD));
+    wait_until(Duration::from_secs(5), || {
+        Ok(mirror_files(&api, "apps").0 != hash1)
+    })
+    .expect("mirror not updated");
+    let (hash2, files2) = mirror_files(&api, "apps");
+    let refs: Vec<(&str, &str)> = files2
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    vol.update(&refs);
+    wait_until(Duration::from_secs(10), || {
+        Ok(call_allowed(&rt, port, 3, "add", json!({"a": 1, "b": 2})))
+    })
+    .unwrap_or_else(|e| panic!("the edit never took effect ({e})\n{}", proc.logs()));
+    assert!(proc.try_status().is_none(), "the sidecar restarted");
+    assert_eq!(policy_hash(admin_addr), hash2);
+    let (_, metrics) =
+        http_blocking(admin_addr, "GET", "/metrics", Duration::from_secs(2)).unwrap();
+    assert!(
+        metrics.contains(&format!("mcp_guard_policy_info{{hash=\"{hash2}\"}} 1")),
+        "{metrics}"
+    );
+    assert_eq!(status(&api)["hash"], hash2.as_str());
+}

@@ -208,7 +208,21 @@ impl Settings {
             .map(str::to_string)
             .or_else(|| cfg.default_issuer.clone());
         if let Some(iss) = &issuer {
-            check(validate_url(ISSUER, iss));
+            let valid = validate_url(ISSUER, iss);
+            let valid_issuer = valid.is_ok();
+            check(valid);
+            // Tokens are only accepted when audience-bound to this server's canonical URI; the
+            // sidecar refuses to start without one, so the pod is refused here instead.
+            if valid_issuer && resource_uri.is_none() {
+                check(Err(AnnotationError::new(
+                    RESOURCE_URI,
+                    "",
+                    format!(
+                        "an issuer is set ({iss}), so tokens must name this server's canonical URI \
+                         as their audience: set it, e.g. https://tickets.example.com/mcp"
+                    ),
+                )));
+            }
         }
         let mut quantity = |key: &str, default: &str, kind: QuantityKind| {
             let v = get(key).unwrap_or(default).to_string();

@@ -166,6 +166,8 @@ struct Render {
     mode: Enforcement,
     redact: Vec<String>,
     max_argument_bytes: usize,
+    /// The admin port's registry: the same per-call instruments as the OTLP metrics.
+    metrics: Arc<Metrics>,
 }
 
 impl Auditor {
@@ -213,6 +215,7 @@ impl Auditor {
                 .filter(|p| !p.is_empty())
                 .collect(),
             max_argument_bytes: config.audit_max_argument_bytes,
+            metrics: Arc::clone(&metrics),
         };
         let writer_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
@@ -896,20 +899,28 @@ impl Render {
         if self.lines && serde_json::to_writer(&mut *buf, &line).is_ok() {
             buf.push(b'\n');
         }
+        let decision = match (line.decision.allowed, line.decision.forwarded) {
+            (true, _) => "allow",
+            (false, true) => "shadow_deny",
+            (false, false) => "deny",
+        };
+        let tool = target.filter(|_| line.method == "tools/call");
+        self.metrics.record_call(
+            line.method,
+            tool,
+            decision,
+            line.outcome,
+            r.total.as_secs_f64(),
+        );
         if let (Some(t), Some(trace)) = (&self.telemetry, r.trace) {
             let span_id = if first {
                 trace.span_id
             } else {
                 TraceContext::new(None).span_id
             };
-            let decision = match (line.decision.allowed, line.decision.forwarded) {
-                (true, _) => "allow",
-                (false, true) => "shadow_deny",
-                (false, false) => "deny",
-            };
             t.record(
                 line.method,
-                target.filter(|_| line.method == "tools/call"),
+                tool,
                 decision,
                 line.outcome,
                 r.total.as_secs_f64(),
@@ -1146,6 +1157,7 @@ mod tests {
             mode: Enforcement::Enforce,
             redact: redact.iter().map(|s| (*s).to_owned()).collect(),
             max_argument_bytes: max,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 

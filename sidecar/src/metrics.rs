@@ -84,6 +84,17 @@ pub fn method_label(method: Option<&str>) -> &'static str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: &'static str,
+    tool: String,
+    decision: &'static str,
+    outcome: &'static str,
+}
+
+/// Tool names that get their own label value; past this many, `other`.
+const MAX_TOOL_SERIES: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -108,6 +119,9 @@ pub struct Metrics {
     shadow_denied: Family<MethodLabels, Counter>,
     tool_changes: Counter,
     audit_dropped: Counter,
+    calls: Family<CallLabels, Counter>,
+    call_durations: Family<CallLabels, Histogram>,
+    tools_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -163,7 +177,24 @@ impl Metrics {
             "Audit lines lost: the audit queue was full or the audit output could not be written",
             audit_dropped.clone(),
         );
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "Audited MCP requests (governed and list methods), by method, tool, decision and outcome",
+            calls.clone(),
+        );
+        let call_durations = Family::<CallLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS)
+        });
+        registry.register(
+            "call_duration_seconds",
+            "Audited MCP requests from arrival to the end of the answer, by method, tool, decision and outcome",
+            call_durations.clone(),
+        );
         Metrics {
+            calls,
+            call_durations,
+            tools_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
             registry,
             requests,
             durations,
@@ -173,6 +204,37 @@ impl Metrics {
             tool_changes,
             audit_dropped,
         }
+    }
+
+    /// Counts one audited request (on the audit writer thread, off the request path). Tool names
+    /// get their own label value up to a bound, then `other`.
+    pub fn record_call(
+        &self,
+        method: &str,
+        tool: Option<&str>,
+        decision: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        let tool = match tool {
+            None => String::new(),
+            Some(t) => {
+                let mut seen = self.tools_seen.lock();
+                if seen.contains(t) || (seen.len() < MAX_TOOL_SERIES && seen.insert(t.to_owned())) {
+                    t.to_owned()
+                } else {
+                    "other".to_owned()
+                }
+            }
+        };
+        let labels = CallLabels {
+            method: method_label(Some(method)),
+            tool,
+            decision,
+            outcome,
+        };
+        self.calls.get_or_create(&labels).inc();
+        self.call_durations.get_or_create(&labels).observe(seconds);
     }
 
     /// A new bundle went into force.
@@ -267,5 +329,9 @@ mod tests {
             text.contains("le=\"5e-5\"") || text.contains("le=\"0.00005\""),
             "{text}"
         );
+        m.record_call("tools/call", Some("echo"), "deny", "denied", 0.0001);
+        let text = m.encode();
+        let series = r#"mcp_guard_calls_total{method="tools/call",tool="echo",decision="deny",outcome="denied"} 1"#;
+        assert!(text.contains(series), "{text}");
     }
 }

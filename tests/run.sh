@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every mcp-guard test: installs the real peers the end-to-end suites drive (MCP servers and
-# clients, a kube-apiserver built from source, an OIDC provider, an OTLP receiver; all cached under
+# clients, a kube-apiserver built from source, an OIDC provider, an OTLP receiver, helm; all cached under
 # ~/.cache/mcp-guard), builds the binaries they start, then runs the workspace's tests.
 # The first run on a fresh machine takes about 10 minutes (the kube-apiserver build); later runs
 # reuse the cache.
@@ -12,6 +12,7 @@ bash tests/scripts/install-peers.sh
 bash tests/scripts/install-kube.sh
 bash tests/scripts/install-oidc.sh
 bash tests/scripts/install-otlp.sh
+bash tests/scripts/install-helm.sh
 cargo build --workspace --bins --locked
 # With the peers installed, a suite that cannot find one fails instead of skipping a check.
 export MCP_GUARD_REQUIRE_KUBE=1

@@ -4,6 +4,7 @@
 #   direct    wrk -> rmcp example server (stateless, JSON answers)
 #   nginx     wrk -> nginx (plain reverse proxy, upstream keep-alive) -> the same server
 #   sidecar   wrk -> mcp-guard-sidecar (--deny-tools delete_everything) -> the same server
+#   sidecar-otlp-down (with --otlp-down) the same sidecar, exporting OTLP to a dead endpoint
 #
 # Each target: a warmup (discarded), then a measured wrk run with the same connections; with
 # --rounds N the targets take turns N times (order rotated) and each reports its median round. Reports
@@ -11,7 +12,7 @@
 # sidecar's RSS; writes bench/results/<date>-<name>.md and .json. See bench/README.md.
 #
 # Usage: bench/run.sh [--name foundation] [--duration 10] [--warmup 2] [--connections 16]
-#                     [--threads 2] [--rounds 1] [--no-nginx] [--no-install]
+#                     [--threads 2] [--rounds 1] [--no-nginx] [--otlp-down] [--no-install]
 #                     [--no-build] [--out DIR]
 # Everything also reads from the environment: BENCH_NAME, BENCH_DURATION, BENCH_WARMUP,
 # BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_NGINX=0, BENCH_INSTALL=0,
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --threads) THREADS="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --no-nginx) WITH_NGINX=0; shift ;;
+    --otlp-down) WITH_OTLP_DOWN=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -124,6 +126,7 @@ wait_port() { # wait_port PORT PID WHAT
   die "$3 did not listen on 127.0.0.1:$1"
 }
 
+WITH_OTLP_DOWN="${WITH_OTLP_DOWN:-0}"
 UP_PORT="$(free_port)"
 SC_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
@@ -145,6 +148,22 @@ for i in $(seq 1 200); do
   [ "$i" = 200 ] && die "sidecar not ready after 10 s: $(tail -5 "$WORK/sidecar.err")"
   sleep 0.05
 done
+
+# --otlp-down: a second sidecar exporting spans and metrics to an OTLP endpoint that refuses
+# every connection, measured beside the first: export trouble must not reach the request path.
+OTLP_PID=""
+if [ "$WITH_OTLP_DOWN" = 1 ]; then
+  OTLP_PORT="$(free_port)"
+  OTLP_ADMIN_PORT="$(free_port)"
+  DEAD_PORT="$(free_port)"
+  "$SIDECAR_BIN" --listen "127.0.0.1:$OTLP_PORT" --admin-listen "127.0.0.1:$OTLP_ADMIN_PORT" \
+    --upstream-host 127.0.0.1 --upstream-port "$UP_PORT" --path /mcp \
+    --deny-tools delete_everything --otlp-endpoint "http://127.0.0.1:$DEAD_PORT" \
+    >"$WORK/sidecar-otlp-down.log" 2>"$WORK/sidecar-otlp-down.err" &
+  OTLP_PID=$!
+  PIDS+=("$OTLP_PID")
+  wait_port "$OTLP_PORT" "$OTLP_PID" sidecar-otlp-down
+fi
 
 NGINX_PID=""
 if [ "$WITH_NGINX" = 1 ]; then
@@ -263,6 +282,11 @@ fi
 TARGETS+=(sidecar)
 URL[sidecar]="http://127.0.0.1:$SC_PORT/mcp"
 PROXY_PIDS[sidecar]="$SC_PID"
+if [ -n "$OTLP_PID" ]; then
+  TARGETS+=(sidecar-otlp-down)
+  URL[sidecar-otlp-down]="http://127.0.0.1:$OTLP_PORT/mcp"
+  PROXY_PIDS[sidecar-otlp-down]="$OTLP_PID"
+fi
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Rounds rotate the order of the targets, so a change in background load does not always hit

@@ -18,8 +18,8 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod sse;
-pub mod time;
 pub mod telemetry;
+pub mod time;
 pub mod upstream;
 
 use std::future::Future;
@@ -105,6 +105,7 @@ pub async fn run_proxy(
     let proxy = Proxy::new(&config, interceptor, Arc::clone(&metrics))?;
     let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
     authenticator.log_startup();
+    authenticator.set_metrics(Arc::clone(&metrics));
     proxy.set_auth(Arc::clone(&authenticator));
     let server_ref = audit::ServerRef {
         name: config.policy.server_name.clone(),

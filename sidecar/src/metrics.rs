@@ -119,6 +119,7 @@ pub struct Metrics {
     shadow_denied: Family<MethodLabels, Counter>,
     tool_changes: Counter,
     audit_dropped: Counter,
+    key_refreshes: Family<ResultLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     call_durations: Family<CallLabels, Histogram>,
     tools_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -191,7 +192,14 @@ impl Metrics {
             "Audited MCP requests from arrival to the end of the answer, by method, tool, decision and outcome",
             call_durations.clone(),
         );
+        let key_refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_refreshes",
+            "Fetches of the identity provider's signing keys (JWKS), by result",
+            key_refreshes.clone(),
+        );
         Metrics {
+            key_refreshes,
             calls,
             call_durations,
             tools_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
@@ -271,6 +279,21 @@ impl Metrics {
     /// A tool's definition changed from its pinned one.
     pub fn tool_changed(&self) {
         self.tool_changes.inc();
+    }
+
+    /// A fetch of the identity provider's keys ended (`success` or `failure`).
+    pub fn key_refreshed(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.key_refreshes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Key fetches so far with this `result` (`success` or `failure`).
+    pub fn key_refreshes_total(&self, result: &'static str) -> u64 {
+        self.key_refreshes
+            .get_or_create(&ResultLabels { result })
+            .get()
     }
 
     /// Audit lines lost so far.

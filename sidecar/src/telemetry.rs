@@ -512,6 +512,19 @@ fn meters(
             }
         })
         .build();
+    let m = Arc::clone(metrics);
+    let _key_refreshes = meter
+        .u64_observable_counter("mcp_guard.key_refreshes")
+        .with_description("Fetches of the identity provider's signing keys, by result")
+        .with_callback(move |o| {
+            for result in ["success", "failure"] {
+                o.observe(
+                    m.key_refreshes_total(result),
+                    &[KeyValue::new("result", result)],
+                );
+            }
+        })
+        .build();
     Ok(Meters {
         provider,
         requests,

@@ -501,6 +501,22 @@ async fn key_rotation_and_provider_outage() {
             );
         }
     }
+    // Key fetches are counted: the start and the rotation succeeded; past the refetch rate limit
+    // an unknown kid makes the sidecar try the provider again, which is down.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, _) = probe(&url, &[("authorization", &format!("Bearer {unknown_kid}"))]).await;
+    assert_eq!(s, 401);
+    let (_, metrics) = sc.admin("GET", "/metrics");
+    let count = |result: &str| -> f64 {
+        let series = format!("mcp_guard_key_refreshes_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("success") >= 2.0, "{metrics}");
+    assert!(count("failure") >= 1.0, "{metrics}");
     sc.assert_alive();
 }
 

@@ -137,6 +137,8 @@ pub struct KeyStore {
     on_revoke: Box<dyn Fn() + Send + Sync>,
     /// `Cache-Control: max-age` of the last document fetched, if it had one.
     max_age: parking_lot::Mutex<Option<Duration>>,
+    /// Where fetches are counted, once the sidecar's metrics exist.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl KeyStore {
@@ -157,6 +159,7 @@ impl KeyStore {
             min_refetch,
             on_revoke,
             max_age: parking_lot::Mutex::new(None),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -188,7 +191,7 @@ impl KeyStore {
         {
             return None;
         }
-        if let Err(e) = self.fetch_locked(&mut state).await {
+        if let Err(e) = self.fetch_counted(&mut state).await {
             tracing::warn!(error = %e, "refetching keys for an unknown key id failed");
         }
         self.current().find(kid)
@@ -197,7 +200,20 @@ impl KeyStore {
     /// Fetches now (startup, background refresh). Keeps the last good set on failure.
     pub async fn refresh(&self) -> Result<usize, AuthError> {
         let mut state = self.fetch.lock().await;
-        self.fetch_locked(&mut state).await
+        self.fetch_counted(&mut state).await
+    }
+
+    /// Counts key fetches in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    async fn fetch_counted(&self, state: &mut FetchState) -> Result<usize, AuthError> {
+        let r = self.fetch_locked(state).await;
+        if let Some(m) = self.metrics.get() {
+            m.key_refreshed(r.is_ok());
+        }
+        r
     }
 
     /// The token endpoint from discovery (fetching discovery if needed).

@@ -360,6 +360,13 @@ impl Authenticator {
     }
 
     /// Logs what the identity layer does, loudly when it does not protect anything.
+    /// Counts key fetches in the sidecar's metrics (`mcp_guard_key_refreshes_total`).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        if let Some(v) = &self.verifier {
+            v.keys.set_metrics(metrics);
+        }
+    }
+
     pub fn log_startup(&self) {
         match &self.verifier {
             None => tracing::warn!(

@@ -351,3 +351,57 @@ async fn shadow_mode_records_the_would_be_denial() {
     assert_eq!(l["outcome"], "ok", "{l}");
     assert_eq!(l["target"], "delete_everything", "{l}");
 }
+
+/// With the OTLP endpoint down, every request is still answered, and the export failures are
+/// logged once per interval, not once per request or batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_endpoint_down_is_logged_once_per_interval() {
+    let (_server, server_port) = start_example_server();
+    let dead = free_port();
+    let endpoint = format!("http://127.0.0.1:{dead}");
+    let mut sc = Sidecar::start(
+        server_port,
+        &["--otlp-endpoint", &endpoint, "--audit-disabled"],
+    );
+    let url = sc.url("/mcp");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    const N: i64 = 3000;
+    for i in 0..N {
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": PROTOCOL_2026,
+                                 "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                                 "io.modelcontextprotocol/clientCapabilities": {}}}});
+        let (status, answer) = send(&client, &url, &body).await;
+        assert_eq!(status, 200, "request {i}: {answer}");
+        assert!(answer.get("result").is_some(), "request {i}: {answer}");
+    }
+    // The batch exporter tries (and fails) several times for 3,000 spans; wait for the first
+    // report, then give it time to fail again.
+    let failures = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("OpenTelemetry") && l.contains("export failed"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failures(&sc.proc.stderr()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no export failure reported:\n{}",
+            sc.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = sc.proc.stderr();
+    assert_eq!(failures(&logs), 1, "{logs}");
+    let export_lines = logs
+        .lines()
+        .filter(|l| l.to_lowercase().contains("export"))
+        .count();
+    assert!(
+        export_lines <= 2,
+        "export trouble is logged per batch or request:\n{logs}"
+    );
+    sc.assert_alive();
+}

@@ -4,15 +4,11 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::config::ProxyConfig;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
+pub use crate::process::LogFormat;
+use crate::process::{init_logging, terminated};
 
 /// mcp-guard sidecar: governs the MCP server in its pod.
 #[derive(Debug, Parser)]
@@ -171,42 +167,6 @@ fn run_policy(cmd: PolicyCommand) -> ExitCode {
     }
 }
 
-fn init_logging(cli: &Cli) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .map_err(|e| format!("invalid --log / MCP_GUARD_LOG {:?}: {e}", cli.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
-}
-
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only an interrupt stops the sidecar");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// The entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -215,7 +175,7 @@ pub fn main() -> ExitCode {
         Some(Command::WaitReady { timeout }) => return wait_ready(cli.proxy.admin_listen, timeout),
         None => {}
     }
-    if let Err(e) = init_logging(&cli) {
+    if let Err(e) = init_logging(&cli.log, cli.log_format, "--log / MCP_GUARD_LOG") {
         eprintln!("mcp-guard-sidecar: {e}");
         return ExitCode::from(2);
     }

@@ -15,6 +15,7 @@ pub mod intercept;
 pub mod jsonrpc;
 pub mod metrics;
 pub mod policy;
+pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod sse;

@@ -2,16 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+pub use mcp_guard_sidecar::process::LogFormat;
+use mcp_guard_sidecar::process::init_logging;
 
 use crate::offline::InjectArgs;
 use crate::server::ServeArgs;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
 
 /// mcp-guard admission webhook: injects the mcp-guard sidecar into annotated pods.
 #[derive(Debug, Parser)]
@@ -49,23 +45,10 @@ pub enum Command {
     Inject(Box<InjectArgs>),
 }
 
-fn init_logging(cli: &Cli) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .map_err(|e| format!("invalid --log / MCP_GUARD_WEBHOOK_LOG {:?}: {e}", cli.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
-}
-
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli) {
+    if let Err(e) = init_logging(&cli.log, cli.log_format, "--log / MCP_GUARD_WEBHOOK_LOG") {
         eprintln!("mcp-guard-webhook: {e}");
         return ExitCode::from(2);
     }

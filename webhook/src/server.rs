@@ -367,7 +367,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.listen), "serving");
     let acceptor = TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut stop = std::pin::pin!(terminated());
+    let mut stop = std::pin::pin!(mcp_guard_sidecar::process::terminated());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,
@@ -424,20 +424,4 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         tracing::warn!("in-flight connections did not finish in time");
     }
     Ok(())
-}
-
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -270,14 +270,7 @@ impl ApiServer {
             );
             let url = format!("https://127.0.0.1:{port}");
             let kubeconfig = d.join("kubeconfig");
-            fs::write(
-                &kubeconfig,
-                format!(
-                    "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n    namespace: default\ncurrent-context: test\n",
-                    ca.ca_path().display()
-                ),
-            )
-            .unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
+            write_kubeconfig(&kubeconfig, &url, &ca.ca_path(), "admin", ADMIN_TOKEN);
             let mut server = ApiServer {
                 controller_manager: None,
                 apiserver: None,
@@ -327,8 +320,13 @@ impl ApiServer {
 
     /// Runs `kubectl` against this API server (admin), optionally with stdin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_with(&self.kubeconfig, args, stdin)
+    }
+
+    /// [`ApiServer::kubectl`] with another kubeconfig (e.g. [`ApiServer::service_account_kubeconfig`]).
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(&self.tools.kubectl);
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg("--request-timeout=30s")
             .args(args);
         match stdin {
@@ -372,9 +370,11 @@ impl ApiServer {
         let text =
             fs::read_to_string(&self.kubeconfig).unwrap_or_else(|e| panic!("read kubeconfig: {e}"));
         let groups: String = groups.iter().map(|g| format!("\n    - {g}")).collect();
+        let admin = format!("    token: {ADMIN_TOKEN}\n");
+        assert!(text.contains(&admin), "no admin token line in:\n{text}");
         let text = text.replace(
-            &format!("    token: {ADMIN_TOKEN}\n"),
-            &format!("    token: {ADMIN_TOKEN}\n    as: {user}\n    as-groups:{groups}\n"),
+            &admin,
+            &format!("{admin}    as: {user}\n    as-groups:{groups}\n"),
         );
         let safe: String = user
             .chars()
@@ -382,6 +382,42 @@ impl ApiServer {
             .collect();
         let path = self.dir.path().join(format!("kubeconfig-{safe}"));
         fs::write(&path, text).unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
+        path
+    }
+
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token of its
+    /// own, issued by the API server's TokenRequest API (`POST .../serviceaccounts/NAME/token`,
+    /// one hour): no admin token, no impersonation. What that identity may do is decided by
+    /// RBAC alone, exactly as for a pod running under that ServiceAccount.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let request = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#;
+        let uri = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token");
+        let out = self.kubectl(&["create", "--raw", &uri], Some(request));
+        assert!(
+            out.success(),
+            "TokenRequest for ServiceAccount {namespace}/{name} failed: {}",
+            out.stderr
+        );
+        let answer: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "TokenRequest for {namespace}/{name}: not JSON ({e}): {}",
+                out.stdout
+            )
+        });
+        let token = answer["status"]["token"].as_str().unwrap_or_else(|| {
+            panic!("TokenRequest for {namespace}/{name}: no status.token in {answer}")
+        });
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-sa-{namespace}-{name}"));
+        write_kubeconfig(
+            &path,
+            &self.url,
+            &self.ca.ca_path(),
+            &format!("{namespace}-{name}"),
+            token,
+        );
         path
     }
 
@@ -404,6 +440,18 @@ impl Drop for ApiServer {
         }
         drop(self.etcd.take());
     }
+}
+
+/// Writes a kubeconfig for `url` (trusting `ca`) that authenticates `user` with bearer `token`.
+fn write_kubeconfig(path: &Path, url: &str, ca: &Path, user: &str, token: &str) {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    \
+         certificate-authority: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\n    \
+         namespace: default\ncurrent-context: test\n",
+        ca.display()
+    );
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 /// Polls `check` every 100 ms until it returns `Ok(true)`, an error, or `timeout` passes.

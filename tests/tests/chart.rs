@@ -3,9 +3,9 @@
 //! rendered object validates with `kubernetes-validate --strict` against Kubernetes 1.29 and 1.37,
 //! bad values are refused by `values.schema.json` with a clear message, `manifests/mcp-guard.yaml`
 //! is the chart's current default rendering, and `certs/gen-dev-certs.sh` makes a working CA and
-//! serving certificate. On a real kube-apiserver the plain manifests apply, the ServiceAccount
-//! has exactly the rights it needs, and the webhook runs with the Deployment's environment under
-//! that identity. docs/install.md's walk-through (the examples) gives a first denied tool call.
+//! serving certificate. On a real kube-apiserver the plain manifests apply, the ServiceAccount,
+//! with a token of its own, has exactly the rights it needs and is refused the rest, and the
+//! webhook runs with the Deployment's environment under that identity. docs/install.md's walk-through (the examples) gives a first denied tool call.
 //! Helm comes from `tests/scripts/install-helm.sh` (cached, idempotent); kubernetes-validate and
 //! kube-apiserver from `tests/scripts/install-kube.sh`; the binaries from `cargo build --bins`.
 #![allow(clippy::unwrap_used)]
@@ -550,7 +550,8 @@ fn gen_dev_certs_makes_a_ca_and_a_serving_certificate() {
 }
 
 /// On a real kube-apiserver: `kubectl apply -f manifests/mcp-guard.yaml` creates every object,
-/// and the webhook's ServiceAccount holds exactly the rights docs/distribution.md lists.
+/// and the webhook's ServiceAccount, authenticated by a token issued for it (no impersonation),
+/// holds exactly the rights docs/distribution.md lists and is refused what it does not need.
 #[test]
 fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
     use mcp_guard_tests::apiserver::ApiServer;
@@ -628,14 +629,19 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
         assert!(got.success(), "PodDisruptionBudget: {}", got.stderr);
     }
 
+    // Everything below runs as the ServiceAccount itself: a token the API server issued for it
+    // (TokenRequest), so RBAC alone decides, exactly as for the Deployment's pods.
     let sa = format!("system:serviceaccount:{NAMESPACE}:mcp-guard-webhook");
+    let kubeconfig = api.service_account_kubeconfig(NAMESPACE, "mcp-guard-webhook");
+    let as_sa = |args: &[&str]| api.kubectl_with(&kubeconfig, args, None);
+    // `auth can-i` without `--as`: a SelfSubjectAccessReview, answered for the token's identity.
     let can = |verb: &str, resource: &str, namespace: Option<&str>| -> bool {
-        let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];
+        let mut args = vec!["auth", "can-i", verb, resource];
         match namespace {
             Some(n) => args.extend(["-n", n]),
             None => args.push("--all-namespaces"),
         }
-        let out = api.kubectl(&args, None);
+        let out = as_sa(&args);
         match out.stdout.trim() {
             "yes" => true,
             "no" => false,
@@ -700,9 +706,53 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
             "the webhook's ServiceAccount may {verb} {resource} in {namespace:?}: more than it needs"
         );
     }
+    // Real requests beyond those rights are refused, naming the ServiceAccount: the token is the
+    // identity the API server sees, and what it was not granted it does not get.
+    for args in [
+        vec!["get", "secrets", "-n", NAMESPACE],
+        vec!["get", "secret", "mcp-guard-webhook-tls", "-n", NAMESPACE],
+        vec![
+            "create",
+            "deployment",
+            "intruder",
+            "--image=example.com/intruder:1",
+            "-n",
+            NAMESPACE,
+        ],
+        vec![
+            "create",
+            "clusterrolebinding",
+            "escalate",
+            "--clusterrole=cluster-admin",
+            "--user=nobody",
+        ],
+        vec![
+            "delete",
+            "mutatingwebhookconfiguration",
+            "mcp-guard-webhook",
+        ],
+    ] {
+        let out = as_sa(&args);
+        assert!(
+            !out.success()
+                && out
+                    .stderr
+                    .contains(&format!("is forbidden: User \"{sa}\" cannot")),
+            "kubectl {args:?} as the ServiceAccount should be Forbidden for {sa}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    // What it was granted works with that token, against real objects.
+    let policy = as_sa(&["get", "configmap", "mcp-guard-policy", "-n", NAMESPACE]);
+    assert!(
+        policy.success(),
+        "the ServiceAccount cannot read the policy source: {}",
+        policy.stderr
+    );
 
     // The webhook and its controller, configured exactly as the Deployment configures them and
-    // acting as the ServiceAccount (impersonated): ready, leading, and writing policy status,
+    // running with the ServiceAccount's own token: ready, leading, and writing policy status,
     // with no request refused.
     // No kubelet runs here, so the Service has no endpoints: take the webhook configurations out
     // (they would refuse the controller's own status write to the labelled policy ConfigMap).
@@ -717,10 +767,6 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["args"], json!(["serve"]));
-    let kubeconfig = api.impersonating_kubeconfig(
-        &sa,
-        &["system:serviceaccounts", "system:serviceaccounts:mcp-guard"],
-    );
     let (cert, key) = api.ca.issue("chart-webhook", "mcp-guard-webhook");
     let port = free_port();
     let mut cmd = Command::new(webhook_bin());

@@ -202,6 +202,7 @@ sidecar:
     tag: "0.2.0"
   enforcement: shadow
   issuer: https://login.example.com/realms/agents
+  resourceUriTemplate: https://{name}.{namespace}.svc.cluster.local{path}
   nativeSidecars: never
   resources:
     requests: {cpu: 20m, memory: 48Mi}
@@ -316,6 +317,15 @@ fn default_rendering_is_complete_and_valid() {
             "default rendering lacks {needle:?}:\n{rendered}"
         );
     }
+    for absent in [
+        "MCP_GUARD_WEBHOOK_DEFAULT_ISSUER",
+        "MCP_GUARD_WEBHOOK_DEFAULT_RESOURCE_URI_TEMPLATE",
+    ] {
+        assert!(
+            !rendered.contains(absent),
+            "default rendering sets {absent}, which is off by default:\n{rendered}"
+        );
+    }
     // One CA: the Secret's ca.crt is the caBundle of both webhook configurations.
     let ca = rendered
         .lines()
@@ -365,6 +375,8 @@ fn custom_rendering_follows_values_and_is_valid() {
         "kind: ClusterIssuer",
         "value: \"shadow\"",
         "value: \"https://login.example.com/realms/agents\"",
+        "name: MCP_GUARD_WEBHOOK_DEFAULT_RESOURCE_URI_TEMPLATE\n              \
+         value: \"https://{name}.{namespace}.svc.cluster.local{path}\"",
         "value: \"never\"",
         "value: \"team-policy\"",
         "name: team-policy",
@@ -381,6 +393,52 @@ fn custom_rendering_follows_values_and_is_valid() {
         "controller rights only with it"
     );
     validate(&rendered, "custom values");
+    // The env the chart gives the webhook names its real flags: `inject` with that env gives the
+    // example server the issuer, the URI from the template and the other sidecar defaults.
+    let file = dir.path().join("rendered.yaml");
+    fs::write(&file, &rendered).unwrap();
+    let docs = as_json(&file);
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let webhook_env: Vec<(String, String)> = deployment["spec"]["template"]["spec"]["containers"]
+        [0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|var| Some((var["name"].as_str()?.into(), var["value"].as_str()?.into())))
+        .collect();
+    let example = workspace_root().join("manifests/examples/mcp-server.yaml");
+    let injected = inject_with_env(&example, &webhook_env)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let sidecar = injected["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mcp-guard")
+        .unwrap_or_else(|| panic!("nativeSidecars: never puts the sidecar first: {injected:#}"));
+    assert_eq!(
+        sidecar["image"],
+        "registry.example.com/mcp-guard/sidecar:0.2.0"
+    );
+    let env = |name: &str| {
+        sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        env("MCP_GUARD_RESOURCE_URI"),
+        "https://everything.tools.svc.cluster.local/mcp"
+    );
+    assert_eq!(
+        env("MCP_GUARD_ISSUER"),
+        "https://login.example.com/realms/agents"
+    );
+    assert_eq!(env("MCP_GUARD_ENFORCEMENT"), "shadow");
 
     let secret = template(&[
         "--set",
@@ -425,6 +483,18 @@ fn bad_values_are_refused_by_the_schema() {
         (
             "sidecar.issuer=login.example.com",
             "sidecar.issuer: Does not match pattern",
+        ),
+        (
+            "sidecar.resourceUriTemplate=5",
+            "sidecar.resourceUriTemplate: Invalid type. Expected: string, given: integer",
+        ),
+        (
+            "sidecar.resourceUriTemplate=https://{name}.{ns}.svc{path}",
+            "sidecar.resourceUriTemplate: Does not match pattern",
+        ),
+        (
+            "sidecar.resourceUriTemplate=https://{path}",
+            "sidecar.resourceUriTemplate: Does not match pattern",
         ),
         (
             "webhook.replicas=0",
@@ -867,11 +937,18 @@ fn inject_example(name: &str) -> Vec<Value> {
 /// The documents of a YAML file as JSON (through `mcp-guard-webhook inject -o json`, which
 /// passes through what it does not inject).
 fn as_json(path: &Path) -> Vec<Value> {
+    inject_with_env(path, &[])
+}
+
+/// `mcp-guard-webhook inject -o json -f path` with the webhook's settings in `env`
+/// (`MCP_GUARD_WEBHOOK_*`): the documents, injected where they ask for it.
+fn inject_with_env(path: &Path, env: &[(String, String)]) -> Vec<Value> {
     let out = run_bounded(
         "mcp-guard-webhook inject",
         Command::new(webhook_bin())
             .args(["inject", "-o", "json", "-f"])
-            .arg(path),
+            .arg(path)
+            .envs(env.iter().map(|(k, v)| (k, v))),
         Duration::from_secs(30),
     );
     assert!(out.success(), "inject {}: {}", path.display(), out.stderr);

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::config::InjectConfig;
+use crate::resource_uri::Workload;
 
 /// Opt-in / opt-out, on the pod template or on the namespace: `enabled` or `disabled`.
 pub const INJECT: &str = "mcp-guard.dev/inject";
@@ -149,10 +150,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads every `mcp-guard.dev/*` setting; returns all invalid ones, not just the first.
+    /// Reads every `mcp-guard.dev/*` setting of `workload`'s pod; returns all invalid ones, not
+    /// just the first.
     pub fn parse(
         annotations: &BTreeMap<String, String>,
         cfg: &InjectConfig,
+        workload: Workload<'_>,
     ) -> Result<Self, Vec<AnnotationError>> {
         let mut errors = Vec::new();
         let get = |key: &str| annotations.get(key).map(|v| v.trim());
@@ -173,7 +176,9 @@ impl Settings {
             },
         };
         let path = get(PATH).unwrap_or(&cfg.default_path).to_string();
-        check(validate_path(&path));
+        let path_valid = validate_path(&path);
+        let path_is_valid = path_valid.is_ok();
+        check(path_valid);
         let traffic = match get(TRAFFIC) {
             None => None,
             Some("takeover") => Some(Traffic::Takeover),
@@ -200,10 +205,33 @@ impl Settings {
                 "allowed values are \"enforce\" and \"shadow\"",
             )));
         }
-        let resource_uri = get(RESOURCE_URI).map(str::to_string);
-        if let Some(uri) = &resource_uri {
-            check(validate_url(RESOURCE_URI, uri));
-        }
+        // The annotation, else the webhook's template expanded for this pod.
+        let resource_uri = match (get(RESOURCE_URI), &cfg.default_resource_uri_template) {
+            (Some(uri), _) => {
+                check(validate_url(RESOURCE_URI, uri));
+                Some(uri.to_string())
+            }
+            (None, Some(template)) => {
+                let uri = template.expand(workload, &path);
+                // An invalid path is reported on its own; the URI made from it says nothing new.
+                if path_is_valid && !is_absolute_url(&uri) {
+                    check(Err(AnnotationError::new(
+                        RESOURCE_URI,
+                        &uri,
+                        format!(
+                            "the pod sets no {RESOURCE_URI}, and the webhook's \
+                             --default-resource-uri-template {:?} gives this for workload {:?} in \
+                             namespace {:?}: {EXPECTED_URL}; set the annotation",
+                            template.as_str(),
+                            workload.name,
+                            workload.namespace
+                        ),
+                    )));
+                }
+                Some(uri)
+            }
+            (None, None) => None,
+        };
         let issuer = get(ISSUER)
             .map(str::to_string)
             .or_else(|| cfg.default_issuer.clone());
@@ -219,7 +247,9 @@ impl Settings {
                     "",
                     format!(
                         "an issuer is set ({iss}), so tokens must name this server's canonical URI \
-                         as their audience: set it, e.g. https://tickets.example.com/mcp"
+                         as their audience: set it, e.g. https://tickets.example.com/mcp, or give \
+                         the webhook --default-resource-uri-template (chart value \
+                         sidecar.resourceUriTemplate)"
                     ),
                 )));
             }
@@ -350,24 +380,32 @@ fn validate_dns_subdomain(key: &str, v: &str) -> Result<(), AnnotationError> {
     }
 }
 
-fn validate_url(key: &str, v: &str) -> Result<(), AnnotationError> {
+/// What [`is_absolute_url`] accepts, in words.
+pub const EXPECTED_URL: &str = "expected an absolute http(s) URL without a fragment";
+
+/// An absolute `http`/`https` URL with a host, no fragment and no spaces or control characters:
+/// what the sidecar accepts as an issuer or a resource URI.
+pub fn is_absolute_url(v: &str) -> bool {
     let rest = v
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"));
-    let ok = match rest {
+    match rest {
         Some(rest) => {
             let host = rest.split(['/', '?', '#']).next().unwrap_or("");
             !host.is_empty() && !v.contains('#') && v.bytes().all(|b| b.is_ascii_graphic())
         }
         None => false,
-    };
-    if ok {
+    }
+}
+
+fn validate_url(key: &str, v: &str) -> Result<(), AnnotationError> {
+    if is_absolute_url(v) {
         Ok(())
     } else {
         Err(AnnotationError::new(
             key,
             v,
-            "expected an absolute http(s) URL without a fragment, such as https://mcp.example.com/mcp",
+            format!("{EXPECTED_URL}, such as https://mcp.example.com/mcp"),
         ))
     }
 }
@@ -467,8 +505,113 @@ mod tests {
         let mut a = BTreeMap::new();
         a.insert(TRAFFIC.to_string(), "sideways".to_string());
         a.insert(MEMORY_LIMIT.to_string(), "lots".to_string());
-        let errs = Settings::parse(&a, &InjectConfig::default()).unwrap_err();
+        let errs = Settings::parse(&a, &InjectConfig::default(), TOOLS).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert!(errs[0].to_string().contains(TRAFFIC));
+    }
+
+    const TOOLS: Workload<'static> = Workload {
+        name: "tools",
+        namespace: "team-a",
+    };
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn with_template(template: Option<&str>, issuer: Option<&str>) -> InjectConfig {
+        InjectConfig {
+            default_resource_uri_template: template.map(|t| t.parse().unwrap()),
+            default_issuer: issuer.map(str::to_string),
+            ..InjectConfig::default()
+        }
+    }
+
+    const TEMPLATE: &str = "https://{name}.{namespace}.svc.cluster.local{path}";
+
+    #[test]
+    fn the_template_gives_the_resource_uri_with_the_pods_path() {
+        let cfg = with_template(Some(TEMPLATE), Some("https://idp.example.com"));
+        let s = Settings::parse(&annotations(&[]), &cfg, TOOLS).unwrap();
+        assert_eq!(
+            s.resource_uri.as_deref(),
+            Some("https://tools.team-a.svc.cluster.local/mcp")
+        );
+        let s = Settings::parse(&annotations(&[(PATH, "/v2/mcp")]), &cfg, TOOLS).unwrap();
+        assert_eq!(
+            s.resource_uri.as_deref(),
+            Some("https://tools.team-a.svc.cluster.local/v2/mcp")
+        );
+        // Without an issuer too: the template is the annotation's default, like the annotation.
+        let cfg = with_template(Some(TEMPLATE), None);
+        let s = Settings::parse(&annotations(&[]), &cfg, TOOLS).unwrap();
+        assert_eq!(
+            s.resource_uri.as_deref(),
+            Some("https://tools.team-a.svc.cluster.local/mcp")
+        );
+    }
+
+    #[test]
+    fn the_annotation_wins_over_the_template() {
+        let cfg = with_template(Some(TEMPLATE), Some("https://idp.example.com"));
+        let a = annotations(&[(RESOURCE_URI, "https://tools.example.com/mcp")]);
+        let s = Settings::parse(&a, &cfg, TOOLS).unwrap();
+        assert_eq!(
+            s.resource_uri.as_deref(),
+            Some("https://tools.example.com/mcp")
+        );
+        // And is still checked as the annotation.
+        let a = annotations(&[(RESOURCE_URI, "tools.example.com")]);
+        let errs = Settings::parse(&a, &cfg, TOOLS).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            "annotation mcp-guard.dev/resource-uri: invalid value \"tools.example.com\": expected \
+             an absolute http(s) URL without a fragment, such as https://mcp.example.com/mcp"
+        );
+    }
+
+    #[test]
+    fn an_issuer_without_annotation_or_template_is_refused() {
+        let cfg = with_template(None, Some("https://idp.example.com"));
+        let errs = Settings::parse(&annotations(&[]), &cfg, TOOLS).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let message = errs[0].to_string();
+        assert!(
+            message
+                .starts_with("annotation mcp-guard.dev/resource-uri is required: an issuer is set")
+                && message.contains("--default-resource-uri-template"),
+            "{message}"
+        );
+        // No issuer, no template: nothing is required and no URI is set.
+        let s = Settings::parse(&annotations(&[]), &InjectConfig::default(), TOOLS).unwrap();
+        assert_eq!(s.resource_uri, None);
+    }
+
+    #[test]
+    fn an_expansion_that_is_no_url_refuses_the_pod_naming_the_template() {
+        // `inject -f` reads labels no API server has checked: a name with a space.
+        let cfg = with_template(Some(TEMPLATE), Some("https://idp.example.com"));
+        let odd = Workload {
+            name: "my tools",
+            namespace: "team-a",
+        };
+        let errs = Settings::parse(&annotations(&[]), &cfg, odd).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let message = errs[0].to_string();
+        assert!(
+            message.contains("\"https://my tools.team-a.svc.cluster.local/mcp\"")
+                && message.contains(&format!("--default-resource-uri-template {TEMPLATE:?}"))
+                && message.contains("set the annotation"),
+            "{message}"
+        );
+        // An invalid path is reported once, as the path.
+        let a = annotations(&[(PATH, "/a b")]);
+        let errs = Settings::parse(&a, &cfg, TOOLS).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].annotation, PATH);
     }
 }

@@ -4,6 +4,8 @@
 
 use clap::{Args, ValueEnum};
 
+use crate::resource_uri::ResourceUriTemplate;
+
 /// The sidecar image this build injects by default: the same version as the webhook.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/mcp-guard/sidecar:", env!("CARGO_PKG_VERSION"));
 /// The image of the `redirect` mode's init container (needs `iptables`).
@@ -81,6 +83,17 @@ pub struct InjectorArgs {
     #[arg(long, env = "MCP_GUARD_WEBHOOK_DEFAULT_ISSUER")]
     pub default_issuer: Option<String>,
 
+    /// Default resource URI (annotation `mcp-guard.dev/resource-uri`), the tokens' audience: a URL
+    /// with `{name}` (the workload, as in `MCP_GUARD_SERVER_NAME`), `{namespace}` and `{path}`
+    /// (the pod's MCP path), e.g. `https://{name}.{namespace}.svc.cluster.local{path}`. Unset: a
+    /// pod with an issuer must carry the annotation.
+    #[arg(
+        long,
+        env = "MCP_GUARD_WEBHOOK_DEFAULT_RESOURCE_URI_TEMPLATE",
+        value_name = "TEMPLATE"
+    )]
+    pub default_resource_uri_template: Option<ResourceUriTemplate>,
+
     /// Default sidecar log level (annotation `mcp-guard.dev/log-level`).
     #[arg(
         long,
@@ -140,6 +153,7 @@ pub struct InjectConfig {
     pub default_policy: String,
     pub default_enforcement: String,
     pub default_issuer: Option<String>,
+    pub default_resource_uri_template: Option<ResourceUriTemplate>,
     pub default_log_level: String,
     pub sidecar_log_format: String,
     pub cpu_request: String,
@@ -169,6 +183,7 @@ impl InjectConfig {
             default_policy: args.default_policy.clone(),
             default_enforcement: args.default_enforcement.clone(),
             default_issuer: args.default_issuer.clone(),
+            default_resource_uri_template: args.default_resource_uri_template.clone(),
             default_log_level: args.default_log_level.clone(),
             sidecar_log_format: args.sidecar_log_format.clone(),
             cpu_request: args.cpu_request.clone(),
@@ -195,6 +210,7 @@ impl Default for InjectConfig {
             default_policy: "mcp-guard-policy".to_string(),
             default_enforcement: "enforce".to_string(),
             default_issuer: None,
+            default_resource_uri_template: None,
             default_log_level: "info".to_string(),
             sidecar_log_format: "json".to_string(),
             cpu_request: "10m".to_string(),

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::annotations::{self, AnnotationError, PortRef, Settings, Traffic};
 use crate::config::InjectConfig;
 use crate::patch::PatchBuilder;
+use crate::resource_uri::Workload;
 use crate::selection::{self, OptIn, Selection, SkipReason};
 
 /// Name of the injected sidecar container.
@@ -101,7 +102,12 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         Selection::Inject(opt_in) => opt_in,
     };
     let pod_annotations = selection::string_map(pod, "/metadata/annotations");
-    let settings = Settings::parse(&pod_annotations, cfg)?;
+    let name = server_name(ctx);
+    let workload = Workload {
+        name: &name,
+        namespace: ctx.namespace,
+    };
+    let settings = Settings::parse(&pod_annotations, cfg, workload)?;
 
     let Some(containers) = pod.pointer("/spec/containers").and_then(Value::as_array) else {
         return Err(vec![AnnotationError::new(
@@ -234,7 +240,14 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
     }
 
     // 2. The sidecar (and the redirect init container).
-    let sidecar = sidecar_container(cfg, &settings, traffic, port_name.as_deref(), &server, ctx);
+    let sidecar = sidecar_container(
+        cfg,
+        &settings,
+        traffic,
+        port_name.as_deref(),
+        &server,
+        &name,
+    );
     let mut init = Vec::new();
     if traffic == Traffic::Redirect {
         init.push(redirect_container(cfg, server.number));
@@ -434,7 +447,7 @@ fn sidecar_container(
     traffic: Traffic,
     port_name: Option<&str>,
     server: &ServerPort,
-    ctx: PodContext<'_>,
+    server_name: &str,
 ) -> Value {
     let mcp_port_name = match (traffic, port_name) {
         (Traffic::Takeover, Some(n)) => n,
@@ -456,7 +469,7 @@ fn sidecar_container(
         env.push(json!({"name": "MCP_GUARD_ISSUER", "value": iss}));
     }
     env.extend([
-        json!({"name": "MCP_GUARD_SERVER_NAME", "value": server_name(ctx)}),
+        json!({"name": "MCP_GUARD_SERVER_NAME", "value": server_name}),
         json!({"name": "MCP_GUARD_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
         json!({"name": "MCP_GUARD_POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}),
         json!({"name": "MCP_GUARD_LOG", "value": s.log_level}),

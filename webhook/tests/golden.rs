@@ -26,6 +26,10 @@ struct CaseOptions {
     namespace: Option<String>,
     namespace_annotations: BTreeMap<String, String>,
     native_sidecar: Option<bool>,
+    /// `--default-issuer`.
+    default_issuer: Option<String>,
+    /// `--default-resource-uri-template`.
+    default_resource_uri_template: Option<String>,
     /// `false` for inputs that deliberately carry fields no schema knows.
     validate: Option<bool>,
 }
@@ -75,6 +79,11 @@ fn config(options: &CaseOptions) -> InjectConfig {
         image: "ghcr.io/mcp-guard/sidecar:golden".to_string(),
         redirect_image: "ghcr.io/mcp-guard/redirect:golden".to_string(),
         native_sidecar: options.native_sidecar.unwrap_or(true),
+        default_issuer: options.default_issuer.clone(),
+        default_resource_uri_template: options
+            .default_resource_uri_template
+            .as_deref()
+            .map(|t| t.parse().expect("defaultResourceUriTemplate")),
         ..InjectConfig::default()
     }
 }

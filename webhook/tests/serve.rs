@@ -67,9 +67,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(dir: &Path) -> (Kill, u16) {
+/// `serve --no-kube` with the pair in `dir`, plus `env`.
+fn start(dir: &Path, env: &[(&str, &str)]) -> (Kill, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_mcp-guard-webhook"))
+        .envs(env.iter().copied())
         .arg("serve")
         .arg("--no-kube")
         .arg(format!("--listen=127.0.0.1:{port}"))
@@ -119,6 +121,28 @@ fn review(pod: Value) -> Value {
     })
 }
 
+/// `POST /mutate` with `review`: the AdmissionReview answered.
+async fn post_review(client: &reqwest::Client, base: &str, review: &Value) -> Value {
+    client
+        .post(format!("{base}/mutate"))
+        .json(review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The JSON patch of an allowed AdmissionReview answer (base64, as the API server's `[]byte`).
+fn answered_patch(r: &Value) -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(r["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 fn pod(annotations: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -140,32 +164,25 @@ async fn mutate_limits_and_certificate_rotation() {
     let dir = tmpdir("serve");
     let ca1 = Ca::new("ca-one");
     ca1.issue(&dir.join("tls.crt"), &dir.join("tls.key"));
-    let (_proc, port) = start(&dir);
+    let (_proc, port) = start(&dir, &[]);
     let base = format!("https://127.0.0.1:{port}");
     let c1 = client(&ca1.pem());
     assert!(wait_ok(&c1, &format!("{base}/readyz"), Duration::from_secs(30)).await);
     assert!(wait_ok(&c1, &format!("{base}/livez"), Duration::from_secs(1)).await);
 
     // Annotated pod: allowed with a JSON patch.
-    let r: Value = c1
-        .post(format!("{base}/mutate"))
-        .json(&review(pod(json!({"mcp-guard.dev/inject": "enabled"}))))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = post_review(
+        &c1,
+        &base,
+        &review(pod(json!({"mcp-guard.dev/inject": "enabled"}))),
+    )
+    .await;
     assert_eq!(r["kind"], "AdmissionReview");
     assert_eq!(r["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert_eq!(r["response"]["allowed"], true);
     assert_eq!(r["response"]["patchType"], "JSONPatch");
     // The patch travels as base64, as the API server's `[]byte` field expects.
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(r["response"]["patch"].as_str().unwrap())
-        .unwrap();
-    let patch: Value = serde_json::from_slice(&bytes).unwrap();
+    let patch = answered_patch(&r);
     assert!(
         patch
             .as_array()
@@ -174,31 +191,20 @@ async fn mutate_limits_and_certificate_rotation() {
     );
 
     // Plain pod: allowed, no patch.
-    let r: Value = c1
-        .post(format!("{base}/mutate"))
-        .json(&review(pod(json!({}))))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = post_review(&c1, &base, &review(pod(json!({})))).await;
     assert_eq!(r["response"]["allowed"], true);
     assert!(r["response"]["patch"].is_null());
 
     // Invalid annotation: refused, naming it.
-    let r: Value = c1
-        .post(format!("{base}/mutate"))
-        .json(&review(pod(json!({
+    let r = post_review(
+        &c1,
+        &base,
+        &review(pod(json!({
             "mcp-guard.dev/inject": "enabled",
             "mcp-guard.dev/enforcement": "maybe"
-        }))))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }))),
+    )
+    .await;
     assert_eq!(r["response"]["allowed"], false);
     let msg = r["response"]["status"]["message"].as_str().unwrap();
     assert!(
@@ -279,4 +285,110 @@ async fn mutate_limits_and_certificate_rotation() {
         "{metrics}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A resource-URI template from the environment (as the chart passes it) gives a pod with an
+/// issuer but no `mcp-guard.dev/resource-uri` its URI, with the namespace of the admission
+/// request (the pod object of a CREATE often names none).
+#[tokio::test]
+async fn the_resource_uri_template_fills_in_the_audience() {
+    let dir = tmpdir("template");
+    let ca = Ca::new("ca-template");
+    ca.issue(&dir.join("tls.crt"), &dir.join("tls.key"));
+    let (_proc, port) = start(
+        &dir,
+        &[
+            (
+                "MCP_GUARD_WEBHOOK_DEFAULT_RESOURCE_URI_TEMPLATE",
+                "https://{name}.{namespace}.svc.cluster.local{path}",
+            ),
+            (
+                "MCP_GUARD_WEBHOOK_DEFAULT_ISSUER",
+                "https://idp.example.com",
+            ),
+        ],
+    );
+    let base = format!("https://127.0.0.1:{port}");
+    let c = client(&ca.pem());
+    assert!(wait_ok(&c, &format!("{base}/readyz"), Duration::from_secs(30)).await);
+    let mut request = review(pod(json!({
+        "mcp-guard.dev/inject": "enabled",
+        "mcp-guard.dev/path": "/v1/mcp",
+    })));
+    request["request"]["object"]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
+    let r = post_review(&c, &base, &request).await;
+    assert_eq!(r["response"]["allowed"], true, "{r:#}");
+    let patch = answered_patch(&r);
+    let env = patch
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["path"] == "/spec/initContainers")
+        .map(|op| op["value"][0]["env"].clone())
+        .unwrap_or_else(|| panic!("no sidecar in {patch:#}"));
+    let value = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        value("MCP_GUARD_RESOURCE_URI"),
+        Some(json!("https://web.apps.svc.cluster.local/v1/mcp")),
+        "{env:#}"
+    );
+    assert_eq!(
+        value("MCP_GUARD_ISSUER"),
+        Some(json!("https://idp.example.com"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bad template stops `serve` before it listens, naming the flag and what is wrong, whether
+/// it comes from the flag or from the environment.
+#[test]
+fn a_bad_resource_uri_template_stops_the_webhook() {
+    for (args, env, problem) in [
+        (
+            vec!["--default-resource-uri-template=https://{name}.{ns}.svc{path}"],
+            None,
+            "unknown variable {ns}: the template may use {name}, {namespace} and {path}",
+        ),
+        (
+            vec![],
+            Some("{name}.{namespace}.svc{path}"),
+            "it expands to \"example.default.svc/mcp\"",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-guard-webhook"));
+        cmd.args(["serve", "--no-kube", "--listen=127.0.0.1:0"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(t) = env {
+            cmd.env("MCP_GUARD_WEBHOOK_DEFAULT_RESOURCE_URI_TEMPLATE", t);
+        }
+        let mut child = Kill(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{args:?} {env:?}: still running");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{args:?} {env:?}: exited {status}");
+        assert!(
+            stderr.contains("'--default-resource-uri-template <TEMPLATE>'")
+                && stderr.contains(problem),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
 }

@@ -2,8 +2,9 @@
 //! tooling: `helm lint` and `helm template` pass for default and non-default values, every
 //! rendered object validates with `kubernetes-validate --strict` against Kubernetes 1.29 and 1.37,
 //! bad values are refused by `values.schema.json` with a clear message, `manifests/mcp-guard.yaml`
-//! is the chart's current default rendering, and `certs/gen-dev-certs.sh` makes a working CA and
-//! serving certificate. On a real kube-apiserver the plain manifests apply, the ServiceAccount,
+//! is the chart's current default rendering, the chart's default images are the ones the
+//! Dockerfiles say they build, and `certs/gen-dev-certs.sh` makes a working CA and serving
+//! certificate. On a real kube-apiserver the plain manifests apply, the ServiceAccount,
 //! with a token of its own, has exactly the rights it needs and is refused the rest, and the
 //! webhook runs with the Deployment's environment under that identity. docs/install.md's walk-through (the examples) gives a first denied tool call.
 //! Helm comes from `tests/scripts/install-helm.sh` (cached, idempotent); kubernetes-validate and
@@ -395,10 +396,7 @@ fn custom_rendering_follows_values_and_is_valid() {
     validate(&rendered, "custom values");
     // The env the chart gives the webhook names its real flags: `inject` with that env gives the
     // example server the issuer, the URI from the template and the other sidecar defaults.
-    let file = dir.path().join("rendered.yaml");
-    fs::write(&file, &rendered).unwrap();
-    let docs = as_json(&file);
-    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let deployment = rendered_deployment(&rendered);
     let webhook_env: Vec<(String, String)> = deployment["spec"]["template"]["spec"]["containers"]
         [0]["env"]
         .as_array()
@@ -421,24 +419,15 @@ fn custom_rendering_follows_values_and_is_valid() {
         sidecar["image"],
         "registry.example.com/mcp-guard/sidecar:0.2.0"
     );
-    let env = |name: &str| {
-        sidecar["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .map(|e| e["value"].clone())
-            .unwrap_or(Value::Null)
-    };
     assert_eq!(
-        env("MCP_GUARD_RESOURCE_URI"),
-        "https://everything.tools.svc.cluster.local/mcp"
+        env_value(sidecar, "MCP_GUARD_RESOURCE_URI"),
+        Some("https://everything.tools.svc.cluster.local/mcp")
     );
     assert_eq!(
-        env("MCP_GUARD_ISSUER"),
-        "https://login.example.com/realms/agents"
+        env_value(sidecar, "MCP_GUARD_ISSUER"),
+        Some("https://login.example.com/realms/agents")
     );
-    assert_eq!(env("MCP_GUARD_ENFORCEMENT"), "shadow");
+    assert_eq!(env_value(sidecar, "MCP_GUARD_ENFORCEMENT"), Some("shadow"));
 
     let secret = template(&[
         "--set",
@@ -531,6 +520,95 @@ fn bad_values_are_refused_by_the_schema() {
             "--set {set}: expected {message:?} in:\n{stderr}"
         );
     }
+}
+
+/// The Deployment of a rendering, as JSON.
+fn rendered_deployment(rendered: &str) -> Value {
+    let dir = TempDir::new("chart-deployment");
+    let file = dir.path().join("rendered.yaml");
+    fs::write(&file, rendered).unwrap();
+    as_json(&file)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap_or_else(|| panic!("no Deployment rendered"))
+}
+
+/// The literal value of environment variable `name` of `container`.
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// The header comment of a Dockerfile (its leading `#` lines), as one line of words.
+fn dockerfile_header(path: &str) -> String {
+    let text = fs::read_to_string(workspace_root().join(path)).unwrap();
+    text.lines()
+        .take_while(|l| l.starts_with('#'))
+        .flat_map(|l| l.trim_start_matches('#').split_whitespace())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The images the chart deploys with its default values (from values.yaml and the chart's
+/// appVersion) are the ones the three Dockerfiles say they build: the `docker build -t` line and
+/// the chart reference named in each header.
+#[test]
+fn image_references_match_the_dockerfiles() {
+    let deployment = rendered_deployment(&template(&[]));
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env = |name: &str| -> String {
+        env_value(container, name)
+            .unwrap_or_else(|| panic!("the Deployment sets no {name}"))
+            .to_string()
+    };
+    let chart_yaml = fs::read_to_string(chart().join("Chart.yaml")).unwrap();
+    let app_version = chart_yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap();
+    for (dockerfile, value, image) in [
+        (
+            "webhook/Dockerfile",
+            "webhook.image",
+            container["image"].as_str().unwrap().to_string(),
+        ),
+        (
+            "sidecar/Dockerfile",
+            "sidecar.image",
+            env("MCP_GUARD_WEBHOOK_IMAGE"),
+        ),
+        (
+            "webhook/redirect.Dockerfile",
+            "sidecar.redirectImage",
+            env("MCP_GUARD_WEBHOOK_REDIRECT_IMAGE"),
+        ),
+    ] {
+        let (repository, tag) = image.rsplit_once(':').unwrap();
+        assert_eq!(
+            tag, app_version,
+            "{value}: the default tag is the chart's appVersion"
+        );
+        let header = dockerfile_header(dockerfile);
+        for expected in [
+            format!("docker build -f {dockerfile} -t {image} ."),
+            format!("The chart's default image reference is {repository}:<appVersion>"),
+        ] {
+            assert!(
+                header.contains(&expected),
+                "{dockerfile} and the chart's {value} ({image}) disagree: the header lacks \
+                 {expected:?}:\n{header}"
+            );
+        }
+    }
+    let redirect = dockerfile_header("webhook/redirect.Dockerfile");
+    assert!(
+        redirect.contains("sidecar.redirectImage"),
+        "the redirect Dockerfile names the chart value that refers to it: {redirect}"
+    );
 }
 
 /// Drops the header comment and masks the generated certificate material.

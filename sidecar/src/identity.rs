@@ -30,9 +30,17 @@ pub struct Identity {
     pub policy_view: PolicyView,
 }
 
-/// A cache beside the identity's fields; it takes no part in comparisons.
-#[derive(Clone, Default)]
+/// A cache beside the identity's fields; it takes no part in comparisons, and a clone starts
+/// empty, so an identity cloned and then changed (`Identity { sub, ..other.clone() }`) never
+/// shows policy the fields it was cloned from.
+#[derive(Default)]
 pub struct PolicyView(OnceLock<regorus::Value>);
+
+impl Clone for PolicyView {
+    fn clone(&self) -> Self {
+        PolicyView::default()
+    }
+}
 
 impl PartialEq for PolicyView {
     fn eq(&self, _: &Self) -> bool {
@@ -53,5 +61,25 @@ impl Identity {
             .0
             .get_or_init(|| regorus::Value::from(crate::policy::input::subject_json(Some(self))))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_clone_shows_policy_its_own_fields() {
+        let a = Identity {
+            sub: "ana".into(),
+            ..Default::default()
+        };
+        assert_eq!(a.policy_subject()["sub"], regorus::Value::from("ana"));
+        let b = Identity {
+            sub: "bob".into(),
+            ..a.clone()
+        };
+        assert_eq!(b.policy_subject()["sub"], regorus::Value::from("bob"));
+        assert_eq!(a.policy_subject()["sub"], regorus::Value::from("ana"));
     }
 }

@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 
 const REGO: &str = include_str!("fixtures/realistic.rego");
 const DATA: &str = include_str!("fixtures/realistic.json");
+/// The same policy's list visibility as one `visible_tools` rule.
+const VISIBLE_TOOLS: &str = include_str!("fixtures/realistic_visible_tools.rego");
 
 fn call_input(tool: &str) -> Value {
     json!({
@@ -69,14 +71,72 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-fn filtering(c: &mut Criterion) {
-    let dir = std::env::temp_dir().join(format!("mcp-guard-bench-{}", std::process::id()));
+/// A policy store loaded from a bundle directory holding `files`.
+fn store_of(name: &str, files: &[(&str, &str)], metrics: &Arc<Metrics>) -> Arc<PolicyStore> {
+    let dir = std::env::temp_dir().join(format!("mcp-guard-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("realistic.rego"), REGO).unwrap();
-    std::fs::write(dir.join("data.json"), DATA).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let store = PolicyStore::new(&dir, Arc::clone(&metrics));
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let store = PolicyStore::new(&dir, Arc::clone(metrics));
     store.reload().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    store
+}
+
+/// Filtering `list` for `ctx` with an interceptor made by `make`: `cold` on a sidecar that never
+/// saw the list (its tool definitions are pinned during the measured listing), `new_caller` on one
+/// that listed it for `other` before (definitions known; this caller's visibility is not).
+fn bench_first_listings(
+    c: &mut Criterion,
+    prefix: &str,
+    make: &dyn Fn() -> PolicyInterceptor,
+    (ctx, other): (&Context<'_>, &Context<'_>),
+    list: &Value,
+) {
+    c.bench_function(&format!("{prefix}/cold"), |b| {
+        b.iter_batched(
+            || (make(), list.clone()),
+            |(interceptor, mut result)| {
+                interceptor.filter_list(ctx, "tools/list", &mut result);
+                black_box(result)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    c.bench_function(&format!("{prefix}/new_caller"), |b| {
+        b.iter_batched(
+            || {
+                let interceptor = make();
+                interceptor.filter_list(other, "tools/list", &mut list.clone());
+                (interceptor, list.clone())
+            },
+            |(interceptor, mut result)| {
+                interceptor.filter_list(ctx, "tools/list", &mut result);
+                black_box(result)
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+}
+
+fn filtering(c: &mut Criterion) {
+    let metrics = Arc::new(Metrics::new());
+    let store = store_of(
+        "per-item",
+        &[("realistic.rego", REGO), ("data.json", DATA)],
+        &metrics,
+    );
+    let batch_store = store_of(
+        "visible-tools",
+        &[
+            ("realistic.rego", REGO),
+            ("visible.rego", VISIBLE_TOOLS),
+            ("data.json", DATA),
+        ],
+        &metrics,
+    );
+    assert!(batch_store.current().unwrap().has_visible_tools);
     let config = <PolicyConfig as clap::FromArgMatches>::from_arg_matches(
         &<PolicyConfig as clap::Args>::augment_args(clap::Command::new("b"))
             .get_matches_from(["b"]),
@@ -132,16 +192,21 @@ fn filtering(c: &mut Criterion) {
         b.iter(|| black_box(warm.check(black_box(&ctx), black_box(&denied))))
     });
 
-    c.bench_function("filter/tools_list_1000/cold", |b| {
-        b.iter_batched(
-            || (new_interceptor(), list.clone()),
-            |(interceptor, mut result)| {
-                interceptor.filter_list(&ctx, "tools/list", &mut result);
-                black_box(result)
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
+    let other = mcp_guard_sidecar::identity::Identity {
+        sub: "u2".into(),
+        ..identity.clone()
+    };
+    let other_ctx = Context {
+        identity: Some(&other),
+        ..ctx
+    };
+    bench_first_listings(
+        c,
+        "filter/tools_list_1000",
+        &new_interceptor,
+        (&ctx, &other_ctx),
+        &list,
+    );
     c.bench_function("filter/tools_list_1000/warm", |b| {
         b.iter_batched(
             || list.clone(),
@@ -152,7 +217,76 @@ fn filtering(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
-    let _ = std::fs::remove_dir_all(&dir);
+
+    // The same visibility from the policy's `visible_tools` rule: one evaluation per list. It is
+    // compared like with like: for callers of every role, both show exactly the same tools.
+    let new_batch =
+        || PolicyInterceptor::new(&config, Arc::clone(&batch_store), Arc::clone(&metrics));
+    for (roles, scopes, email, namespace) in [
+        (
+            vec!["developer"],
+            vec!["mcp:read"],
+            "u1@example.com",
+            "analytics",
+        ),
+        (
+            vec!["developer"],
+            vec!["mcp:write"],
+            "u1@elsewhere.org",
+            "analytics",
+        ),
+        (vec!["analyst"], vec![], "a@example.com", "prod-eu"),
+        (
+            vec!["support"],
+            vec!["mcp:write"],
+            "s@example.com",
+            "analytics",
+        ),
+        (vec!["mcp-admin"], vec![], "x@elsewhere.org", "prod-us"),
+        (
+            vec!["operator", "analyst"],
+            vec!["mcp:write"],
+            "o@example.com",
+            "dev",
+        ),
+        (vec![], vec![], "n@example.com", "analytics"),
+    ] {
+        let caller = mcp_guard_sidecar::identity::Identity {
+            sub: "eq".into(),
+            email: Some(email.into()),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let caller_ctx = Context {
+            identity: Some(&caller),
+            ..ctx
+        };
+        let mut cfg = config.clone();
+        cfg.pod_namespace = namespace.into();
+        let (mut per_item, mut batch) = (list.clone(), list.clone());
+        PolicyInterceptor::new(&cfg, Arc::clone(&store), Arc::clone(&metrics)).filter_list(
+            &caller_ctx,
+            "tools/list",
+            &mut per_item,
+        );
+        PolicyInterceptor::new(&cfg, Arc::clone(&batch_store), Arc::clone(&metrics)).filter_list(
+            &caller_ctx,
+            "tools/list",
+            &mut batch,
+        );
+        assert_eq!(
+            per_item, batch,
+            "visible_tools differs for {roles:?} {scopes:?} {email} {namespace}"
+        );
+    }
+    bench_first_listings(
+        c,
+        "filter/tools_list_1000/visible_tools",
+        &new_batch,
+        (&ctx, &other_ctx),
+        &list,
+    );
 }
 
 criterion_group!(benches, decisions, filtering);

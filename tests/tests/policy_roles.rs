@@ -41,6 +41,26 @@ deny contains msg if {
 }
 "#;
 
+/// The same roles' lists decided by one `visible_tools` rule, a whole `tools/list` per
+/// evaluation: admins see every tool, readers the read-only ones except `get-env` and `echo`.
+/// (`echo` stays callable for readers: seeing and calling are decided apart, as with `visible`.)
+const VISIBLE_TOOLS: &str = r#"package mcp.authz
+import rego.v1
+
+visible_tools contains t.name if {
+    "mcp-admin" in input.subject.roles
+    some t in input.tools
+}
+
+visible_tools contains t.name if {
+    "mcp-reader" in input.subject.roles
+    input.request.method == "tools/list"
+    some t in input.tools
+    t.annotations.readOnlyHint == true
+    not t.name in {"get-env", "echo"}
+}
+"#;
+
 /// The tool the reader role may neither see nor call.
 const DENIED: &str = "get-env";
 /// A tool the server marks read-only: the reader sees it.
@@ -68,10 +88,15 @@ struct Stack {
 }
 
 fn stack(extra: &[&str]) -> Stack {
+    stack_with(&[("authz.rego", ROLES)], extra)
+}
+
+/// [`stack`] with the policy bundle made of `files`.
+fn stack_with(files: &[(&str, &str)], extra: &[&str]) -> Stack {
     let tmp = TempDir::new("policy-roles");
     let k1 = gen_key(tmp.path(), "k1");
     let provider = Provider::start(&[&k1]);
-    let vol = ConfigMapVolume::new(&tmp.path().join("policy"), &[("authz.rego", ROLES)]);
+    let vol = ConfigMapVolume::new(&tmp.path().join("policy"), files);
     let everything = Everything::start(EverythingTransport::StreamableHttp);
     let issuer = provider.issuer();
     let mut args = vec![
@@ -248,6 +273,48 @@ async fn roles_from_the_provider_decide_which_tools_are_listed_and_callable() {
         // The cap is not the admin's.
         let (big, _) = admin.call(3, READ_ONLY, json!({"a": 500, "b": 1})).await;
         assert_eq!(text(&big), "The sum of 500 and 1 is 501.", "{big}");
+    })
+    .await;
+    st.sidecar.assert_alive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visible_tools_rule_decides_each_roles_list() {
+    let mut st = stack_with(
+        &[("authz.rego", ROLES), ("visible.rego", VISIBLE_TOOLS)],
+        &[],
+    );
+    let url = st.sidecar.url("/mcp");
+    bounded("visible_tools", async {
+        let admin = Agent::connect(&url, &st.provider.admin_token().await).await;
+        let reader = Agent::connect(&url, &st.provider.reader_token().await).await;
+        let admin_tools = admin.list(1).await;
+        let reader_tools = reader.list(1).await;
+        for t in [DENIED, READ_ONLY, WRITES, "echo"] {
+            assert!(has(&admin_tools, t), "admin misses {t}: {admin_tools:?}");
+        }
+        assert!(has(&reader_tools, READ_ONLY), "{reader_tools:?}");
+        for t in [DENIED, WRITES, "echo"] {
+            assert!(
+                !has(&reader_tools, t),
+                "the reader sees {t}: {reader_tools:?}"
+            );
+        }
+
+        // Hidden and refused: answered as for a tool that does not exist.
+        let (denied, body) = reader.call(2, DENIED, json!({})).await;
+        assert_denied(&denied, DENIED);
+        assert_eq!(
+            denied["error"]["message"], "Unknown tool: get-env",
+            "{denied}"
+        );
+        assert!(!body.contains("\"PATH\""), "get-env ran: {body}");
+        // Hidden but allowed by the call rules: the call goes through.
+        let (echoed, _) = reader.call(3, "echo", json!({"message": "hi"})).await;
+        assert!(text(&echoed).contains("hi"), "{echoed}");
+        // Visible and refused for its arguments: the reasons are given.
+        let (capped, _) = reader.call(4, READ_ONLY, json!({"a": 500, "b": 1})).await;
+        assert_eq!(capped["error"]["code"], -32003, "{capped}");
     })
     .await;
     st.sidecar.assert_alive();

@@ -37,14 +37,17 @@ pub struct ToolCatalog {
 
 /// `sha256:<hex>` of a tool definition's canonical JSON (object keys sorted).
 pub fn definition_hash(def: &Value) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
-    // serde_json's default map is ordered by key, so to_string is canonical.
-    h.update(def.to_string().as_bytes());
+    // serde_json's default map is ordered by key, so its serialization is canonical. Writing into
+    // a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut h, def);
     let digest = h.finalize();
     let mut s = String::with_capacity(7 + 64);
     s.push_str("sha256:");
     for b in digest {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     s
 }
@@ -111,16 +114,19 @@ impl ToolCatalog {
     }
 }
 
+/// The policy view of a definition: the definition as the server gave it, plus `hash`,
+/// `pinned_hash`, `changed` and (when the server gave none) empty `annotations`.
 fn annotate(def: &Value, hash: &str, pinned: &str) -> RegoValue {
-    let mut v = def.clone();
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("hash".into(), hash.into());
-        obj.insert("pinned_hash".into(), pinned.into());
-        obj.insert("changed".into(), (hash != pinned).into());
-        obj.entry("annotations")
-            .or_insert_with(|| Value::Object(Default::default()));
+    use serde::Deserialize;
+    // Converted from a borrowed definition: no copy of the server's JSON is made first.
+    let mut view = RegoValue::deserialize(def).unwrap_or(RegoValue::Null);
+    if let Ok(obj) = view.as_object_mut() {
+        obj.insert(RegoValue::from("hash"), RegoValue::from(hash));
+        obj.insert(RegoValue::from("pinned_hash"), RegoValue::from(pinned));
+        obj.insert(RegoValue::from("changed"), RegoValue::from(hash != pinned));
+        obj.get_or_insert_with(RegoValue::from("annotations"), RegoValue::new_object);
     }
-    RegoValue::from(v)
+    view
 }
 
 #[cfg(test)]
@@ -149,5 +155,31 @@ mod tests {
             c.record(std::slice::from_ref(&v2)).is_empty(),
             "reported once"
         );
+    }
+
+    #[test]
+    fn the_hash_is_sha256_of_the_canonical_json() {
+        let def =
+            json!({"name": "echo", "annotations": {"readOnlyHint": true}, "description": "Echoes"});
+        let canonical =
+            r#"{"annotations":{"readOnlyHint":true},"description":"Echoes","name":"echo"}"#;
+        let digest = Sha256::digest(canonical.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(definition_hash(&def), format!("sha256:{hex}"));
+    }
+
+    #[test]
+    fn the_view_is_the_definition_with_its_hashes() {
+        let c = ToolCatalog::default();
+        let def = json!({"name": "echo", "inputSchema": {"type": "object", "properties": {"n": {"type": "integer", "maximum": 1.5}}}});
+        c.record(std::slice::from_ref(&def));
+        let (view, hash) = c.view("echo").unwrap();
+        let view: Value = serde_json::from_str(&view.to_json_str().unwrap()).unwrap();
+        let mut expected = def.clone();
+        expected["hash"] = json!(&*hash);
+        expected["pinned_hash"] = json!(&*hash);
+        expected["changed"] = json!(false);
+        expected["annotations"] = json!({});
+        assert_eq!(view, expected);
     }
 }

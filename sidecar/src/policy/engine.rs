@@ -12,6 +12,7 @@
 //! interpreter (logged), so a gap in the bytecode compiler costs speed, never correctness.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,26 +32,63 @@ pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
 const GLUE: &str = include_str!("glue.rego");
 const DECISION_RULE: &str = "data.mcp_guard.internal.decision";
 const VISIBLE_RULE: &str = "data.mcp_guard.internal.visible";
+const VISIBLE_BY_CALL_RULE: &str = "data.mcp_guard.internal.visible_by_call";
+const VISIBLE_TOOLS_RULE: &str = "data.mcp_guard.internal.visible_tools";
+
+/// Bytecode instructions one evaluation may execute. regorus's default (25,000) is sized for
+/// one small decision; a `visible_tools` rule walks a whole list, so the bound is raised to one
+/// that still stops a runaway policy within tens of milliseconds.
+const MAX_INSTRUCTIONS: usize = 5_000_000;
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// This thread's interpreter for the bundle of the given generation.
     static LOCAL: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
-    /// This thread's VMs for the bundle of the given generation: (decision, visible).
-    static LOCAL_VM: RefCell<Option<(u64, RegoVM, Option<RegoVM>)>> = const { RefCell::new(None) };
+    /// This thread's VMs for the bundle of the given generation.
+    static LOCAL_VM: RefCell<Option<(u64, Vms)>> = const { RefCell::new(None) };
+}
+
+/// The rules a bundle is evaluated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Decision,
+    Visible,
+    VisibleTools,
 }
 
 /// The bytecode of a bundle.
 struct Bytecode {
     decision: Arc<Program>,
-    visible: Option<Arc<Program>>,
+    visible: Arc<Program>,
+    visible_tools: Option<Arc<Program>>,
     data: RegoValue,
+}
+
+/// One thread's VMs for one bundle, one per entry rule.
+struct Vms {
+    decision: RegoVM,
+    visible: RegoVM,
+    visible_tools: Option<RegoVM>,
+}
+
+impl Vms {
+    fn new(bc: &Bytecode) -> Result<Vms, PolicyError> {
+        Ok(Vms {
+            decision: vm_for(&bc.decision, &bc.data)?,
+            visible: vm_for(&bc.visible, &bc.data)?,
+            visible_tools: match &bc.visible_tools {
+                Some(p) => Some(vm_for(p, &bc.data)?),
+                None => None,
+            },
+        })
+    }
 }
 
 fn vm_for(program: &Arc<Program>, data: &RegoValue) -> Result<RegoVM, PolicyError> {
     let mut vm = RegoVM::new();
     vm.load_program(Arc::clone(program));
+    vm.set_max_instructions(MAX_INSTRUCTIONS);
     vm.set_data(data.clone())
         .map_err(|e| PolicyError::Eval(e.to_string()))?;
     Ok(vm)
@@ -84,6 +122,12 @@ pub struct CompiledBundle {
     pub hash: Arc<str>,
     /// Whether the bundle defines its own `visible` rule for list items.
     pub has_visible: bool,
+    /// Whether the bundle defines `visible_tools`, the set of tool names a caller may see,
+    /// decided for a whole `tools/list` in one evaluation.
+    pub has_visible_tools: bool,
+    /// The rule deciding list items: the glue's reading of `visible`, or, without one, whether a
+    /// call of the item would be allowed.
+    visible_rule: &'static str,
 }
 
 impl std::fmt::Debug for CompiledBundle {
@@ -146,24 +190,34 @@ impl CompiledBundle {
                     .join(", ")
             )));
         }
-        let has_visible = bundle.modules.iter().any(|(name, _)| {
-            engine
-                .has_declared_rule_rooted_at(name, "visible")
-                .unwrap_or(false)
-        }) && bundle
-            .modules
-            .iter()
-            .any(|(_, text)| declares_package(text, "mcp.authz"));
+        let declares = |rule: &str| {
+            bundle.modules.iter().any(|(name, text)| {
+                declares_package(text, "mcp.authz")
+                    && engine
+                        .has_declared_rule_rooted_at(name, rule)
+                        .unwrap_or(false)
+            })
+        };
+        let has_visible = declares("visible");
+        let has_visible_tools = declares("visible_tools");
         let mut compiled = CompiledBundle {
             engine,
             bytecode: None,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             hash: Arc::clone(&bundle.hash),
             has_visible,
+            has_visible_tools,
+            visible_rule: if has_visible {
+                VISIBLE_RULE
+            } else {
+                VISIBLE_BY_CALL_RULE
+            },
         };
+        let tools_probe = tools_probe(probe);
         let by_interpreter = compiled.decide(probe)?;
-        let visible_by_interpreter = if has_visible {
-            Some(compiled.visible(probe)?)
+        let visible_by_interpreter = compiled.visible(probe)?;
+        let tools_by_interpreter = if has_visible_tools {
+            Some(compiled.visible_tools(&tools_probe)?)
         } else {
             None
         };
@@ -172,7 +226,9 @@ impl CompiledBundle {
                 compiled.bytecode = Some(bytecode);
                 compiled.generation = GENERATION.fetch_add(1, Ordering::Relaxed);
                 let same = compiled.decide(probe).ok() == Some(by_interpreter)
-                    && (!has_visible || compiled.visible(probe).ok() == visible_by_interpreter);
+                    && compiled.visible(probe).ok() == Some(visible_by_interpreter)
+                    && (!has_visible_tools
+                        || compiled.visible_tools(&tools_probe).ok() == tools_by_interpreter);
                 if !same {
                     tracing::warn!(policy_hash = %compiled.hash, "bytecode and interpreter disagree on this bundle; using the interpreter");
                     compiled.bytecode = None;
@@ -194,14 +250,16 @@ impl CompiledBundle {
             Compiler::compile_from_policy(&policy, &[rule]).map_err(|e| e.to_string())
         };
         let decision = program(&mut self.engine, DECISION_RULE)?;
-        let visible = if self.has_visible {
-            Some(program(&mut self.engine, VISIBLE_RULE)?)
+        let visible = program(&mut self.engine, self.visible_rule)?;
+        let visible_tools = if self.has_visible_tools {
+            Some(program(&mut self.engine, VISIBLE_TOOLS_RULE)?)
         } else {
             None
         };
         Ok(Bytecode {
             decision,
             visible,
+            visible_tools,
             data,
         })
     }
@@ -211,12 +269,18 @@ impl CompiledBundle {
         self.bytecode.is_some()
     }
 
-    fn eval(&self, input: RegoValue, rule: &str) -> Result<RegoValue, PolicyError> {
+    fn rule_of(&self, entry: Entry) -> &'static str {
+        match entry {
+            Entry::Decision => DECISION_RULE,
+            Entry::Visible => self.visible_rule,
+            Entry::VisibleTools => VISIBLE_TOOLS_RULE,
+        }
+    }
+
+    fn eval(&self, input: RegoValue, entry: Entry) -> Result<RegoValue, PolicyError> {
         match &self.bytecode {
-            Some(bc) if rule == DECISION_RULE || rule == VISIBLE_RULE => {
-                self.eval_bytecode(bc, input, rule == VISIBLE_RULE)
-            }
-            _ => self.eval_interpreter_value(input, rule),
+            Some(bc) => self.eval_bytecode(bc, input, entry),
+            None => self.eval_interpreter_value(input, self.rule_of(entry)),
         }
     }
 
@@ -224,25 +288,24 @@ impl CompiledBundle {
         &self,
         bc: &Bytecode,
         input: RegoValue,
-        visible: bool,
+        entry: Entry,
     ) -> Result<RegoValue, PolicyError> {
         guarded(&LOCAL_VM, || {
             LOCAL_VM.with(|cell| {
                 let mut slot = cell.borrow_mut();
-                if slot.as_ref().is_none_or(|(g, _, _)| *g != self.generation) {
-                    let vis = match &bc.visible {
-                        Some(p) => Some(vm_for(p, &bc.data)?),
-                        None => None,
-                    };
-                    *slot = Some((self.generation, vm_for(&bc.decision, &bc.data)?, vis));
+                if slot.as_ref().is_none_or(|(g, _)| *g != self.generation) {
+                    *slot = Some((self.generation, Vms::new(bc)?));
                 }
-                let Some((_, decision_vm, visible_vm)) = slot.as_mut() else {
+                let Some((_, vms)) = slot.as_mut() else {
                     return Err(PolicyError::Eval("no policy VM".into()));
                 };
-                let vm = match (visible, visible_vm) {
-                    (false, _) => decision_vm,
-                    (true, Some(v)) => v,
-                    (true, None) => return Err(PolicyError::Eval("no `visible` rule".into())),
+                let vm = match entry {
+                    Entry::Decision => &mut vms.decision,
+                    Entry::Visible => &mut vms.visible,
+                    Entry::VisibleTools => vms
+                        .visible_tools
+                        .as_mut()
+                        .ok_or_else(|| PolicyError::Eval("no `visible_tools` rule".into()))?,
                 };
                 vm.set_input(input);
                 vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))
@@ -302,17 +365,51 @@ impl CompiledBundle {
 
     /// Decides on one input document built as the engine's value (the request path).
     pub fn decide_value(&self, input: RegoValue) -> Result<Decision, PolicyError> {
-        decision_of(&self.eval(input, DECISION_RULE)?)
+        decision_of(&self.eval(input, Entry::Decision)?)
     }
 
-    /// The bundle's own `visible` rule on one input.
+    /// Whether the list item of one input is visible: the bundle's own `visible` rule, or else
+    /// whether a call of the item (the same input) would be allowed.
     pub fn visible(&self, input: &Value) -> Result<bool, PolicyError> {
         self.visible_value(RegoValue::from(input.clone()))
     }
 
-    /// The bundle's own `visible` rule on one input built as the engine's value.
+    /// [`CompiledBundle::visible`] on an input built as the engine's value (the request path).
     pub fn visible_value(&self, input: RegoValue) -> Result<bool, PolicyError> {
-        let v = self.eval(input, VISIBLE_RULE)?;
+        let v = self.eval(input, Entry::Visible)?;
+        Ok(v.as_bool().copied().unwrap_or(false))
+    }
+
+    /// The tool names the bundle's `visible_tools` rule admits, for an input whose `tools` lists
+    /// the server's definitions.
+    pub fn visible_tools(&self, input: &Value) -> Result<BTreeSet<String>, PolicyError> {
+        self.visible_tools_value(RegoValue::from(input.clone()))
+    }
+
+    /// [`CompiledBundle::visible_tools`] on an input built as the engine's value (the request path).
+    pub fn visible_tools_value(&self, input: RegoValue) -> Result<BTreeSet<String>, PolicyError> {
+        if !self.has_visible_tools {
+            return Err(PolicyError::Eval(
+                "the bundle has no `visible_tools` rule".into(),
+            ));
+        }
+        names_of(&self.eval(input, Entry::VisibleTools)?)
+    }
+
+    /// [`CompiledBundle::visible_tools`] with this thread's interpreter. For the equivalence test.
+    #[doc(hidden)]
+    pub fn visible_tools_interpreted(
+        &self,
+        input: &Value,
+    ) -> Result<BTreeSet<String>, PolicyError> {
+        names_of(&self.eval_interpreter(input, VISIBLE_TOOLS_RULE)?)
+    }
+
+    /// [`CompiledBundle::visible`] with this thread's interpreter, whether or not the bundle has
+    /// bytecode. For the equivalence test.
+    #[doc(hidden)]
+    pub fn visible_interpreted(&self, input: &Value) -> Result<bool, PolicyError> {
+        let v = self.eval_interpreter(input, self.visible_rule)?;
         Ok(v.as_bool().copied().unwrap_or(false))
     }
 
@@ -399,6 +496,44 @@ fn decision_of(v: &RegoValue) -> Result<Decision, PolicyError> {
     })
 }
 
+/// The names in a `visible_tools` result: a set (or array) of strings; anything else in it names
+/// no tool.
+fn names_of(v: &RegoValue) -> Result<BTreeSet<String>, PolicyError> {
+    let items: Vec<&RegoValue> = match (v.as_set(), v.as_array()) {
+        (Ok(set), _) => set.iter().collect(),
+        (_, Ok(list)) => list.iter().collect(),
+        _ if *v == RegoValue::Undefined => Vec::new(),
+        _ => {
+            return Err(PolicyError::Eval(format!(
+                "`visible_tools` must be a set of tool names, not {}",
+                reason_text(v)
+            )));
+        }
+    };
+    Ok(items
+        .into_iter()
+        .filter_map(|n| n.as_string().ok().map(|s| s.to_string()))
+        .collect())
+}
+
+/// The probe input of a `visible_tools` evaluation: the probe's frame, with its tool as the list.
+fn tools_probe(probe: &Value) -> Value {
+    let mut p = probe.clone();
+    if let Some(obj) = p.as_object_mut() {
+        let tool = obj
+            .remove("tool")
+            .unwrap_or_else(|| json!({"name": "probe"}));
+        obj.insert("tools".into(), json!([tool]));
+        if let Some(req) = obj.get_mut("request").and_then(Value::as_object_mut) {
+            req.insert("method".into(), json!("tools/list"));
+            req.insert("list".into(), json!("tools/list"));
+            req.insert("name".into(), Value::Null);
+            req.remove("tool");
+        }
+    }
+    p
+}
+
 fn reason_text(v: &RegoValue) -> String {
     match v.as_string() {
         Ok(s) => s.to_string(),
@@ -469,6 +604,67 @@ deny contains "no deleting on fridays" if {
         assert!(e.to_string().contains("package mcp.authz"), "{e}");
     }
 
+    /// A `visible_tools` rule decides a whole list in one evaluation, on bytecode as on the
+    /// interpreter.
+    #[test]
+    fn visible_tools_names_the_tools_of_a_list() {
+        let c = compiled(
+            r#"package mcp.authz
+import rego.v1
+visible_tools contains t.name if {
+    some t in input.tools
+    t.annotations.readOnlyHint == true
+}
+visible_tools contains "echo" if "admin" in input.subject.roles
+"#,
+        )
+        .unwrap();
+        assert!(c.has_visible_tools && !c.has_visible);
+        assert!(c.uses_bytecode());
+        let input = json!({
+            "subject": {"roles": ["admin"]},
+            "request": {"method": "tools/list"},
+            "tools": [
+                {"name": "read", "annotations": {"readOnlyHint": true}},
+                {"name": "write", "annotations": {}},
+            ],
+        });
+        let want: BTreeSet<String> = ["echo", "read"].map(String::from).into();
+        assert_eq!(c.visible_tools(&input).unwrap(), want);
+        assert_eq!(c.visible_tools_interpreted(&input).unwrap(), want);
+        let plain = compiled(POLICY).unwrap();
+        assert!(!plain.has_visible_tools);
+        assert!(plain.visible_tools(&input).is_err());
+        // One that is not a collection of names is refused when the bundle loads.
+        let e = compiled("package mcp.authz\nimport rego.v1\nvisible_tools := 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("visible_tools"), "{e}");
+    }
+
+    /// Without a `visible` rule, an item is visible exactly when a call of it would be allowed:
+    /// `allow` holds and no `deny` reason does.
+    #[test]
+    fn visibility_by_call_needs_allow_and_no_reason() {
+        let c = compiled(POLICY).unwrap();
+        for (input, visible) in [
+            (json!({"request": {"tool": "echo"}}), true),
+            (json!({"request": {"tool": "rm"}}), false),
+            (
+                json!({"request": {"tool": "delete"}, "subject": {"roles": ["admin"], "claims": {"day": "friday"}}}),
+                false,
+            ),
+            (
+                json!({"request": {"tool": "delete"}, "subject": {"roles": ["admin"], "claims": {"day": "monday"}}}),
+                true,
+            ),
+        ] {
+            assert_eq!(c.visible(&input).unwrap(), visible, "{input}");
+            assert_eq!(c.visible_interpreted(&input).unwrap(), visible, "{input}");
+            assert_eq!(c.decide(&input).unwrap().allowed(), visible, "{input}");
+        }
+    }
+
     #[test]
     fn visible_rule_is_detected() {
         let c =
@@ -527,6 +723,12 @@ deny contains "no deleting on fridays" if {
                     c.decide(input).unwrap(),
                     c.decide_interpreted(input).unwrap(),
                     "bundle {} on {input}",
+                    bundle.hash
+                );
+                assert_eq!(
+                    c.visible(input).unwrap(),
+                    c.visible_interpreted(input).unwrap(),
+                    "visibility, bundle {} on {input}",
                     bundle.hash
                 );
             }

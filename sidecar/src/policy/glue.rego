@@ -19,6 +19,23 @@ redact contains p if {
 
 decision := {"allow": allow, "deny": reasons, "redact": redact}
 
+# A list item, for a bundle with its own `visible` rule.
 default visible := false
 
 visible if data.mcp.authz.visible == true
+
+# A list item, for a bundle without one: visible when a call of it would be allowed. The deny
+# reasons are only looked at for an item that `allow` admits, so a hidden item costs `allow` alone.
+default visible_by_call := false
+
+visible_by_call if {
+	data.mcp.authz.allow == true
+	not denied
+}
+
+denied if {
+	some _ in data.mcp.authz.deny
+}
+
+# The tool names a caller may see, for a bundle that decides a whole tools/list at once.
+visible_tools := {n | some n in data.mcp.authz.visible_tools}

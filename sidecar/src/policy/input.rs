@@ -103,15 +103,16 @@ impl Frame {
         h.finish()
     }
 
-    fn document(&self, request: RegoValue, tool: Option<RegoValue>) -> RegoValue {
+    /// The document: the frame, `request`, and one more field (`tool` or `tools`) when given.
+    fn document(&self, request: RegoValue, extra: Option<(&str, RegoValue)>) -> RegoValue {
         let mut doc = BTreeMap::new();
         doc.insert(RegoValue::from("version"), RegoValue::from(INPUT_VERSION));
         doc.insert(RegoValue::from("subject"), self.subject.clone());
         doc.insert(RegoValue::from("client"), self.client.clone());
         doc.insert(RegoValue::from("server"), self.server.clone());
         doc.insert(RegoValue::from("request"), request);
-        if let Some(t) = tool {
-            doc.insert(RegoValue::from("tool"), t);
+        if let Some((key, value)) = extra {
+            doc.insert(RegoValue::from(key), value);
         }
         RegoValue::from(doc)
     }
@@ -150,7 +151,7 @@ impl Frame {
             _ => None,
         };
         let request = self.request(method, key, text(msg.target()), arguments);
-        self.document(RegoValue::from(request), tool)
+        self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
     }
 
     /// The input deciding whether one item of a list answer is visible: the same as a call of
@@ -161,7 +162,19 @@ impl Frame {
         let name = text(item.get(field).and_then(Value::as_str));
         let mut request = self.request(method, Some(key), name, RegoValue::new_object());
         request.insert(RegoValue::from("list"), RegoValue::from(list_method));
-        self.document(RegoValue::from(request), tool)
+        self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
+    }
+
+    /// The input of a `visible_tools` decision: `request` is the `tools/list` itself and `tools`
+    /// holds the policy view of each tool it lists.
+    pub fn tool_list(&self, tools: Vec<RegoValue>) -> RegoValue {
+        let mut request =
+            self.request("tools/list", None, RegoValue::Null, RegoValue::new_object());
+        request.insert(RegoValue::from("list"), RegoValue::from("tools/list"));
+        self.document(
+            RegoValue::from(request),
+            Some(("tools", RegoValue::from(tools))),
+        )
     }
 }
 

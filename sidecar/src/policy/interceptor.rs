@@ -1,7 +1,7 @@
 //! Enforcing the policy at the interception point: governed methods are decided, list answers
 //! are filtered item by item, and a hidden item is answered as one that does not exist.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -87,16 +87,28 @@ impl PolicyInterceptor {
     }
 
     /// Whether one list item is visible: the bundle's `visible` rule, or else whether a call of
-    /// the item with no arguments would be allowed.
+    /// the item with no arguments would be allowed. An evaluation failure hides the item.
     fn item_visible(&self, bundle: &CompiledBundle, input: RegoValue) -> bool {
-        if bundle.has_visible {
-            bundle.visible_value(input).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "policy `visible` failed; hiding the item");
-                false
+        bundle.visible_value(input).unwrap_or_else(|e| {
+            tracing::error!(error = %e, policy_hash = %bundle.hash, "policy visibility failed; hiding the item");
+            false
+        })
+    }
+
+    /// The tools of one list a caller may see, by the bundle's `visible_tools` rule, in one
+    /// evaluation. An evaluation failure hides every tool.
+    fn visible_tools(
+        &self,
+        bundle: &CompiledBundle,
+        frame: &Frame,
+        views: Vec<RegoValue>,
+    ) -> BTreeSet<String> {
+        bundle
+            .visible_tools_value(frame.tool_list(views))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, policy_hash = %bundle.hash, "policy `visible_tools` failed; hiding the tools");
+                BTreeSet::new()
             })
-        } else {
-            self.decide(bundle, input).allowed()
-        }
     }
 
     fn tool_view(&self, msg: &Message) -> Option<RegoValue> {
@@ -129,6 +141,27 @@ impl PolicyInterceptor {
         }
         cache.insert(key, visible);
         visible
+    }
+
+    /// Which items of a list stay, deciding each item on its own.
+    fn keep_items(
+        &self,
+        bundle: &CompiledBundle,
+        frame: &Frame,
+        method: &str,
+        items: &[Value],
+    ) -> Vec<bool> {
+        let frame_key = frame.fingerprint();
+        items
+            .iter()
+            .map(|item| {
+                if method == "tools/list" {
+                    self.tool_visible(bundle, frame, frame_key, item)
+                } else {
+                    self.item_visible(bundle, frame.list_item(method, item, None))
+                }
+            })
+            .collect()
     }
 }
 
@@ -187,7 +220,14 @@ impl Interceptor for PolicyInterceptor {
             "tools/call" | "prompts/get" => json!({"name": name}),
             _ => json!({"uri": name}),
         };
-        if !self.item_visible(&bundle, frame.list_item(list, &item, self.tool_view(msg))) {
+        let visible = if method == "tools/call" && bundle.has_visible_tools {
+            let (view, _) = self.catalog.view_of(&item);
+            self.visible_tools(&bundle, &frame, vec![view])
+                .contains(name)
+        } else {
+            self.item_visible(&bundle, frame.list_item(list, &item, self.tool_view(msg)))
+        };
+        if !visible {
             return not_found(method, name);
         }
         let (message, data) = if self.hide_reasons {
@@ -236,17 +276,20 @@ impl Interceptor for PolicyInterceptor {
             return hidden > 0;
         };
         let frame = Frame::new(ctx, &self.server);
-        let frame_key = frame.fingerprint();
-        let keep: Vec<bool> = items
-            .iter()
-            .map(|item| {
-                if method == "tools/list" {
-                    self.tool_visible(&bundle, &frame, frame_key, item)
-                } else {
-                    self.item_visible(&bundle, frame.list_item(method, item, None))
-                }
-            })
-            .collect();
+        let keep: Vec<bool> = if method == "tools/list" && bundle.has_visible_tools {
+            let views = items.iter().map(|i| self.catalog.view_of(i).0).collect();
+            let names = self.visible_tools(&bundle, &frame, views);
+            items
+                .iter()
+                .map(|i| {
+                    i.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| names.contains(n))
+                })
+                .collect()
+        } else {
+            self.keep_items(&bundle, &frame, method, items)
+        };
         let hidden = keep.iter().filter(|k| !**k).count();
         if hidden == 0 {
             return false;

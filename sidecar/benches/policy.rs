@@ -99,7 +99,9 @@ fn bench_first_listings(
             || (make(), list.clone()),
             |(interceptor, mut result)| {
                 interceptor.filter_list(ctx, "tools/list", &mut result);
-                black_box(result)
+                // Returned, so the interceptor (which lives as long as the sidecar) is dropped
+                // outside the measurement.
+                black_box((interceptor, result))
             },
             criterion::BatchSize::LargeInput,
         )
@@ -113,7 +115,9 @@ fn bench_first_listings(
             },
             |(interceptor, mut result)| {
                 interceptor.filter_list(ctx, "tools/list", &mut result);
-                black_box(result)
+                // Returned, so the interceptor (which lives as long as the sidecar) is dropped
+                // outside the measurement.
+                black_box((interceptor, result))
             },
             criterion::BatchSize::LargeInput,
         )

@@ -118,15 +118,24 @@ impl ToolCatalog {
 /// `pinned_hash`, `changed` and (when the server gave none) empty `annotations`.
 fn annotate(def: &Value, hash: &str, pinned: &str) -> RegoValue {
     use serde::Deserialize;
-    // Converted from a borrowed definition: no copy of the server's JSON is made first.
-    let mut view = RegoValue::deserialize(def).unwrap_or(RegoValue::Null);
-    if let Ok(obj) = view.as_object_mut() {
-        obj.insert(RegoValue::from("hash"), RegoValue::from(hash));
-        obj.insert(RegoValue::from("pinned_hash"), RegoValue::from(pinned));
-        obj.insert(RegoValue::from("changed"), RegoValue::from(hash != pinned));
-        obj.get_or_insert_with(RegoValue::from("annotations"), RegoValue::new_object);
+    let Some(fields) = def.as_object() else {
+        return RegoValue::deserialize(def).unwrap_or(RegoValue::Null);
+    };
+    // Built field by field from the borrowed definition, the extra fields included, and frozen
+    // into the engine's value once: no copy of the server's JSON, no second pass.
+    let mut view = std::collections::BTreeMap::new();
+    for (key, value) in fields {
+        view.insert(
+            RegoValue::from(key.as_str()),
+            RegoValue::deserialize(value).unwrap_or(RegoValue::Null),
+        );
     }
-    view
+    view.insert(RegoValue::from("hash"), RegoValue::from(hash));
+    view.insert(RegoValue::from("pinned_hash"), RegoValue::from(pinned));
+    view.insert(RegoValue::from("changed"), RegoValue::from(hash != pinned));
+    view.entry(RegoValue::from("annotations"))
+        .or_insert_with(RegoValue::new_object);
+    RegoValue::from(view)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every mcp-guard test: installs the real peers the end-to-end suites drive (MCP servers and
 # clients, a kube-apiserver built from source, an OIDC provider, an OTLP receiver, helm; all cached under
-# ~/.cache/mcp-guard), builds the binaries they start, then runs the workspace's tests.
-# The first run on a fresh machine takes about 10 minutes (the kube-apiserver build); later runs
-# reuse the cache.
+# ~/.cache/mcp-guard) and the musl toolchain the Dockerfiles build with, builds the binaries the
+# suites start, then runs the workspace's tests.
+# The first run on a fresh machine takes about 10 minutes (the kube-apiserver build), plus about 7
+# for the images' static release build (tests/tests/images.rs); later runs reuse the cache.
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh -p mcp-guard-sidecar`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,9 @@ bash tests/scripts/install-kube.sh
 bash tests/scripts/install-oidc.sh
 bash tests/scripts/install-otlp.sh
 bash tests/scripts/install-helm.sh
+bash tests/scripts/install-musl.sh
 cargo build --workspace --bins --locked
 # With the peers installed, a suite that cannot find one fails instead of skipping a check.
 export MCP_GUARD_REQUIRE_KUBE=1
+export MCP_GUARD_REQUIRE_MUSL=1
 cargo test --workspace --locked "$@"

@@ -59,7 +59,9 @@ impl Identity {
     pub fn policy_subject(&self) -> regorus::Value {
         self.policy_view
             .0
-            .get_or_init(|| regorus::Value::from(crate::policy::input::subject_json(Some(self))))
+            .get_or_init(|| {
+                crate::policy::value::to_rego(&crate::policy::input::subject_json(Some(self)))
+            })
             .clone()
     }
 }

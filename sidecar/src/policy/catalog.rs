@@ -10,6 +10,8 @@ use regorus::Value as RegoValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::value::{Keys, convert, object};
+
 /// Tools remembered at most; a server with more is unusual, and past it new names are not pinned.
 const MAX_TOOLS: usize = 10_000;
 
@@ -30,9 +32,27 @@ pub struct Changed {
     pub now: Arc<str>,
 }
 
+/// A definition as the policy sees it ([`annotate`]), with its hash.
+pub type View = (RegoValue, Arc<str>);
+
+/// One `tools/list` answer, recorded: the definitions that changed, and every item's policy view
+/// in list order.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub changed: Vec<Changed>,
+    pub views: Vec<View>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tools: HashMap<String, Entry>,
+    /// Object keys shared by the views: a server's tools repeat the same few keys.
+    keys: Keys,
+}
+
 #[derive(Debug, Default)]
 pub struct ToolCatalog {
-    tools: RwLock<HashMap<String, Entry>>,
+    inner: RwLock<Inner>,
 }
 
 /// `sha256:<hex>` of a tool definition's canonical JSON (object keys sorted).
@@ -53,87 +73,95 @@ pub fn definition_hash(def: &Value) -> String {
 }
 
 impl ToolCatalog {
-    /// Records the tools of one `tools/list` answer (before filtering). Returns the tools whose
-    /// definition differs from the pinned one.
-    pub fn record(&self, tools: &[Value]) -> Vec<Changed> {
-        let mut changed = Vec::new();
-        let mut map = self.tools.write();
+    /// Records the tools of one `tools/list` answer (before filtering): pins each new name,
+    /// reports each definition that differs from its pinned one, and returns every item's
+    /// policy view, in list order.
+    pub fn record(&self, tools: &[Value]) -> Recorded {
+        let mut recorded = Recorded {
+            changed: Vec::new(),
+            views: Vec::with_capacity(tools.len()),
+        };
+        let mut inner = self.inner.write();
+        let Inner { tools: map, keys } = &mut *inner;
         for def in tools {
-            let full = map.len() >= MAX_TOOLS;
+            let hash: Arc<str> = definition_hash(def).into();
             let Some(name) = def.get("name").and_then(Value::as_str) else {
+                recorded
+                    .views
+                    .push((annotate(def, &hash, &hash, keys), hash));
                 continue;
             };
-            let hash: Arc<str> = definition_hash(def).into();
-            match map.get_mut(name) {
-                Some(e) if e.hash == hash => {}
+            let full = map.len() >= MAX_TOOLS;
+            let view = match map.get_mut(name) {
+                Some(e) if e.hash == hash => e.view.clone(),
                 Some(e) => {
-                    e.view = annotate(def, &hash, &e.pinned);
+                    e.view = annotate(def, &hash, &e.pinned, keys);
                     e.hash = Arc::clone(&hash);
                     if e.pinned != hash {
-                        changed.push(Changed {
+                        recorded.changed.push(Changed {
                             tool: name.to_owned(),
                             pinned: Arc::clone(&e.pinned),
-                            now: hash,
+                            now: Arc::clone(&hash),
                         });
                     }
+                    e.view.clone()
                 }
-                None if !full => {
-                    let view = annotate(def, &hash, &hash);
-                    map.insert(
-                        name.to_owned(),
-                        Entry {
-                            pinned: Arc::clone(&hash),
-                            hash,
-                            view,
-                        },
-                    );
+                None => {
+                    let view = annotate(def, &hash, &hash, keys);
+                    if !full {
+                        map.insert(
+                            name.to_owned(),
+                            Entry {
+                                pinned: Arc::clone(&hash),
+                                hash: Arc::clone(&hash),
+                                view: view.clone(),
+                            },
+                        );
+                    }
+                    view
                 }
-                None => {}
-            }
+            };
+            recorded.views.push((view, hash));
         }
-        changed
+        recorded
     }
 
     /// The policy view of tool `name`: the server's definition plus `hash`, `pinned_hash` and
     /// `changed`, with the definition's hash. `None` when the server has not listed it yet.
-    pub fn view(&self, name: &str) -> Option<(RegoValue, Arc<str>)> {
-        let map = self.tools.read();
-        let e = map.get(name)?;
+    pub fn view(&self, name: &str) -> Option<View> {
+        let inner = self.inner.read();
+        let e = inner.tools.get(name)?;
         Some((e.view.clone(), Arc::clone(&e.hash)))
     }
 
-    /// The policy view of a definition seen in a list answer: the recorded one, or (for a tool
-    /// past the catalog's capacity) one made now.
-    pub fn view_of(&self, def: &Value) -> (RegoValue, Arc<str>) {
+    /// The policy view of a definition: the recorded one, or (for a tool the server has not
+    /// listed, or one past the catalog's capacity) one made now.
+    pub fn view_of(&self, def: &Value) -> View {
         let name = def.get("name").and_then(Value::as_str).unwrap_or_default();
         if let Some(v) = self.view(name) {
             return v;
         }
         let hash: Arc<str> = definition_hash(def).into();
-        (annotate(def, &hash, &hash), hash)
+        (annotate(def, &hash, &hash, &mut Keys::default()), hash)
     }
 }
 
 /// The policy view of a definition: the definition as the server gave it, plus `hash`,
 /// `pinned_hash`, `changed` and (when the server gave none) empty `annotations`.
-fn annotate(def: &Value, hash: &str, pinned: &str) -> RegoValue {
-    use serde::Deserialize;
+fn annotate(def: &Value, hash: &Arc<str>, pinned: &Arc<str>, keys: &mut Keys) -> RegoValue {
     let Some(fields) = def.as_object() else {
-        return RegoValue::deserialize(def).unwrap_or(RegoValue::Null);
+        return convert(def, keys);
     };
-    // Built field by field from the borrowed definition, the extra fields included, and frozen
-    // into the engine's value once: no copy of the server's JSON, no second pass.
-    let mut view = std::collections::BTreeMap::new();
-    for (key, value) in fields {
-        view.insert(
-            RegoValue::from(key.as_str()),
-            RegoValue::deserialize(value).unwrap_or(RegoValue::Null),
-        );
-    }
-    view.insert(RegoValue::from("hash"), RegoValue::from(hash));
-    view.insert(RegoValue::from("pinned_hash"), RegoValue::from(pinned));
-    view.insert(RegoValue::from("changed"), RegoValue::from(hash != pinned));
-    view.entry(RegoValue::from("annotations"))
+    // Built field by field from the borrowed definition and frozen into the engine's value once;
+    // the hashes are the catalog's own strings, shared, not copied.
+    let mut view = object(fields, keys);
+    view.insert(keys.key("hash"), RegoValue::String(Arc::clone(hash)));
+    view.insert(
+        keys.key("pinned_hash"),
+        RegoValue::String(Arc::clone(pinned)),
+    );
+    view.insert(keys.key("changed"), RegoValue::Bool(hash != pinned));
+    view.entry(keys.key("annotations"))
         .or_insert_with(RegoValue::new_object);
     RegoValue::from(view)
 }
@@ -151,9 +179,9 @@ mod tests {
         let seen = |c: &ToolCatalog| -> Value {
             serde_json::from_str(&c.view("echo").unwrap().0.to_json_str().unwrap()).unwrap()
         };
-        assert!(c.record(std::slice::from_ref(&v1)).is_empty());
+        assert!(c.record(std::slice::from_ref(&v1)).changed.is_empty());
         assert_eq!(seen(&c)["changed"], false);
-        let changed = c.record(std::slice::from_ref(&v2));
+        let changed = c.record(std::slice::from_ref(&v2)).changed;
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].tool, "echo");
         let seen = seen(&c);
@@ -161,9 +189,32 @@ mod tests {
         assert_eq!(seen["description"], v2["description"]);
         assert_eq!(seen["pinned_hash"].as_str().unwrap(), definition_hash(&v1));
         assert!(
-            c.record(std::slice::from_ref(&v2)).is_empty(),
+            c.record(std::slice::from_ref(&v2)).changed.is_empty(),
             "reported once"
         );
+    }
+
+    #[test]
+    fn recording_gives_every_items_view_in_list_order() {
+        let c = ToolCatalog::default();
+        let list = [
+            json!({"name": "b", "annotations": {"readOnlyHint": true}}),
+            json!({"description": "no name"}),
+            json!({"name": "a"}),
+        ];
+        let recorded = c.record(&list);
+        assert_eq!(recorded.views.len(), 3);
+        for ((view, hash), def) in recorded.views.iter().zip(&list) {
+            assert_eq!(&**hash, definition_hash(def));
+            let view: Value = serde_json::from_str(&view.to_json_str().unwrap()).unwrap();
+            assert_eq!(view["description"], def["description"]);
+            assert_eq!(view["name"], def["name"]);
+            assert_eq!(view["hash"].as_str(), Some(&**hash));
+            assert_eq!(view["changed"], false);
+        }
+        // The recorded view is the one later calls of the tool are decided on.
+        assert_eq!(c.view("a").unwrap().0, recorded.views[2].0);
+        assert!(c.view("").is_none(), "a definition without a name is not pinned");
     }
 
     #[test]

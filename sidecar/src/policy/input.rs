@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::LazyLock;
 
 use regorus::Value as RegoValue;
 use serde_json::{Value, json};
@@ -16,6 +17,8 @@ use crate::identity::Identity;
 pub use crate::intercept::ClientInfo;
 use crate::intercept::Context;
 use crate::jsonrpc::Message;
+
+use super::value::to_rego;
 
 /// The version string every input carries.
 pub const INPUT_VERSION: &str = "mcp-guard.dev/policy-input/v1";
@@ -30,7 +33,7 @@ pub struct ServerInfo {
 
 impl ServerInfo {
     pub fn to_value(&self) -> RegoValue {
-        RegoValue::from(json!({"name": self.name, "namespace": self.namespace, "pod": self.pod}))
+        to_rego(&json!({"name": self.name, "namespace": self.namespace, "pod": self.pod}))
     }
 }
 
@@ -54,9 +57,57 @@ pub fn subject_json(identity: Option<&Identity>) -> Value {
     }
 }
 
-fn client_json(client: Option<&ClientInfo>) -> Value {
-    let c = client.cloned().unwrap_or_default();
-    json!({"name": c.name, "version": c.version, "protocol_version": c.protocol_version})
+/// The document's own keys, made once: building an input allocates no key, and an item of a long
+/// list costs only its own values.
+struct Names {
+    version: RegoValue,
+    subject: RegoValue,
+    client: RegoValue,
+    server: RegoValue,
+    request: RegoValue,
+    method: RegoValue,
+    name: RegoValue,
+    arguments: RegoValue,
+    session_id: RegoValue,
+    transport: RegoValue,
+    list: RegoValue,
+    protocol_version: RegoValue,
+    input_version: RegoValue,
+    anonymous: RegoValue,
+}
+
+static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
+    version: RegoValue::from("version"),
+    subject: RegoValue::from("subject"),
+    client: RegoValue::from("client"),
+    server: RegoValue::from("server"),
+    request: RegoValue::from("request"),
+    method: RegoValue::from("method"),
+    name: RegoValue::from("name"),
+    arguments: RegoValue::from("arguments"),
+    session_id: RegoValue::from("session_id"),
+    transport: RegoValue::from("transport"),
+    list: RegoValue::from("list"),
+    protocol_version: RegoValue::from("protocol_version"),
+    input_version: RegoValue::from(INPUT_VERSION),
+    anonymous: to_rego(&subject_json(None)),
+});
+
+/// The input's `client`: what the client said of itself in `initialize`.
+fn client_value(client: Option<&ClientInfo>) -> RegoValue {
+    let n = &*NAMES;
+    let field = |v: Option<&String>| v.map_or(RegoValue::Null, |s| RegoValue::from(s.as_str()));
+    let mut c = BTreeMap::new();
+    c.insert(n.name.clone(), field(client.and_then(|c| c.name.as_ref())));
+    c.insert(
+        n.version.clone(),
+        field(client.and_then(|c| c.version.as_ref())),
+    );
+    c.insert(
+        n.protocol_version.clone(),
+        field(client.and_then(|c| c.protocol_version.as_ref())),
+    );
+    RegoValue::from(c)
 }
 
 fn text(s: Option<&str>) -> RegoValue {
@@ -78,9 +129,9 @@ impl Frame {
         Frame {
             subject: match ctx.identity {
                 Some(id) => id.policy_subject(),
-                None => RegoValue::from(subject_json(None)),
+                None => NAMES.anonymous.clone(),
             },
-            client: RegoValue::from(client_json(ctx.client)),
+            client: client_value(ctx.client),
             server: server.clone(),
             session_id: text(ctx.session_id),
             transport: RegoValue::from(ctx.transport.as_str()),
@@ -105,12 +156,13 @@ impl Frame {
 
     /// The document: the frame, `request`, and one more field (`tool` or `tools`) when given.
     fn document(&self, request: RegoValue, extra: Option<(&str, RegoValue)>) -> RegoValue {
+        let n = &*NAMES;
         let mut doc = BTreeMap::new();
-        doc.insert(RegoValue::from("version"), RegoValue::from(INPUT_VERSION));
-        doc.insert(RegoValue::from("subject"), self.subject.clone());
-        doc.insert(RegoValue::from("client"), self.client.clone());
-        doc.insert(RegoValue::from("server"), self.server.clone());
-        doc.insert(RegoValue::from("request"), request);
+        doc.insert(n.version.clone(), n.input_version.clone());
+        doc.insert(n.subject.clone(), self.subject.clone());
+        doc.insert(n.client.clone(), self.client.clone());
+        doc.insert(n.server.clone(), self.server.clone());
+        doc.insert(n.request.clone(), request);
         if let Some((key, value)) = extra {
             doc.insert(RegoValue::from(key), value);
         }
@@ -124,15 +176,16 @@ impl Frame {
         name: RegoValue,
         arguments: RegoValue,
     ) -> BTreeMap<RegoValue, RegoValue> {
+        let n = &*NAMES;
         let mut r = BTreeMap::new();
-        r.insert(RegoValue::from("method"), RegoValue::from(method));
-        r.insert(RegoValue::from("name"), name.clone());
+        r.insert(n.method.clone(), RegoValue::from(method));
+        r.insert(n.name.clone(), name.clone());
         if let Some(k) = key {
             r.insert(RegoValue::from(k), name);
         }
-        r.insert(RegoValue::from("arguments"), arguments);
-        r.insert(RegoValue::from("session_id"), self.session_id.clone());
-        r.insert(RegoValue::from("transport"), self.transport.clone());
+        r.insert(n.arguments.clone(), arguments);
+        r.insert(n.session_id.clone(), self.session_id.clone());
+        r.insert(n.transport.clone(), self.transport.clone());
         r
     }
 
@@ -143,7 +196,7 @@ impl Frame {
         let arguments = msg
             .params()
             .and_then(|p| p.get("arguments"))
-            .map_or_else(RegoValue::new_object, |a| RegoValue::from(a.clone()));
+            .map_or_else(RegoValue::new_object, to_rego);
         let key = match method {
             "tools/call" => Some("tool"),
             "prompts/get" => Some("prompt"),
@@ -161,7 +214,7 @@ impl Frame {
         let (method, key, field) = list_item_call(list_method);
         let name = text(item.get(field).and_then(Value::as_str));
         let mut request = self.request(method, Some(key), name, RegoValue::new_object());
-        request.insert(RegoValue::from("list"), RegoValue::from(list_method));
+        request.insert(NAMES.list.clone(), RegoValue::from(list_method));
         self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
     }
 
@@ -170,7 +223,7 @@ impl Frame {
     pub fn tool_list(&self, tools: Vec<RegoValue>) -> RegoValue {
         let mut request =
             self.request("tools/list", None, RegoValue::Null, RegoValue::new_object());
-        request.insert(RegoValue::from("list"), RegoValue::from("tools/list"));
+        request.insert(NAMES.list.clone(), RegoValue::from("tools/list"));
         self.document(
             RegoValue::from(request),
             Some(("tools", RegoValue::from(tools))),

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use regorus::Value as RegoValue;
 use serde_json::{Value, json};
 
-use super::catalog::ToolCatalog;
+use super::catalog::{ToolCatalog, View};
 use super::config::{Enforcement, PolicyConfig};
 use super::engine::{CompiledBundle, Decision};
 use super::input::{Frame, ServerInfo};
@@ -126,15 +126,18 @@ impl PolicyInterceptor {
         frame: &Frame,
         frame_key: u64,
         item: &Value,
+        (view, hash): &View,
     ) -> bool {
-        let (view, hash) = self.catalog.view_of(item);
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (bundle.generation(), frame_key, &*hash).hash(&mut h);
+        (bundle.generation(), frame_key, &**hash).hash(&mut h);
         let key = h.finish();
         if let Some(v) = self.visible_cache.lock().get(&key) {
             return *v;
         }
-        let visible = self.item_visible(bundle, frame.list_item("tools/list", item, Some(view)));
+        let visible = self.item_visible(
+            bundle,
+            frame.list_item("tools/list", item, Some(view.clone())),
+        );
         let mut cache = self.visible_cache.lock();
         if cache.len() >= MAX_CACHED {
             cache.clear();
@@ -143,24 +146,27 @@ impl PolicyInterceptor {
         visible
     }
 
-    /// Which items of a list stay, deciding each item on its own.
+    /// Which items of a list stay, deciding each item on its own. `views` holds the policy view
+    /// of each item of a `tools/list`.
     fn keep_items(
         &self,
         bundle: &CompiledBundle,
         frame: &Frame,
         method: &str,
         items: &[Value],
+        views: &[View],
     ) -> Vec<bool> {
-        let frame_key = frame.fingerprint();
+        if method == "tools/list" {
+            let frame_key = frame.fingerprint();
+            return items
+                .iter()
+                .zip(views)
+                .map(|(item, view)| self.tool_visible(bundle, frame, frame_key, item, view))
+                .collect();
+        }
         items
             .iter()
-            .map(|item| {
-                if method == "tools/list" {
-                    self.tool_visible(bundle, frame, frame_key, item)
-                } else {
-                    self.item_visible(bundle, frame.list_item(method, item, None))
-                }
-            })
+            .map(|item| self.item_visible(bundle, frame.list_item(method, item, None)))
             .collect()
     }
 }
@@ -260,12 +266,16 @@ impl Interceptor for PolicyInterceptor {
         let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
             return false;
         };
-        if method == "tools/list" {
-            for c in self.catalog.record(items) {
+        let views = if method == "tools/list" {
+            let recorded = self.catalog.record(items);
+            for c in recorded.changed {
                 self.metrics.tool_changed();
                 tracing::warn!(tool = %c.tool, pinned = %c.pinned, now = %c.now, "tool definition changed since it was first listed");
             }
-        }
+            recorded.views
+        } else {
+            Vec::new()
+        };
         let Some(bundle) = self.store.current() else {
             if self.mode == Enforcement::Shadow {
                 return false;
@@ -277,7 +287,7 @@ impl Interceptor for PolicyInterceptor {
         };
         let frame = Frame::new(ctx, &self.server);
         let keep: Vec<bool> = if method == "tools/list" && bundle.has_visible_tools {
-            let views = items.iter().map(|i| self.catalog.view_of(i).0).collect();
+            let views = views.into_iter().map(|(view, _)| view).collect();
             let names = self.visible_tools(&bundle, &frame, views);
             items
                 .iter()
@@ -288,7 +298,7 @@ impl Interceptor for PolicyInterceptor {
                 })
                 .collect()
         } else {
-            self.keep_items(&bundle, &frame, method, items)
+            self.keep_items(&bundle, &frame, method, items, &views)
         };
         let hidden = keep.iter().filter(|k| !**k).count();
         if hidden == 0 {

@@ -9,6 +9,7 @@ pub mod input;
 pub mod interceptor;
 pub mod offline;
 pub mod store;
+pub mod value;
 
 pub use config::{Enforcement, PolicyConfig};
 pub use interceptor::PolicyInterceptor;

@@ -214,7 +214,10 @@ mod tests {
         }
         // The recorded view is the one later calls of the tool are decided on.
         assert_eq!(c.view("a").unwrap().0, recorded.views[2].0);
-        assert!(c.view("").is_none(), "a definition without a name is not pinned");
+        assert!(
+            c.view("").is_none(),
+            "a definition without a name is not pinned"
+        );
     }
 
     #[test]

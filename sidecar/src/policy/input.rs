@@ -7,7 +7,6 @@
 //! list converts only each item.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
 use regorus::Value as RegoValue;
@@ -138,20 +137,13 @@ impl Frame {
         }
     }
 
-    /// A fingerprint of everything in the frame, for caching decisions that depend on nothing
-    /// else (list visibility).
-    pub fn fingerprint(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for part in [
-            &self.subject,
-            &self.client,
-            &self.server,
-            &self.session_id,
-            &self.transport,
-        ] {
-            part.to_string().hash(&mut h);
-        }
-        h.finish()
+    /// Everything in the frame, as one JSON text: two frames have the same key exactly when a
+    /// decision that depends on nothing else (list visibility) is the same for both.
+    pub fn key(&self) -> String {
+        format!(
+            "[{},{},{},{},{}]",
+            self.subject, self.client, self.server, self.session_id, self.transport
+        )
     }
 
     /// The document: the frame, `request`, and one more field (`tool` or `tools`) when given.

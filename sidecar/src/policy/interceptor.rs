@@ -2,7 +2,6 @@
 //! are filtered item by item, and a hidden item is answered as one that does not exist.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -29,6 +28,49 @@ pub const GOVERNED: [&str; 4] = [
 /// Visibility decisions remembered at most; the cache starts over when full.
 const MAX_CACHED: usize = 100_000;
 
+/// Distinct frames (callers, in effect) remembered at most; the cache starts over when full.
+const MAX_FRAMES: usize = 1_000;
+
+/// Tool visibility already decided, by exact key: the bundle's generation, the frame (numbered
+/// here by its full text, so two callers never share an entry unless their frames are equal),
+/// and the definition's SHA-256. A visibility input holds nothing else, so an agent that lists
+/// the same tools again pays for each decision once.
+#[derive(Default)]
+struct VisibleCache {
+    frames: HashMap<String, u64>,
+    /// The last frame number given. Numbers are never reused, not even after the cache starts
+    /// over: a listing still running with an old number can then only add entries no one reads.
+    last_frame: u64,
+    decisions: HashMap<(u64, u64, Arc<str>), bool>,
+}
+
+impl VisibleCache {
+    /// The number of `frame_key`, numbering a frame seen for the first time.
+    fn frame(&mut self, frame_key: String) -> u64 {
+        if let Some(n) = self.frames.get(&frame_key) {
+            return *n;
+        }
+        if self.frames.len() >= MAX_FRAMES {
+            self.frames.clear();
+            self.decisions.clear();
+        }
+        self.last_frame += 1;
+        self.frames.insert(frame_key, self.last_frame);
+        self.last_frame
+    }
+
+    fn get(&self, key: &(u64, u64, Arc<str>)) -> Option<bool> {
+        self.decisions.get(key).copied()
+    }
+
+    fn insert(&mut self, key: (u64, u64, Arc<str>), visible: bool) {
+        if self.decisions.len() >= MAX_CACHED {
+            self.decisions.clear();
+        }
+        self.decisions.insert(key, visible);
+    }
+}
+
 pub struct PolicyInterceptor {
     store: Arc<PolicyStore>,
     mode: Enforcement,
@@ -36,9 +78,7 @@ pub struct PolicyInterceptor {
     server: RegoValue,
     catalog: ToolCatalog,
     metrics: Arc<Metrics>,
-    /// Whether a tool is visible, by (bundle, caller frame, tool definition): a visibility input
-    /// holds nothing else, so an agent that lists the same tools again pays for each once.
-    visible_cache: Mutex<HashMap<u64, bool>>,
+    visible_cache: Mutex<VisibleCache>,
 }
 
 /// The answer to a call of an item the caller cannot see: the one MCP servers give for an item
@@ -70,7 +110,7 @@ impl PolicyInterceptor {
             .to_value(),
             catalog: ToolCatalog::default(),
             metrics,
-            visible_cache: Mutex::new(HashMap::new()),
+            visible_cache: Mutex::new(VisibleCache::default()),
         }
     }
 
@@ -119,30 +159,25 @@ impl PolicyInterceptor {
     }
 
     /// Visibility of one tool of a list, from the cache when this caller has seen this
-    /// definition under this bundle before.
+    /// definition under this bundle before. `frame_number` is the frame's number in the cache
+    /// ([`VisibleCache::frame`]).
     fn tool_visible(
         &self,
         bundle: &CompiledBundle,
         frame: &Frame,
-        frame_key: u64,
+        frame_number: u64,
         item: &Value,
         (view, hash): &View,
     ) -> bool {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (bundle.generation(), frame_key, &**hash).hash(&mut h);
-        let key = h.finish();
+        let key = (bundle.generation(), frame_number, Arc::clone(hash));
         if let Some(v) = self.visible_cache.lock().get(&key) {
-            return *v;
+            return v;
         }
         let visible = self.item_visible(
             bundle,
             frame.list_item("tools/list", item, Some(view.clone())),
         );
-        let mut cache = self.visible_cache.lock();
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(key, visible);
+        self.visible_cache.lock().insert(key, visible);
         visible
     }
 
@@ -157,11 +192,11 @@ impl PolicyInterceptor {
         views: &[View],
     ) -> Vec<bool> {
         if method == "tools/list" {
-            let frame_key = frame.fingerprint();
+            let frame_number = self.visible_cache.lock().frame(frame.key());
             return items
                 .iter()
                 .zip(views)
-                .map(|(item, view)| self.tool_visible(bundle, frame, frame_key, item, view))
+                .map(|(item, view)| self.tool_visible(bundle, frame, frame_number, item, view))
                 .collect();
         }
         items
@@ -311,5 +346,41 @@ impl Interceptor for PolicyInterceptor {
         let mut flags = keep.into_iter();
         items.retain(|_| flags.next().unwrap_or(false));
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_told_apart_exactly_and_numbers_never_come_back() {
+        let mut cache = VisibleCache::default();
+        let a = cache.frame(r#"[{"sub":"a"}]"#.into());
+        let b = cache.frame(r#"[{"sub":"b"}]"#.into());
+        assert_ne!(a, b);
+        assert_eq!(cache.frame(r#"[{"sub":"a"}]"#.into()), a);
+        let hash: Arc<str> = "sha256:00".into();
+        cache.insert((1, a, Arc::clone(&hash)), true);
+        assert_eq!(cache.get(&(1, a, Arc::clone(&hash))), Some(true));
+        assert_eq!(
+            cache.get(&(1, b, Arc::clone(&hash))),
+            None,
+            "another caller"
+        );
+        assert_eq!(
+            cache.get(&(2, a, Arc::clone(&hash))),
+            None,
+            "another bundle"
+        );
+
+        // Past the limit the cache starts over, and no number is given twice: a listing that
+        // still holds `a` cannot fill in decisions for a frame numbered after the reset.
+        let mut seen = std::collections::HashSet::from([a, b]);
+        for i in 0..MAX_FRAMES + 5 {
+            assert!(seen.insert(cache.frame(format!("[{i}]"))));
+        }
+        assert!(cache.frames.len() <= MAX_FRAMES);
+        assert_eq!(cache.get(&(1, a, hash)), None, "forgotten with the reset");
     }
 }

@@ -363,28 +363,6 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("kubectl get {kind} {name}: not JSON ({e}): {}", out.stdout))
     }
 
-    /// A kubeconfig that acts as `user` (member of `groups`) through impersonation by the admin,
-    /// so a component can run with exactly the RBAC rights granted to, e.g., its ServiceAccount
-    /// (`system:serviceaccount:<ns>:<name>`).
-    pub fn impersonating_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
-        let text =
-            fs::read_to_string(&self.kubeconfig).unwrap_or_else(|e| panic!("read kubeconfig: {e}"));
-        let groups: String = groups.iter().map(|g| format!("\n    - {g}")).collect();
-        let admin = format!("    token: {ADMIN_TOKEN}\n");
-        assert!(text.contains(&admin), "no admin token line in:\n{text}");
-        let text = text.replace(
-            &admin,
-            &format!("{admin}    as: {user}\n    as-groups:{groups}\n"),
-        );
-        let safe: String = user
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let path = self.dir.path().join(format!("kubeconfig-{safe}"));
-        fs::write(&path, text).unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
-        path
-    }
-
     /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token of its
     /// own, issued by the API server's TokenRequest API (`POST .../serviceaccounts/NAME/token`,
     /// one hour): no admin token, no impersonation. What that identity may do is decided by
@@ -497,7 +475,7 @@ impl Webhook {
         Self::start_with_kubeconfig(api, &api.kubeconfig, extra)
     }
 
-    /// [`Webhook::start`] with another kubeconfig (e.g. [`ApiServer::impersonating_kubeconfig`]).
+    /// [`Webhook::start`] with another kubeconfig (e.g. [`ApiServer::service_account_kubeconfig`]).
     pub fn start_with_kubeconfig(api: &ApiServer, kubeconfig: &Path, extra: &[&str]) -> Webhook {
         let (cert, key) = api
             .ca

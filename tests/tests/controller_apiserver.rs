@@ -1,7 +1,8 @@
 //! The policy-distribution controller and the policy validating webhook on a real kube-apiserver
 //! (v1.20 built from Debian's source, `tests/scripts/install-kube.sh`) with etcd and
 //! kube-controller-manager: `mcp-guard-webhook serve --controller`, running as a ServiceAccount
-//! with exactly the RBAC `docs/distribution.md` lists (impersonated), mirrors the source policy
+//! with exactly the RBAC `docs/distribution.md` lists (authenticated by a token the API server
+//! issued for that ServiceAccount, no impersonation), mirrors the source policy
 //! ConfigMap into every namespace that needs it, refuses broken bundles at apply time, reports
 //! status on the source, restores deleted mirrors, keeps the strict-ingress NetworkPolicy, fails
 //! over between two replicas through its Lease; and a sidecar started from the injected pod's
@@ -34,7 +35,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const OWN: &str = "mcp-guard";
 
 /// The rights `serve --controller` needs, exactly as `docs/distribution.md` lists them: the
-/// webhook runs as this ServiceAccount (impersonated), so a missing verb fails these tests.
+/// webhook runs as this ServiceAccount, with a token of its own, so a missing verb fails these
+/// tests.
 const RBAC: &str = r#"apiVersion: v1
 kind: ServiceAccount
 metadata: {name: mcp-guard-webhook, namespace: mcp-guard}
@@ -186,10 +188,7 @@ fn start(extra: &[&str]) -> Cluster {
     api.start_controller_manager();
     api.apply(&namespace(OWN, &[]));
     api.apply(RBAC);
-    let kubeconfig = api.impersonating_kubeconfig(
-        "system:serviceaccount:mcp-guard:mcp-guard-webhook",
-        &["system:serviceaccounts", "system:serviceaccounts:mcp-guard"],
-    );
+    let kubeconfig = api.service_account_kubeconfig(OWN, "mcp-guard-webhook");
     let mut args = vec![
         "--controller",
         "--lease-duration=6s",
@@ -588,10 +587,7 @@ fn network_policy_selects_injected_pods_and_admits_only_the_sidecar_port() {
 fn two_replicas_elect_one_leader_and_fail_over() {
     let _g = serial();
     let Cluster { api, webhook: a } = start(&["--identity=replica-a"]);
-    let kubeconfig = api.impersonating_kubeconfig(
-        "system:serviceaccount:mcp-guard:mcp-guard-webhook",
-        &["system:serviceaccounts", "system:serviceaccounts:mcp-guard"],
-    );
+    let kubeconfig = api.service_account_kubeconfig(OWN, "mcp-guard-webhook");
     let b = Webhook::start_with_kubeconfig(
         &api,
         &kubeconfig,

@@ -12,8 +12,13 @@ use sha2::{Digest, Sha256};
 
 use super::value::{Keys, convert, object};
 
-/// Tools remembered at most; a server with more is unusual, and past it new names are not pinned.
+/// Tools remembered at most; a server with more is unusual. Past it a new name cannot be pinned,
+/// and its view says so the way that fails closed: `pinned_hash` empty and `changed` true, so a
+/// server cannot list its way past pinning.
 const MAX_TOOLS: usize = 10_000;
+
+/// The `pinned_hash` of a tool the catalog had no room to pin.
+const UNPINNED: &str = "";
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -41,6 +46,8 @@ pub type View = (RegoValue, Arc<str>);
 pub struct Recorded {
     pub changed: Vec<Changed>,
     pub views: Vec<View>,
+    /// Tools of this list the full catalog could not pin.
+    pub unpinned: usize,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +87,9 @@ impl ToolCatalog {
         let mut recorded = Recorded {
             changed: Vec::new(),
             views: Vec::with_capacity(tools.len()),
+            unpinned: 0,
         };
+        let unpinned: Arc<str> = Arc::from(UNPINNED);
         let mut inner = self.inner.write();
         let Inner { tools: map, keys } = &mut *inner;
         for def in tools {
@@ -106,18 +115,20 @@ impl ToolCatalog {
                     }
                     e.view.clone()
                 }
+                None if full => {
+                    recorded.unpinned += 1;
+                    annotate(def, &hash, &unpinned, keys)
+                }
                 None => {
                     let view = annotate(def, &hash, &hash, keys);
-                    if !full {
-                        map.insert(
-                            name.to_owned(),
-                            Entry {
-                                pinned: Arc::clone(&hash),
-                                hash: Arc::clone(&hash),
-                                view: view.clone(),
-                            },
-                        );
-                    }
+                    map.insert(
+                        name.to_owned(),
+                        Entry {
+                            pinned: Arc::clone(&hash),
+                            hash: Arc::clone(&hash),
+                            view: view.clone(),
+                        },
+                    );
                     view
                 }
             };
@@ -135,7 +146,7 @@ impl ToolCatalog {
     }
 
     /// The policy view of a definition: the recorded one, or (for a tool the server has not
-    /// listed, or one past the catalog's capacity) one made now.
+    /// listed) one made now.
     pub fn view_of(&self, def: &Value) -> View {
         let name = def.get("name").and_then(Value::as_str).unwrap_or_default();
         if let Some(v) = self.view(name) {
@@ -218,6 +229,34 @@ mod tests {
             c.view("").is_none(),
             "a definition without a name is not pinned"
         );
+    }
+
+    #[test]
+    fn past_its_capacity_the_catalog_shows_new_tools_as_changed() {
+        let c = ToolCatalog::default();
+        let filler: Vec<Value> = (0..MAX_TOOLS)
+            .map(|i| json!({"name": format!("t{i}")}))
+            .collect();
+        let recorded = c.record(&filler);
+        assert_eq!(recorded.unpinned, 0);
+        let late = json!({"name": "late", "description": "listed once the catalog is full"});
+        let recorded = c.record(&[filler[0].clone(), late.clone()]);
+        assert_eq!(recorded.unpinned, 1);
+        let seen =
+            |v: &RegoValue| -> Value { serde_json::from_str(&v.to_json_str().unwrap()).unwrap() };
+        assert_eq!(
+            seen(&recorded.views[0].0)["changed"],
+            false,
+            "pinned before"
+        );
+        let late_view = seen(&recorded.views[1].0);
+        assert_eq!(late_view["changed"], true, "{late_view}");
+        assert_eq!(late_view["pinned_hash"], "");
+        assert_eq!(
+            late_view["hash"].as_str(),
+            Some(definition_hash(&late).as_str())
+        );
+        assert!(c.view("late").is_none(), "not pinned");
     }
 
     #[test]

@@ -303,6 +303,12 @@ impl Interceptor for PolicyInterceptor {
         };
         let views = if method == "tools/list" {
             let recorded = self.catalog.record(items);
+            if recorded.unpinned > 0 {
+                tracing::warn!(
+                    unpinned = recorded.unpinned,
+                    "tool catalog full: tools listed for the first time are not pinned; policy sees them as changed"
+                );
+            }
             for c in recorded.changed {
                 self.metrics.tool_changed();
                 tracing::warn!(tool = %c.tool, pinned = %c.pinned, now = %c.now, "tool definition changed since it was first listed");

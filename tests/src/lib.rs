@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 pub mod apiserver;
 pub mod oidc;
+pub mod suite;
 pub mod volume;
 
 /// How long a peer or the sidecar may take to start on a slow, busy 2-core machine.

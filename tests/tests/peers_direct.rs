@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use mcp_guard_tests::suite::*;
 use mcp_guard_tests::*;
 use serde_json::json;
 
@@ -28,9 +29,7 @@ async fn everything_streamable_http_direct() {
 
     // server-everything does not check Mcp-Method / Mcp-Name: only the sidecar can refuse a
     // mismatch (sidecar_everything.rs).
-    let mut h = s.headers();
-    h.push(("mcp-method", "tools/list"));
-    h.push(("mcp-name", "echo"));
+    let h = with_mirrored(s.headers(), "tools/list", Some("echo"));
     let mismatch = post(&url, &call_body(3, "get-sum", json!({"a": 1, "b": 2})), &h).await;
     assert_eq!(mismatch.status, 200, "{}", mismatch.body);
 
@@ -51,26 +50,16 @@ async fn python_server_direct() {
     let py = PyServer::start(PyAnswers::Json);
     let url = format!("http://127.0.0.1:{}/mcp", py.port);
 
-    let foreign = post(
-        &url,
-        &with_meta_2026(list_body(1)),
-        &[
-            ("host", "mcp.example.com"),
-            ("mcp-protocol-version", PROTOCOL_2026),
-            ("mcp-method", "tools/list"),
-        ],
-    )
-    .await;
+    let mut h = headers_2026("tools/list", None);
+    h.push(("host", "mcp.example.com"));
+    let foreign = post(&url, &with_meta_2026(list_body(1)), &h).await;
     assert_eq!(foreign.status, 421, "the server refuses a foreign Host");
 
-    let mismatch = post(
+    let mismatch = post_2026(
         &url,
-        &with_meta_2026(call_body(2, "add", json!({"a": 1, "b": 2}))),
-        &[
-            ("mcp-protocol-version", PROTOCOL_2026),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-        ],
+        call_body(2, "add", json!({"a": 1, "b": 2})),
+        "tools/call",
+        Some("echo"),
     )
     .await;
     assert_eq!(mismatch.status, 400, "{}", mismatch.body);
@@ -84,10 +73,8 @@ async fn python_server_direct() {
     assert_eq!(doc["protocol_version"], PROTOCOL_2026);
     let r = py_results(&doc);
     assert!(
-        r[0]["tools"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("secret_tool"))
+        py_tool_names(&r[0], "direct list").contains(&"secret_tool".to_owned()),
+        "{doc}"
     );
     assert_eq!(r[1]["text"], "secret:x");
     assert!(
@@ -95,10 +82,8 @@ async fn python_server_direct() {
         "the marker shows a call that reached the server"
     );
 
-    let s = Session::initialize(&url, PROTOCOL_2025).await;
-    let del = s.delete().await;
-    assert_eq!(del.status, 200);
-    assert_eq!(s.post(&list_body(3)).await.status, 404);
+    // The server answers 404 to a session it ended.
+    assert_delete_ends_session(&url, 404, "python server direct").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +91,7 @@ async fn python_server_progress_is_streamed_direct() {
     let py = PyServer::start(PyAnswers::Sse);
     let url = format!("http://127.0.0.1:{}/mcp", py.port);
     let s = Session::initialize(&url, PROTOCOL_2025).await;
-    let mut stream = EventStream::post(
+    assert_progress_streamed(
         &url,
         &call_with_progress_body(
             5,
@@ -115,18 +100,9 @@ async fn python_server_progress_is_streamed_direct() {
             "tok",
         ),
         &s.headers(),
+        4,
+        Duration::from_millis(150),
+        "direct progress",
     )
     .await;
-    let (events, ended) = stream.collect(Duration::from_secs(20)).await;
-    assert!(ended);
-    let times: Vec<Duration> = events
-        .iter()
-        .filter(|e| {
-            e.json()
-                .is_some_and(|v| v["method"] == "notifications/progress")
-        })
-        .map(|e| e.at)
-        .collect();
-    assert_eq!(times.len(), 4, "{events:?}");
-    assert_spaced(&times, Duration::from_millis(150), "direct progress");
 }

@@ -17,6 +17,11 @@ wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
 wrk.headers["Mcp-Method"] = "tools/call"
 wrk.headers["Mcp-Name"] = "echo"
+-- bench/run.sh sets BENCH_AUTHORIZATION for a target that verifies a bearer token.
+local authorization = os.getenv("BENCH_AUTHORIZATION")
+if authorization ~= nil and authorization ~= "" then
+  wrk.headers["Authorization"] = authorization
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

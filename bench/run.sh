@@ -5,6 +5,9 @@
 #   nginx     wrk -> nginx (plain reverse proxy, upstream keep-alive) -> the same server
 #   sidecar   wrk -> mcp-guard-sidecar (--deny-tools delete_everything) -> the same server
 #   sidecar-otlp-down (with --otlp-down) the same sidecar, exporting OTLP to a dead endpoint
+#   sidecar-governed  (with --governed) the same sidecar governing as in production: every request
+#                     carries a real OpenID provider's JWT (verified), is decided by a realistic
+#                     Rego policy (sidecar/benches/fixtures/realistic.rego) and audited
 #
 # Each target: a warmup (discarded), then a measured wrk run with the same connections; with
 # --rounds N the targets take turns N times (order rotated) and each reports its median round. Reports
@@ -12,7 +15,7 @@
 # sidecar's RSS; writes bench/results/<date>-<name>.md and .json. See bench/README.md.
 #
 # Usage: bench/run.sh [--name foundation] [--duration 10] [--warmup 2] [--connections 16]
-#                     [--threads 2] [--rounds 1] [--no-nginx] [--otlp-down] [--no-install]
+#                     [--threads 2] [--rounds 1] [--no-nginx] [--otlp-down] [--governed] [--no-install]
 #                     [--no-build] [--out DIR]
 # Everything also reads from the environment: BENCH_NAME, BENCH_DURATION, BENCH_WARMUP,
 # BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_NGINX=0, BENCH_INSTALL=0,
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift 2 ;;
     --no-nginx) WITH_NGINX=0; shift ;;
     --otlp-down) WITH_OTLP_DOWN=1; shift ;;
+    --governed) WITH_GOVERNED=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -127,6 +131,7 @@ wait_port() { # wait_port PORT PID WHAT
 }
 
 WITH_OTLP_DOWN="${WITH_OTLP_DOWN:-0}"
+WITH_GOVERNED="${WITH_GOVERNED:-0}"
 UP_PORT="$(free_port)"
 SC_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
@@ -163,6 +168,57 @@ if [ "$WITH_OTLP_DOWN" = 1 ]; then
   OTLP_PID=$!
   PIDS+=("$OTLP_PID")
   wait_port "$OTLP_PORT" "$OTLP_PID" sidecar-otlp-down
+fi
+
+# --governed: a sidecar that verifies a real provider's JWT on every request, decides each call
+# with a realistic Rego bundle and audits it: what governing costs, beside the plain filter.
+GOV_PID=""
+GOV_AUTH=""
+if [ "$WITH_GOVERNED" = 1 ]; then
+  if [ "$INSTALL" = 1 ]; then
+    log "installing the OpenID provider (tests/scripts/install-oidc.sh)"
+    bash "$ROOT/tests/scripts/install-oidc.sh" >&2 || die "tests/scripts/install-oidc.sh failed"
+  fi
+  OIDC_ENV="${MCP_GUARD_CACHE:-${HOME:-/root}/.cache/mcp-guard}/oidc/env.sh"
+  [ -f "$OIDC_ENV" ] || die "no $OIDC_ENV: run tests/scripts/install-oidc.sh"
+  OIDC_NODE="$(sed -n 's/^OIDC_NODE=//p' "$OIDC_ENV")"
+  OIDC_APP="$(sed -n 's/^OIDC_APP=//p' "$OIDC_ENV")"
+  "$OIDC_NODE" "$OIDC_APP" genkey "$WORK/idp-key.json" bench-k1 >/dev/null || die "genkey failed"
+  IDP_PORT="$(free_port)"
+  "$OIDC_NODE" "$OIDC_APP" --port "$IDP_PORT" --keys "$WORK/idp-key.json" --ttl 3600 \
+    >"$WORK/idp.log" 2>&1 &
+  IDP_PID=$!
+  PIDS+=("$IDP_PID")
+  wait_port "$IDP_PORT" "$IDP_PID" idp
+  RESOURCE="https://mcp.example.test/mcp"
+  # The admin agent's client-credentials token (roles mcp-admin), valid for the whole run.
+  TOKEN="$(curl -fsS --max-time 10 -u agent-admin:admin-secret -d grant_type=client_credentials \
+    --data-urlencode "resource=$RESOURCE" --data-urlencode "scope=mcp:tools mcp:admin" \
+    "http://127.0.0.1:$IDP_PORT/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')"
+  [ -n "$TOKEN" ] || die "no access token from the provider (log: $(tail -5 "$WORK/idp.log"))"
+  GOV_AUTH="Bearer $TOKEN"
+  mkdir -p "$WORK/policy"
+  cp "$ROOT/sidecar/benches/fixtures/realistic.rego" "$WORK/policy/realistic.rego"
+  cp "$ROOT/sidecar/benches/fixtures/realistic.json" "$WORK/policy/data.json"
+  GOV_PORT="$(free_port)"
+  GOV_ADMIN_PORT="$(free_port)"
+  "$SIDECAR_BIN" --listen "127.0.0.1:$GOV_PORT" --admin-listen "127.0.0.1:$GOV_ADMIN_PORT" \
+    --upstream-host 127.0.0.1 --upstream-port "$UP_PORT" --path /mcp \
+    --deny-tools delete_everything --issuer "http://127.0.0.1:$IDP_PORT" --resource-uri "$RESOURCE" \
+    --policy-dir "$WORK/policy" >"$WORK/sidecar-governed.log" 2>"$WORK/sidecar-governed.err" &
+  GOV_PID=$!
+  PIDS+=("$GOV_PID")
+  for i in $(seq 1 200); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$GOV_ADMIN_PORT/readyz" 2>/dev/null && break
+    kill -0 "$GOV_PID" 2>/dev/null || die "governed sidecar exited at start: $(tail -5 "$WORK/sidecar-governed.err")"
+    [ "$i" = 200 ] && die "governed sidecar not ready after 10 s: $(tail -5 "$WORK/sidecar-governed.err")"
+    sleep 0.05
+  done
+  # Governing for real: the same call without the token is refused.
+  code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -X POST "http://127.0.0.1:$GOV_PORT/mcp" \
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    --data '{"jsonrpc":"2.0","id":1,"method":"tools/list"}')" || true
+  [ "$code" = 401 ] || die "governed sidecar: a request without a token got HTTP $code, not 401"
 fi
 
 NGINX_PID=""
@@ -234,9 +290,10 @@ json_get() { # json_get JSON KEY: a number from the flat wrk result
 }
 
 BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello from wrk"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}'
-check_target() { # check_target NAME URL: one request with curl, the answer must be the echo
-  local out
-  out="$(curl -sS --max-time 5 -X POST "$2" -H 'Content-Type: application/json' \
+check_target() { # check_target NAME URL [AUTHORIZATION]: one request with curl, the answer must be the echo
+  local out auth=()
+  [ -n "${3:-}" ] && auth=(-H "Authorization: $3")
+  out="$(curl -sS --max-time 5 -X POST "$2" "${auth[@]}" -H 'Content-Type: application/json' \
     -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
     -H 'Mcp-Method: tools/call' -H 'Mcp-Name: echo' --data "$BODY" -w '\nHTTP %{http_code} %{content_type}')" ||
     die "$1: request failed"
@@ -248,12 +305,14 @@ declare -A RESULT CPU_US RSS_IDLE RSS_LOAD RSS_PEAK R_RESULT R_CPU R_RSS_LOAD R_
 measure() { # measure NAME ROUND URL PROXY_PIDS...: one warmup + one measured wrk run
   local name="$1" round="$2" url="$3" key="$1.$2" out before after requests r
   shift 3
-  check_target "$name" "$url"
+  local authorization="${AUTH[$name]:-}"
+  check_target "$name" "$url" "$authorization"
   if [ $# -gt 0 ] && [ "$round" = 1 ]; then RSS_IDLE[$name]="$(rss_kib VmRSS "$@")"; fi
   log "$name (round $round/$ROUNDS): warmup ${WARMUP}s, then ${DURATION}s measured, $CONNECTIONS connections"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/bench/mcp-tools-call.lua" "$url" >/dev/null
+  BENCH_AUTHORIZATION="$authorization" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/bench/mcp-tools-call.lua" "$url" >/dev/null
   before="$(cpu_ticks "$@")"
-  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+  out="$(BENCH_AUTHORIZATION="$authorization" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s "$ROOT/bench/mcp-tools-call.lua" "$url")"
   after="$(cpu_ticks "$@")"
   printf '%s\n' "$out" >"$WORK/wrk-$key.txt"
@@ -270,7 +329,7 @@ measure() { # measure NAME ROUND URL PROXY_PIDS...: one warmup + one measured wr
   log "$name: $(json_get "$r" rps) req/s, p50 $(json_get "$r" p50) us, p99 $(json_get "$r" p99) us, errors {$(sed -n 's/.*"errors":{\(.*\)}}/\1/p' <<<"$r")}"
 }
 
-declare -A URL PROXY_PIDS
+declare -A URL PROXY_PIDS AUTH
 TARGETS=(direct)
 URL[direct]="http://127.0.0.1:$UP_PORT/mcp"
 PROXY_PIDS[direct]=""
@@ -286,6 +345,12 @@ if [ -n "$OTLP_PID" ]; then
   TARGETS+=(sidecar-otlp-down)
   URL[sidecar-otlp-down]="http://127.0.0.1:$OTLP_PORT/mcp"
   PROXY_PIDS[sidecar-otlp-down]="$OTLP_PID"
+fi
+if [ -n "$GOV_PID" ]; then
+  TARGETS+=(sidecar-governed)
+  URL[sidecar-governed]="http://127.0.0.1:$GOV_PORT/mcp"
+  PROXY_PIDS[sidecar-governed]="$GOV_PID"
+  AUTH[sidecar-governed]="$GOV_AUTH"
 fi
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -343,7 +408,14 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
   printf 'server in `--stateless-json` mode; wrk, %s connections, %s threads, %s s warmup then %s s measured per\n' \
     "$CONNECTIONS" "$THREADS" "$WARMUP" "$DURATION"
   printf 'target, all on loopback, targets measured one after the other in one run. Sidecar policy:\n'
-  printf '`--deny-tools delete_everything`.\n\n'
+  printf '`--deny-tools delete_everything`.\n'
+  if [ -n "$GOV_PID" ]; then
+    printf '`sidecar-governed`: the same, and every request carries a real OpenID provider'"'"'s RS256 JWT that\n'
+    printf 'the sidecar verifies (`--issuer`; the verified token is cached, as for an agent reusing its token)\n'
+    printf 'and turns into identity headers, each call is decided by `sidecar/benches/fixtures/realistic.rego`\n'
+    printf '(about 20 rules, `--policy-dir`) and audited to stdout like the other sidecar.\n'
+  fi
+  printf '\n'
   printf '| target | req/s | vs direct | p50 ms | +p50 ms | p99 ms | +p99 ms | proxy CPU µs/req | proxy RSS MiB (idle / load / peak) | errors |\n'
   printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
   for t in "${TARGETS[@]}"; do
@@ -374,6 +446,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
   fi
   printf -- '- load average (1, 5, 15 min) before: %s, after: %s\n' "$LOAD_BEFORE" "$LOAD_AFTER"
   printf -- '- sidecar stdout (audit) lines during the run: %s\n' "$SIDECAR_LOG_LINES"
+  [ -n "$GOV_PID" ] && printf -- '- governed sidecar stdout (audit) lines during the run: %s\n' "$(wc -l <"$WORK/sidecar-governed.log")"
   printf '\nRaw wrk output:\n'
   for t in "${TARGETS[@]}"; do
     printf '\n<details><summary>%s (round %s)</summary>\n\n```\n' "$t" "${PICKED[$t]}"

@@ -377,7 +377,7 @@ impl CompiledBundle {
     /// [`CompiledBundle::visible`] on an input built as the engine's value (the request path).
     pub fn visible_value(&self, input: RegoValue) -> Result<bool, PolicyError> {
         let v = self.eval(input, Entry::Visible)?;
-        Ok(v.as_bool().copied().unwrap_or(false))
+        Ok(is_true(&v))
     }
 
     /// The tool names the bundle's `visible_tools` rule admits, for an input whose `tools` lists
@@ -410,7 +410,7 @@ impl CompiledBundle {
     #[doc(hidden)]
     pub fn visible_interpreted(&self, input: &Value) -> Result<bool, PolicyError> {
         let v = self.eval_interpreter(input, self.visible_rule)?;
-        Ok(v.as_bool().copied().unwrap_or(false))
+        Ok(is_true(&v))
     }
 
     /// Which generation this bundle is: distinct for every compiled bundle in the process.
@@ -470,24 +470,40 @@ fn guarded<T: 'static>(
     }
 }
 
+// The values a decision is read from are matched on directly: regorus's `as_*` accessors build an
+// error (and capture a backtrace when RUST_BACKTRACE is set) for every value of another type,
+// which on the request path cost more than the decision itself.
+
+/// `true` only for the boolean `true`.
+fn is_true(v: &RegoValue) -> bool {
+    matches!(v, RegoValue::Bool(true))
+}
+
+/// The members of a set or the items of an array; `None` for any other value.
+fn members(v: &RegoValue) -> Option<Vec<&RegoValue>> {
+    match v {
+        RegoValue::Set(set) => Some(set.iter().collect()),
+        RegoValue::Array(list) => Some(list.iter().collect()),
+        _ => None,
+    }
+}
+
 /// Reads the glue's `decision` object. A `deny` that is neither a set nor an array of reasons
 /// is itself a reason, so a malformed policy denies.
 fn decision_of(v: &RegoValue) -> Result<Decision, PolicyError> {
-    let allow = v["allow"].as_bool().copied().unwrap_or(false);
+    let allow = is_true(&v["allow"]);
     let deny = &v["deny"];
-    let mut reasons: Vec<String> = match (deny.as_set(), deny.as_array()) {
-        (Ok(set), _) => set.iter().map(reason_text).collect(),
-        (_, Ok(list)) => list.iter().map(reason_text).collect(),
-        _ if *deny == RegoValue::Undefined => Vec::new(),
-        _ => vec![format!("malformed deny: {}", reason_text(deny))],
+    let mut reasons: Vec<String> = match members(deny) {
+        Some(items) => items.into_iter().map(reason_text).collect(),
+        None if *deny == RegoValue::Undefined => Vec::new(),
+        None => vec![format!("malformed deny: {}", reason_text(deny))],
     };
     reasons.sort();
-    let redact = &v["redact"];
-    let mut redact: Vec<String> = match (redact.as_set(), redact.as_array()) {
-        (Ok(set), _) => set.iter().map(reason_text).collect(),
-        (_, Ok(list)) => list.iter().map(reason_text).collect(),
-        _ => Vec::new(),
-    };
+    let mut redact: Vec<String> = members(&v["redact"])
+        .unwrap_or_default()
+        .into_iter()
+        .map(reason_text)
+        .collect();
     redact.sort();
     Ok(Decision {
         allow,
@@ -499,11 +515,10 @@ fn decision_of(v: &RegoValue) -> Result<Decision, PolicyError> {
 /// The names in a `visible_tools` result: a set (or array) of strings; anything else in it names
 /// no tool.
 fn names_of(v: &RegoValue) -> Result<BTreeSet<String>, PolicyError> {
-    let items: Vec<&RegoValue> = match (v.as_set(), v.as_array()) {
-        (Ok(set), _) => set.iter().collect(),
-        (_, Ok(list)) => list.iter().collect(),
-        _ if *v == RegoValue::Undefined => Vec::new(),
-        _ => {
+    let items: Vec<&RegoValue> = match members(v) {
+        Some(items) => items,
+        None if *v == RegoValue::Undefined => Vec::new(),
+        None => {
             return Err(PolicyError::Eval(format!(
                 "`visible_tools` must be a set of tool names, not {}",
                 reason_text(v)
@@ -512,7 +527,10 @@ fn names_of(v: &RegoValue) -> Result<BTreeSet<String>, PolicyError> {
     };
     Ok(items
         .into_iter()
-        .filter_map(|n| n.as_string().ok().map(|s| s.to_string()))
+        .filter_map(|n| match n {
+            RegoValue::String(s) => Some(s.to_string()),
+            _ => None,
+        })
         .collect())
 }
 
@@ -535,9 +553,9 @@ fn tools_probe(probe: &Value) -> Value {
 }
 
 fn reason_text(v: &RegoValue) -> String {
-    match v.as_string() {
-        Ok(s) => s.to_string(),
-        Err(_) => v
+    match v {
+        RegoValue::String(s) => s.to_string(),
+        _ => v
             .to_json_str()
             .unwrap_or_else(|_| "(unprintable reason)".into()),
     }
@@ -558,6 +576,39 @@ fn declares_package(text: &str, pkg: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decision_is_read_from_sets_or_arrays_and_anything_else_denies() {
+        let read = |v: Value| decision_of(&RegoValue::from(v)).unwrap();
+        let set = RegoValue::from(BTreeSet::from([RegoValue::from("b"), RegoValue::from("a")]));
+        let mut doc = std::collections::BTreeMap::new();
+        doc.insert(RegoValue::from("allow"), RegoValue::Bool(true));
+        doc.insert(RegoValue::from("deny"), set);
+        let d = decision_of(&RegoValue::from(doc)).unwrap();
+        assert_eq!((d.allow, d.reasons), (true, vec!["a".into(), "b".into()]));
+
+        let d = read(json!({"allow": true, "deny": ["x", 7], "redact": ["arguments.password"]}));
+        assert_eq!(
+            d.reasons,
+            vec!["7", "x"],
+            "a reason that is not a string is shown as JSON"
+        );
+        assert_eq!(d.redact, vec!["arguments.password"]);
+        assert!(!d.allowed());
+
+        let d = read(json!({"allow": true}));
+        assert!(d.allowed(), "no deny at all is no reason");
+
+        let d = read(json!({"allow": true, "deny": "not a set"}));
+        assert_eq!(d.reasons, vec![r#"malformed deny: not a set"#]);
+        assert!(!d.allowed());
+
+        assert!(
+            !read(json!({"allow": "true", "deny": []})).allowed(),
+            "only `true` allows"
+        );
+        assert!(!read(json!({"allow": 1, "deny": []})).allowed());
+    }
 
     const POLICY: &str = r#"
 package mcp.authz

@@ -14,6 +14,8 @@ use mcp_guard_sidecar::policy::bundle::Bundle;
 use mcp_guard_sidecar::policy::engine::CompiledBundle;
 use serde_json::Value;
 
+use crate::selection::string_map;
+
 /// Label that makes a ConfigMap in mcp-guard's namespace a policy source.
 pub const POLICY_LABEL: &str = "mcp-guard.dev/policy";
 
@@ -37,18 +39,6 @@ pub fn compile(data: &BTreeMap<String, String>) -> Result<String, String> {
         Ok(_) => Ok(bundle.hash.to_string()),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// The string map at `pointer` of a raw object (`/data`, `/metadata/labels`).
-fn string_map(obj: &Value, pointer: &str) -> BTreeMap<String, String> {
-    obj.pointer(pointer)
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// What `/validate` decides for one review body. Errors are a malformed review.

@@ -90,10 +90,11 @@ impl ToolCatalog {
             unpinned: 0,
         };
         let unpinned: Arc<str> = Arc::from(UNPINNED);
+        // Hashed before taking the lock: calls deciding on a tool's view wait for none of it.
+        let hashes: Vec<Arc<str>> = tools.iter().map(|d| definition_hash(d).into()).collect();
         let mut inner = self.inner.write();
         let Inner { tools: map, keys } = &mut *inner;
-        for def in tools {
-            let hash: Arc<str> = definition_hash(def).into();
+        for (def, hash) in tools.iter().zip(hashes) {
             let Some(name) = def.get("name").and_then(Value::as_str) else {
                 recorded
                     .views
@@ -153,7 +154,7 @@ impl ToolCatalog {
             return v;
         }
         let hash: Arc<str> = definition_hash(def).into();
-        (annotate(def, &hash, &hash, &mut Keys::default()), hash)
+        (annotate(def, &hash, &hash, &mut Keys::unshared()), hash)
     }
 }
 

@@ -71,8 +71,25 @@ struct Names {
     transport: RegoValue,
     list: RegoValue,
     protocol_version: RegoValue,
+    tool: RegoValue,
+    tools: RegoValue,
+    prompt: RegoValue,
+    uri: RegoValue,
     input_version: RegoValue,
     anonymous: RegoValue,
+}
+
+impl Names {
+    /// The key `name` (`tool`, `tools`, `prompt`, `uri`: the keys that vary with the message).
+    fn key(&self, name: &str) -> RegoValue {
+        match name {
+            "tool" => self.tool.clone(),
+            "tools" => self.tools.clone(),
+            "prompt" => self.prompt.clone(),
+            "uri" => self.uri.clone(),
+            other => RegoValue::from(other),
+        }
+    }
 }
 
 static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
@@ -88,6 +105,10 @@ static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
     transport: RegoValue::from("transport"),
     list: RegoValue::from("list"),
     protocol_version: RegoValue::from("protocol_version"),
+    tool: RegoValue::from("tool"),
+    tools: RegoValue::from("tools"),
+    prompt: RegoValue::from("prompt"),
+    uri: RegoValue::from("uri"),
     input_version: RegoValue::from(INPUT_VERSION),
     anonymous: to_rego(&subject_json(None)),
 });
@@ -156,7 +177,7 @@ impl Frame {
         doc.insert(n.server.clone(), self.server.clone());
         doc.insert(n.request.clone(), request);
         if let Some((key, value)) = extra {
-            doc.insert(RegoValue::from(key), value);
+            doc.insert(n.key(key), value);
         }
         RegoValue::from(doc)
     }
@@ -173,7 +194,7 @@ impl Frame {
         r.insert(n.method.clone(), RegoValue::from(method));
         r.insert(n.name.clone(), name.clone());
         if let Some(k) = key {
-            r.insert(RegoValue::from(k), name);
+            r.insert(n.key(k), name);
         }
         r.insert(n.arguments.clone(), arguments);
         r.insert(n.session_id.clone(), self.session_id.clone());

@@ -16,20 +16,42 @@ use serde_json::Value;
 /// table grow without bound).
 const MAX_KEYS: usize = 4096;
 
-/// Object keys shared between the values converted through this table.
-#[derive(Debug, Default)]
+/// Object keys shared between the values converted through this table (the default), or, for a
+/// one-off conversion where sharing would only cost lookups, not shared ([`Keys::unshared`]).
+#[derive(Debug)]
 pub struct Keys {
     seen: HashSet<Rc<str>>,
+    limit: usize,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            seen: HashSet::new(),
+            limit: MAX_KEYS,
+        }
+    }
 }
 
 impl Keys {
+    /// A table that shares nothing: each key is allocated where it is used.
+    pub fn unshared() -> Self {
+        Keys {
+            seen: HashSet::new(),
+            limit: 0,
+        }
+    }
+
     /// The engine's string value for `key`, shared with every earlier use of the same key.
     pub fn key(&mut self, key: &str) -> RegoValue {
+        if self.limit == 0 {
+            return RegoValue::from(key);
+        }
         if let Some(k) = self.seen.get(key) {
             return RegoValue::String(Rc::clone(k));
         }
         let k: Rc<str> = Rc::from(key);
-        if self.seen.len() < MAX_KEYS {
+        if self.seen.len() < self.limit {
             self.seen.insert(Rc::clone(&k));
         }
         RegoValue::String(k)
@@ -64,9 +86,10 @@ pub fn object(
     map
 }
 
-/// `value` as the engine's value, for a one-off conversion (no keys worth sharing).
+/// `value` as the engine's value, for a one-off conversion (a request's arguments: no keys worth
+/// sharing).
 pub fn to_rego(value: &Value) -> RegoValue {
-    convert(value, &mut Keys::default())
+    convert(value, &mut Keys::unshared())
 }
 
 #[cfg(test)]
@@ -116,5 +139,9 @@ mod tests {
             keys.key("beyond the limit"),
             RegoValue::from("beyond the limit")
         );
+
+        let mut none = Keys::unshared();
+        assert_eq!(none.key("type"), RegoValue::from("type"));
+        assert!(none.seen.is_empty(), "a one-off conversion keeps no table");
     }
 }

@@ -1439,15 +1439,18 @@ mod tests {
             identity: None,
             client: None,
         };
-        let mut rec = Recording::begin(
-            Some(&auditor),
-            &http::HeaderMap::new(),
-            &bytes,
-            false,
-            None,
-            None,
-            Instant::now(),
-        );
+        let begin = || {
+            Recording::begin(
+                Some(&auditor),
+                &http::HeaderMap::new(),
+                &bytes,
+                false,
+                None,
+                None,
+                Instant::now(),
+            )
+        };
+        let mut rec = begin();
         let verdicts: Vec<bool> = msgs
             .iter()
             .enumerate()
@@ -1470,15 +1473,7 @@ mod tests {
 
         // A full queue drops, counts and does not block.
         for _ in 0..6 {
-            let mut rec = Recording::begin(
-                Some(&auditor),
-                &http::HeaderMap::new(),
-                &bytes,
-                false,
-                None,
-                None,
-                Instant::now(),
-            );
+            let mut rec = begin();
             rec.check(&filter, &ctx, 0, &msgs[0]);
         }
         assert!(

@@ -550,6 +550,36 @@ pub fn curl(ca: &Path, url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// A webhook configuration of `kind` with one webhook `webhook` calling `url` (trusting
+/// `ca_pem`); `rules` is the rest of the webhook's YAML (rules and selectors), indented by two.
+fn webhook_config(
+    kind: &str,
+    name: &str,
+    webhook: &str,
+    url: &str,
+    ca_pem: &str,
+    failure_policy: &str,
+    rules: &str,
+) -> String {
+    let ca_b64 = base64(ca_pem.as_bytes());
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: {kind}
+metadata:
+  name: {name}
+webhooks:
+- name: {webhook}
+  admissionReviewVersions: ["v1"]
+  sideEffects: None
+  failurePolicy: {failure_policy}
+  timeoutSeconds: 10
+  clientConfig:
+    url: {url}
+    caBundle: {ca_b64}
+{rules}"#
+    )
+}
+
 /// A MutatingWebhookConfiguration that sends pod CREATEs to `url`.
 pub fn mutating_webhook_config(
     name: &str,
@@ -557,22 +587,14 @@ pub fn mutating_webhook_config(
     ca_pem: &str,
     failure_policy: &str,
 ) -> String {
-    let ca_b64 = base64(ca_pem.as_bytes());
-    format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: {name}
-webhooks:
-- name: inject.mcp-guard.dev
-  admissionReviewVersions: ["v1"]
-  sideEffects: None
-  failurePolicy: {failure_policy}
-  reinvocationPolicy: IfNeeded
-  timeoutSeconds: 10
-  clientConfig:
-    url: {url}
-    caBundle: {ca_b64}
+    webhook_config(
+        "MutatingWebhookConfiguration",
+        name,
+        "inject.mcp-guard.dev",
+        url,
+        ca_pem,
+        failure_policy,
+        r#"  reinvocationPolicy: IfNeeded
   rules:
   - apiGroups: [""]
     apiVersions: ["v1"]
@@ -583,7 +605,7 @@ webhooks:
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values: ["kube-system", "mcp-guard"]
-"#
+"#,
     )
 }
 
@@ -595,22 +617,14 @@ pub fn validating_webhook_config(
     ca_pem: &str,
     failure_policy: &str,
 ) -> String {
-    let ca_b64 = base64(ca_pem.as_bytes());
-    format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: {name}
-webhooks:
-- name: policy.mcp-guard.dev
-  admissionReviewVersions: ["v1"]
-  sideEffects: None
-  failurePolicy: {failure_policy}
-  timeoutSeconds: 10
-  clientConfig:
-    url: {url}
-    caBundle: {ca_b64}
-  rules:
+    webhook_config(
+        "ValidatingWebhookConfiguration",
+        name,
+        "policy.mcp-guard.dev",
+        url,
+        ca_pem,
+        failure_policy,
+        r#"  rules:
   - apiGroups: [""]
     apiVersions: ["v1"]
     operations: ["CREATE", "UPDATE"]
@@ -619,7 +633,7 @@ webhooks:
     matchExpressions:
     - key: mcp-guard.dev/policy
       operator: Exists
-"#
+"#,
     )
 }
 

@@ -78,8 +78,8 @@ fn run_helm(args: &[&str]) -> Output {
     )
 }
 
-/// `helm template` of the chart with extra arguments; panics on failure.
-fn template(extra: &[&str]) -> String {
+/// `helm template` of the chart with extra arguments: (its arguments, what helm did).
+fn run_template(extra: &[&str]) -> (Vec<String>, Output) {
     let chart = chart();
     let mut args = vec![
         "template",
@@ -90,6 +90,12 @@ fn template(extra: &[&str]) -> String {
     ];
     args.extend_from_slice(extra);
     let out = run_helm(&args);
+    (args.iter().map(|a| a.to_string()).collect(), out)
+}
+
+/// `helm template` of the chart with extra arguments; panics on failure.
+fn template(extra: &[&str]) -> String {
+    let (args, out) = run_template(extra);
     assert!(
         out.success(),
         "helm {args:?} failed:\n{}\n{}",
@@ -101,16 +107,7 @@ fn template(extra: &[&str]) -> String {
 
 /// `helm template` that must fail; returns its stderr.
 fn template_refused(extra: &[&str]) -> String {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        RELEASE,
-        chart.to_str().unwrap(),
-        "-n",
-        NAMESPACE,
-    ];
-    args.extend_from_slice(extra);
-    let out = run_helm(&args);
+    let (args, out) = run_template(extra);
     assert!(
         !out.success(),
         "helm {args:?} should have been refused, rendered:\n{}",

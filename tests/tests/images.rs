@@ -349,21 +349,26 @@ fn chart_user(binary: &str) -> String {
 // Binaries
 // ---------------------------------------------------------------------------------------------
 
+/// The little-endian unsigned integer of `width` bytes at `offset` of an ELF file.
+fn le(elf: &[u8], offset: usize, width: usize) -> usize {
+    let mut bytes = [0u8; 8];
+    bytes[..width].copy_from_slice(&elf[offset..offset + width]);
+    usize::try_from(u64::from_le_bytes(bytes)).unwrap()
+}
+
 /// The program interpreter (PT_INTERP) and the shared libraries (DT_NEEDED entries) a 64-bit
 /// little-endian x86-64 ELF executable asks for: both empty for a binary that runs on an image
 /// with no libc and no loader.
 fn elf_dependencies(elf: &[u8]) -> (Option<String>, usize) {
-    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap());
-    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| usize::try_from(u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()));
+    let (u16_at, u32_at, u64_at) = (|o| le(elf, o, 2), |o| le(elf, o, 4), |o| le(elf, o, 8));
     assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
     assert_eq!((elf[4], elf[5]), (2, 1), "not a 64-bit little-endian ELF");
     assert_eq!(u16_at(18), 62, "not an x86-64 ELF");
-    let (phoff, phentsize, phnum) = (u64_at(32).unwrap(), u16_at(54), u16_at(56));
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
     let mut interpreter = None;
     let mut needed = 0;
-    for ph in (0..usize::from(phnum)).map(|i| phoff + i * usize::from(phentsize)) {
-        let (offset, size) = (u64_at(ph + 8).unwrap(), u64_at(ph + 32).unwrap());
+    for ph in (0..phnum).map(|i| phoff + i * phentsize) {
+        let (offset, size) = (u64_at(ph + 8), u64_at(ph + 32));
         match u32_at(ph) {
             // PT_INTERP: the loader's path, NUL-terminated.
             3 => {
@@ -388,13 +393,10 @@ fn elf_dependencies(elf: &[u8]) -> (Option<String>, usize) {
 /// The names of an x86-64 ELF file's sections (from the section header table and its string
 /// table).
 fn elf_section_names(elf: &[u8]) -> Vec<String> {
-    let u16_at = |o: usize| usize::from(u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()));
-    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) as usize;
-    let u64_at = |o: usize| usize::try_from(u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()));
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(40).unwrap(), u16_at(58), u16_at(60), u16_at(62));
+    let (u16_at, u32_at, u64_at) = (|o| le(elf, o, 2), |o| le(elf, o, 4), |o| le(elf, o, 8));
+    let (shoff, shentsize, shnum, shstrndx) = (u64_at(40), u16_at(58), u16_at(60), u16_at(62));
     let header = |i: usize| shoff + i * shentsize;
-    let strings = u64_at(header(shstrndx) + 24).unwrap();
+    let strings = u64_at(header(shstrndx) + 24);
     (0..shnum)
         .map(|i| {
             let name = &elf[strings + u32_at(header(i))..];

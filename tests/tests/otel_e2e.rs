@@ -75,20 +75,21 @@ impl Receiver {
         }
     }
 
+    /// The body of every export of `signal` (`metrics`, `traces`) received so far, in order.
+    fn bodies(&self, signal: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .filter(|doc| doc["signal"] == signal)
+            .map(|mut doc| doc["body"].take())
+            .collect()
+    }
+
     /// Every metric received so far (the last export of each name last).
     fn metrics(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         let mut out = Vec::new();
-        for line in text.lines() {
-            let doc: Value = serde_json::from_str(line).unwrap();
-            if doc["signal"] != "metrics" {
-                continue;
-            }
-            for rm in doc["body"]["resourceMetrics"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
+        for body in self.bodies("metrics") {
+            for rm in body["resourceMetrics"].as_array().into_iter().flatten() {
                 for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                     out.extend(sm["metrics"].as_array().into_iter().flatten().cloned());
                 }
@@ -100,18 +101,9 @@ impl Receiver {
 
     /// Every span received so far.
     fn spans(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         let mut spans = Vec::new();
-        for line in text.lines() {
-            let doc: Value = serde_json::from_str(line).unwrap();
-            if doc["signal"] != "traces" {
-                continue;
-            }
-            for rs in doc["body"]["resourceSpans"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
+        for body in self.bodies("traces") {
+            for rs in body["resourceSpans"].as_array().into_iter().flatten() {
                 for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                     for s in ss["spans"].as_array().into_iter().flatten() {
                         let mut s = s.clone();

@@ -295,6 +295,8 @@ fn writer(
         let mut acks = Vec::new();
         let mut lines = 0u64;
         let mut next = Some(first);
+        // Whether the batch stopped at its size cap, with records possibly still queued.
+        let mut capped = false;
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(r) => lines += render.record(&r, &mut buf),
@@ -302,6 +304,8 @@ fn writer(
             }
             if buf.len() < 256 * 1024 {
                 next = rx.try_recv().ok();
+            } else {
+                capped = true;
             }
         }
         if !buf.is_empty() {
@@ -318,8 +322,11 @@ fn writer(
         }
         // Let the next records gather before waiting for them: a writer parked on an empty queue
         // is woken by every record (a futex wake on the request path), one that lingers is woken
-        // by none and writes them in one batch. Records wait at most this long more.
-        std::thread::sleep(WRITER_LINGER);
+        // by none and writes them in one batch. Records wait at most this long more. A batch that
+        // stopped at its cap goes on at once, so a busy sidecar's writer never falls behind.
+        if !capped {
+            std::thread::sleep(WRITER_LINGER);
+        }
     }
 }
 

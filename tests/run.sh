@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every mcp-guard test: installs the real peers the end-to-end suites drive (MCP servers and
-# clients, a kube-apiserver built from source, an OIDC provider, an OTLP receiver, helm; all cached under
+# clients, a kube-apiserver built from source, a single-node cluster's kubelet, kube-proxy,
+# kube-scheduler and containerd, an OIDC provider, an OTLP receiver, helm; all cached under
 # ~/.cache/mcp-guard) and the musl toolchain the Dockerfiles build with, builds the binaries the
 # suites start, then runs the workspace's tests.
 # The first run on a fresh machine takes about 10 minutes (the kube-apiserver build), plus about 7
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 bash tests/scripts/install-peers.sh
 bash tests/scripts/install-kube.sh
+bash tests/scripts/install-node.sh
 bash tests/scripts/install-oidc.sh
 bash tests/scripts/install-otlp.sh
 bash tests/scripts/install-helm.sh

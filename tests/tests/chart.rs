@@ -304,6 +304,9 @@ fn default_rendering_is_complete_and_valid() {
         "- kube-node-lease\n",
         "- mcp-guard\n",
         "key: mcp-guard.dev/admission-webhooks",
+        "objectSelector:",
+        "mcp-guard.dev/admission-webhooks: disabled",
+        "apiVersion: policy/v1\n",
         "path: /validate",
         "mcp-guard.dev/policy: \"true\"",
         "default allow := false",
@@ -335,6 +338,42 @@ fn default_rendering_is_complete_and_valid() {
         "both webhooks trust the generated CA"
     );
     validate(&rendered, "default values");
+}
+
+/// On a cluster without `policy/v1` (Kubernetes 1.20) the PodDisruptionBudget is rendered as
+/// `policy/v1beta1`, and the webhook's own pods stay out of the mutating webhook by their label
+/// (objectSelector), not only by the release namespace: before 1.21 a namespace has no
+/// `kubernetes.io/metadata.name` label, so the namespace exclusion does not hold there. The
+/// real node (node_e2e) installs the chart on 1.20.
+#[test]
+fn an_old_cluster_gets_what_it_serves() {
+    // What a 1.20 API server's discovery gives Helm: the kind in policy/v1beta1, none in v1.
+    let rendered = template(&[
+        "--kube-version",
+        "1.20.2",
+        "--api-versions",
+        "policy/v1beta1/PodDisruptionBudget",
+    ]);
+    let pdb = rendered
+        .split("\n---")
+        .find(|d| d.contains("kind: PodDisruptionBudget"))
+        .unwrap();
+    assert!(pdb.contains("apiVersion: policy/v1beta1\n"), "{pdb}");
+    let deployment = rendered_deployment(&rendered);
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["mcp-guard.dev/admission-webhooks"],
+        "disabled"
+    );
+    let mutating = rendered
+        .split("\n---")
+        .find(|d| d.contains("kind: MutatingWebhookConfiguration"))
+        .unwrap();
+    assert!(
+        mutating.contains(
+            "objectSelector:\n      matchExpressions:\n        - key: mcp-guard.dev/admission-webhooks\n          operator: NotIn\n          values: [\"disabled\"]"
+        ),
+        "{mutating}"
+    );
 }
 
 #[test]
@@ -635,7 +674,7 @@ fn plain_manifests_match_the_chart() {
         "manifests/mcp-guard.yaml is not the chart's default rendering: run manifests/render.sh"
     );
     validate(&committed, "manifests/mcp-guard.yaml");
-    for example in ["mcp-server.yaml", "policy.yaml"] {
+    for example in ["mcp-server.yaml", "policy.yaml", "example-server.yaml"] {
         let text =
             fs::read_to_string(workspace_root().join("manifests/examples").join(example)).unwrap();
         validate(&text, example);
@@ -706,8 +745,10 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
     assert!(ns.success(), "{}", ns.stderr);
     let path = workspace_root().join("manifests/mcp-guard.yaml");
     let out = api.kubectl(&["apply", "-f", path.to_str().unwrap()], None);
-    // policy/v1 PodDisruptionBudget is served from Kubernetes 1.21 (the chart needs >= 1.25); the
-    // test control plane may be older, and then that object alone is refused, as unknown.
+    // policy/v1 PodDisruptionBudget is served from Kubernetes 1.21. The chart renders
+    // policy/v1beta1 where the cluster has no policy/v1 (Helm's capabilities, see
+    // `an_old_cluster_gets_what_it_serves`); these plain manifests are rendered for a current
+    // cluster, so on an older control plane that object alone is refused, as unknown.
     let old = api
         .tools
         .version

@@ -1,5 +1,15 @@
-//! The admin port: liveness, readiness, Prometheus metrics, and a `/shutdown` that only a process
-//! in the same pod (loopback) may call, so a Job's main container can end its sidecar.
+//! The admin port: liveness, the startup gate, readiness, Prometheus metrics, the policy status,
+//! and a `/shutdown` that only a process in the same pod (loopback) may call, so a Job's main
+//! container can end its sidecar.
+//!
+//! Three health endpoints, three meanings, so no probe waits on something it cannot get:
+//! * `/livez`: the process runs (liveness);
+//! * `/startupz`: the sidecar can serve: its MCP listener is bound, the configuration is loaded
+//!   and the policy state is known (a bundle in force, or none, which denies). It never looks at
+//!   the MCP server, which the kubelet starts only after the sidecar has started: the postStart
+//!   hook of the regular-container form and the native form's startupProbe wait on this;
+//! * `/readyz`: the pod can take traffic: started, not draining, and the MCP server accepts
+//!   connections (the readiness probe, which decides the Service's endpoints).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +23,7 @@ use axum::routing::{get, post};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
 use crate::upstream::Upstream;
 
 /// What the admin endpoints look at.
@@ -20,39 +31,22 @@ use crate::upstream::Upstream;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
+    /// The MCP listener's address, bound before the admin port answers.
+    pub listen: SocketAddr,
+    /// The policy store, when a policy directory is configured.
+    pub policy: Option<Arc<PolicyStore>>,
     pub draining: Arc<AtomicBool>,
     pub shutdown: watch::Sender<bool>,
-}
-
-/// Adds `/policy`: the bundle in force (hash, load time) and the last error, as JSON.
-pub fn with_policy_status(
-    router: Router,
-    store: Option<Arc<crate::policy::PolicyStore>>,
-) -> Router {
-    router.route(
-        "/policy",
-        get(move || {
-            let status = store.as_ref().map(|s| s.status());
-            async move {
-                match status {
-                    Some(st) => axum::Json(serde_json::json!(st)),
-                    None => axum::Json(serde_json::json!({
-                        "dir": null,
-                        "hash": null,
-                        "message": "no policy directory configured; only the static tool lists apply",
-                    })),
-                }
-            }
-        }),
-    )
 }
 
 /// The admin router; each connection adds its peer address as an extension.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
+        .route("/startupz", get(startupz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/policy", get(policy))
         .route("/shutdown", post(shutdown))
         .with_state(state)
 }
@@ -68,6 +62,32 @@ pub fn with_minted_jwks(router: Router, jwks: Option<bytes::Bytes>) -> Router {
             async move { ([(header::CONTENT_TYPE, "application/json")], jwks) }
         }),
     )
+}
+
+/// The startup gate. The admin port is bound only after the MCP listener is bound and the policy
+/// directory has been read once, so answering at all means the sidecar can serve; the body says
+/// in which policy state.
+async fn startupz(State(s): State<AdminState>) -> String {
+    let policy = match &s.policy {
+        None => "no policy directory: only the static tool lists apply".to_owned(),
+        Some(store) => match store.status().hash {
+            Some(hash) => format!("policy {hash} in force"),
+            None => "no policy loaded yet: governed requests are denied until one loads".to_owned(),
+        },
+    };
+    format!("ok: serving MCP on {}; {policy}\n", s.listen)
+}
+
+/// `/policy`: the bundle in force (hash, load time) and the last error, as JSON.
+async fn policy(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
+    axum::Json(match &s.policy {
+        Some(store) => serde_json::json!(store.status()),
+        None => serde_json::json!({
+            "dir": null,
+            "hash": null,
+            "message": "no policy directory configured; only the static tool lists apply",
+        }),
+    })
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

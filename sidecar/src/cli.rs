@@ -40,68 +40,39 @@ pub enum Command {
     /// Work with policy bundles offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Waits until the sidecar in this pod is ready (its admin `/readyz` answers 200), then exits
-    /// 0; exits 1 when the time is up. Used as the postStart hook of a sidecar injected as a
-    /// regular container, so the app container starts only once the sidecar serves. Reads the
-    /// admin address from MCP_GUARD_ADMIN_LISTEN (a wildcard address means loopback).
-    WaitReady {
+    /// Waits until the sidecar in this pod can serve (its admin `/startupz` answers 200), then
+    /// exits 0; exits 1 when the time is up. It does not wait for the MCP server. Used as the
+    /// postStart hook of a sidecar injected as a regular container, so the app container starts
+    /// behind a serving sidecar. Reads the admin address from MCP_GUARD_ADMIN_LISTEN (a wildcard
+    /// address means loopback). `wait-ready`, the name pods injected by 0.1 call, is an alias.
+    #[command(alias = "wait-ready")]
+    WaitStarted {
         /// How long to wait.
         #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
         timeout: std::time::Duration,
     },
-}
-
-/// Asks `/readyz` on `addr` once; true on 200.
-async fn ready_once(addr: std::net::SocketAddr) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-            .await?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await?;
-        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
-    };
-    matches!(
-        tokio::time::timeout(std::time::Duration::from_secs(2), attempt).await,
-        Ok(Ok(true))
-    )
-}
-
-fn wait_ready(admin: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
-    let mut addr = admin;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mcp-guard-sidecar wait-ready: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if ready_once(addr).await {
-                return ExitCode::SUCCESS;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                eprintln!(
-                    "mcp-guard-sidecar wait-ready: http://{addr}/readyz not ready after {timeout:?}"
-                );
-                return ExitCode::FAILURE;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
+    /// Copies this binary into DIR (an emptyDir the app container mounts), so the app's command
+    /// can run under `run-app`. The init container of pods annotated
+    /// `mcp-guard.dev/shutdown-on-exit: enabled` runs it.
+    CopyBinary {
+        /// The directory to copy into.
+        dir: PathBuf,
+    },
+    /// Runs COMMAND, passing the container's signals on to it; when it exits, ends the sidecar in
+    /// this pod (`POST /shutdown` on the admin port, loopback) and exits with COMMAND's exit code.
+    /// The injected wrapper of a Job's app container.
+    RunApp {
+        /// The sidecar's admin address.
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        admin: std::net::SocketAddr,
+        /// Whether a failed COMMAND also ends the sidecar (`restartPolicy: Never`) or keeps it for
+        /// the kubelet's restart of COMMAND (`restartPolicy: OnFailure`).
+        #[arg(long, value_enum, default_value = "shutdown")]
+        on_failure: crate::pod::OnFailure,
+        /// The app's command and arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,7 +143,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Policy(cmd)) => return run_policy(cmd),
-        Some(Command::WaitReady { timeout }) => return wait_ready(cli.proxy.admin_listen, timeout),
+        Some(Command::WaitStarted { timeout }) => {
+            return crate::pod::wait_started(cli.proxy.admin_listen, timeout);
+        }
+        Some(Command::CopyBinary { dir }) => return crate::pod::copy_binary(&dir),
+        Some(Command::RunApp {
+            admin,
+            on_failure,
+            command,
+        }) => return crate::pod::run_app(admin, on_failure, &command),
         None => {}
     }
     if let Err(e) = init_logging(&cli.log, cli.log_format, "--log / MCP_GUARD_LOG") {

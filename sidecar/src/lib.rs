@@ -14,6 +14,7 @@ pub mod identity;
 pub mod intercept;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod pod;
 pub mod policy;
 pub mod process;
 pub mod proxy;
@@ -153,11 +154,12 @@ pub async fn run_proxy(
     let admin = admin::router(admin::AdminState {
         metrics,
         upstream: proxy.upstream().clone(),
+        listen: proxy_listener.local_addr().unwrap_or(config.listen),
+        policy: policy_store,
         draining,
         shutdown: stop_tx,
     });
     let admin = admin::with_minted_jwks(admin, authenticator.minted_jwks());
-    let admin = admin::with_policy_status(admin, policy_store);
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,

@@ -33,9 +33,9 @@ use std::time::Duration;
 use mcp_guard_tests::{Output, run_bounded, target_dir, workspace_root};
 
 /// Each image's Dockerfile, the binary it ships, and the subcommand its users start (the chart's
-/// webhook Deployment runs `serve`; the injector's postStart hook runs `wait-ready`).
+/// webhook Deployment runs `serve`; the injector's postStart hook runs `wait-started`).
 const IMAGES: [(&str, &str, &str); 2] = [
-    ("sidecar/Dockerfile", "mcp-guard-sidecar", "wait-ready"),
+    ("sidecar/Dockerfile", "mcp-guard-sidecar", "wait-started"),
     ("webhook/Dockerfile", "mcp-guard-webhook", "serve"),
 ];
 

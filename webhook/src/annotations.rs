@@ -33,6 +33,9 @@ pub const MEMORY_REQUEST: &str = "mcp-guard.dev/memory-request";
 pub const MEMORY_LIMIT: &str = "mcp-guard.dev/memory-limit";
 /// Sidecar log level.
 pub const LOG_LEVEL: &str = "mcp-guard.dev/log-level";
+/// `enabled`: the server's container runs its `command` under `mcp-guard-sidecar run-app`, which
+/// ends the sidecar when the command exits, so a Job's pod can finish (regular-container form).
+pub const SHUTDOWN_ON_EXIT: &str = "mcp-guard.dev/shutdown-on-exit";
 
 /// Label on injected pods: what the distribution controller's NetworkPolicy selects.
 pub const LABEL_INJECTED: &str = "mcp-guard.dev/injected";
@@ -147,6 +150,8 @@ pub struct Settings {
     pub memory_request: String,
     pub memory_limit: String,
     pub log_level: String,
+    /// `mcp-guard.dev/shutdown-on-exit: enabled`.
+    pub shutdown_on_exit: bool,
 }
 
 impl Settings {
@@ -274,6 +279,18 @@ impl Settings {
                 "allowed values are \"trace\", \"debug\", \"info\", \"warn\" and \"error\"",
             )));
         }
+        let shutdown_on_exit = match get(SHUTDOWN_ON_EXIT) {
+            None | Some("disabled") => false,
+            Some("enabled") => true,
+            Some(v) => {
+                check(Err(AnnotationError::new(
+                    SHUTDOWN_ON_EXIT,
+                    v,
+                    "allowed values are \"enabled\" and \"disabled\"",
+                )));
+                false
+            }
+        };
         if let (Some(r), Some(l)) = (parse_cpu(&cpu_request), parse_cpu(&cpu_limit))
             && r > l
         {
@@ -307,6 +324,7 @@ impl Settings {
                 memory_request,
                 memory_limit,
                 log_level,
+                shutdown_on_exit,
             })
         } else {
             Err(errors)

@@ -26,6 +26,12 @@ pub const UPSTREAM_PORT_NAME: &str = "mcp-upstream";
 pub const SIDECAR_PORT_NAME: &str = "mcp-guard";
 /// Name of the sidecar's admin port.
 pub const ADMIN_PORT_NAME: &str = "mcp-guard-admin";
+/// The init container that copies the sidecar binary for `mcp-guard.dev/shutdown-on-exit`.
+pub const COPY_BINARY_NAME: &str = "mcp-guard-copy-binary";
+/// The emptyDir volume that carries that copy into the app container.
+pub const BIN_VOLUME: &str = "mcp-guard-bin";
+/// Where the app container finds the copy (read-only).
+pub const BIN_DIR: &str = "/mcp-guard/bin";
 /// `kubectl logs` / `exec` pick this container by default.
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
@@ -125,7 +131,7 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         .chain(pod_array(pod, "/spec/initContainers"))
     {
         let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
-        if name == SIDECAR_NAME || name == REDIRECT_NAME {
+        if name == SIDECAR_NAME || name == REDIRECT_NAME || name == COPY_BINARY_NAME {
             conflicts.push(AnnotationError::new(
                 annotations::INJECT,
                 "enabled",
@@ -145,14 +151,16 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
             ));
         }
     }
-    if pod_array(pod, "/spec/volumes")
-        .any(|v| v.get("name").and_then(Value::as_str) == Some(POLICY_VOLUME))
-    {
-        conflicts.push(AnnotationError::new(
-            annotations::INJECT,
-            "enabled",
-            format!("the pod already has a volume named {POLICY_VOLUME:?}"),
-        ));
+    for volume in [POLICY_VOLUME, BIN_VOLUME] {
+        if pod_array(pod, "/spec/volumes")
+            .any(|v| v.get("name").and_then(Value::as_str) == Some(volume))
+        {
+            conflicts.push(AnnotationError::new(
+                annotations::INJECT,
+                "enabled",
+                format!("the pod already has a volume named {volume:?}"),
+            ));
+        }
     }
     if !conflicts.is_empty() {
         return Err(conflicts);
@@ -219,6 +227,11 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         (None, None) => Traffic::Explicit,
     };
     let app_container = server.declared.as_ref().map_or(0, |p| p.container);
+    let run_app = if settings.shutdown_on_exit {
+        Some(run_app_command(cfg, pod, &containers[app_container])?)
+    } else {
+        None
+    };
 
     let mut b = PatchBuilder::new();
 
@@ -239,6 +252,21 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         );
     }
 
+    // The app's command under `run-app`, in the regular form only: the kubelet itself ends a
+    // native sidecar once the app containers have exited.
+    let wrap = run_app.filter(|_| !cfg.native_sidecar);
+    if let Some(command) = &wrap {
+        b.replace(
+            format!("/spec/containers/{app_container}/command"),
+            json!(command),
+        );
+        b.append(
+            pod,
+            &format!("/spec/containers/{app_container}/volumeMounts"),
+            vec![json!({"name": BIN_VOLUME, "mountPath": BIN_DIR, "readOnly": true})],
+        );
+    }
+
     // 2. The sidecar (and the redirect init container).
     let sidecar = sidecar_container(
         cfg,
@@ -252,6 +280,9 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
     if traffic == Traffic::Redirect {
         init.push(redirect_container(cfg, server.number));
     }
+    if wrap.is_some() {
+        init.push(copy_binary_container(cfg));
+    }
     if cfg.native_sidecar {
         init.push(sidecar);
         b.prepend(pod, "/spec/initContainers", init);
@@ -261,14 +292,14 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
     }
 
     // 3. The policy volume: optional, so the pod starts before its namespace has the policy.
-    b.append(
-        pod,
-        "/spec/volumes",
-        vec![json!({
-            "name": POLICY_VOLUME,
-            "configMap": {"name": settings.policy, "optional": true},
-        })],
-    );
+    let mut volumes = vec![json!({
+        "name": POLICY_VOLUME,
+        "configMap": {"name": settings.policy, "optional": true},
+    })];
+    if wrap.is_some() {
+        volumes.push(json!({"name": BIN_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}));
+    }
+    b.append(pod, "/spec/volumes", volumes);
 
     // 4. Metadata: the status that makes a second pass a no-op, and labels for NetworkPolicy.
     let status = json!({
@@ -305,6 +336,92 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         )]
     })?;
     Ok(Outcome::Injected { patch, traffic })
+}
+
+/// For `mcp-guard.dev/shutdown-on-exit`: the app container's command under `run-app`. Refused,
+/// with the reason, where it cannot work: a pod the kubelet never lets finish (`restartPolicy:
+/// Always`), or a container whose command the webhook cannot see (it comes from the image).
+/// Checked in both sidecar forms, so a manifest means the same on every cluster.
+fn run_app_command(
+    cfg: &InjectConfig,
+    pod: &Value,
+    container: &Value,
+) -> Result<Vec<Value>, Vec<AnnotationError>> {
+    let refuse = |why: String| {
+        vec![AnnotationError::new(
+            annotations::SHUTDOWN_ON_EXIT,
+            "enabled",
+            why,
+        )]
+    };
+    let restart = pod
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always");
+    let on_failure = match restart {
+        "Never" => "shutdown",
+        "OnFailure" => "keep",
+        other => {
+            return Err(refuse(format!(
+                "only pods that finish can end their sidecar (restartPolicy Never or OnFailure, \
+                 as in Jobs and CronJobs); this pod's restartPolicy is {other}"
+            )));
+        }
+    };
+    let name = container
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let command = container
+        .get("command")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            refuse(format!(
+                "container {name:?} declares no command: its image's entrypoint is not visible \
+                 to the webhook, so it cannot be wrapped; set the container's command (the \
+                 image's entrypoint) in the pod template"
+            ))
+        })?;
+    if container
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(BIN_DIR))
+    {
+        return Err(refuse(format!(
+            "container {name:?} already mounts something at {BIN_DIR}"
+        )));
+    }
+    let mut wrapped = vec![
+        json!(format!("{BIN_DIR}/mcp-guard-sidecar")),
+        json!("run-app"),
+        json!("--admin"),
+        json!(format!("127.0.0.1:{}", cfg.admin_port)),
+        json!("--on-failure"),
+        json!(on_failure),
+        json!("--"),
+    ];
+    wrapped.extend(command.iter().cloned());
+    Ok(wrapped)
+}
+
+/// The init container that puts the sidecar binary (static) where the app container runs it.
+fn copy_binary_container(cfg: &InjectConfig) -> Value {
+    json!({
+        "name": COPY_BINARY_NAME,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["mcp-guard-sidecar", "copy-binary", BIN_DIR],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": restricted_security_context(cfg.sidecar_uid),
+        "volumeMounts": [{"name": BIN_VOLUME, "mountPath": BIN_DIR}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
 }
 
 fn pod_array<'a>(pod: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value> {
@@ -475,6 +592,7 @@ fn sidecar_container(
         json!({"name": "MCP_GUARD_LOG", "value": s.log_level}),
         json!({"name": "MCP_GUARD_LOG_FORMAT", "value": cfg.sidecar_log_format}),
     ]);
+    let startupz = json!({"path": "/startupz", "port": cfg.admin_port, "scheme": "HTTP"});
     let readyz = json!({"path": "/readyz", "port": cfg.admin_port, "scheme": "HTTP"});
     let mut c = json!({
         "name": SIDECAR_NAME,
@@ -491,7 +609,8 @@ fn sidecar_container(
         },
         "securityContext": restricted_security_context(cfg.sidecar_uid),
         "volumeMounts": [{"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": true}],
-        "startupProbe": {"httpGet": readyz, "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 120},
+        // Never the server: the kubelet starts the server's container only after this passes.
+        "startupProbe": {"httpGet": startupz, "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 120},
         "readinessProbe": {"httpGet": readyz, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 3},
         "livenessProbe": {
             "httpGet": {"path": "/livez", "port": cfg.admin_port, "scheme": "HTTP"},
@@ -504,10 +623,11 @@ fn sidecar_container(
             obj.insert("restartPolicy".into(), json!("Always"));
         } else {
             // A regular container: the kubelet starts containers in order and waits for this
-            // hook to finish before starting the next, so the app starts behind a ready sidecar.
+            // hook to finish before starting the next, so the app starts behind a serving
+            // sidecar. The hook must not wait for the app: it has not been started yet.
             obj.insert(
                 "lifecycle".into(),
-                json!({"postStart": {"exec": {"command": ["mcp-guard-sidecar", "wait-ready", "--timeout", "120s"]}}}),
+                json!({"postStart": {"exec": {"command": ["mcp-guard-sidecar", "wait-started", "--timeout", "120s"]}}}),
             );
         }
     }

@@ -703,18 +703,19 @@ async fn the_cache_makes_a_repeated_token_cheap() {
             sign("rsa1.pem", Some("k1"), &c)
         })
         .collect();
-    let start = std::time::Instant::now();
+    // The first verification of each token checks its signature and builds its identity; every
+    // later one is the cached identity itself (the same allocation), not a second verification.
+    // What that saves per request is measured in bench/, not asserted here.
+    let mut first = Vec::new();
     for t in &tokens {
-        assert!(auth.verify(t).await.is_ok());
+        first.push(auth.verify(t).await.unwrap());
     }
-    let miss = start.elapsed() / tokens.len() as u32;
-    let start = std::time::Instant::now();
     for _ in 0..10 {
-        for t in &tokens {
-            assert!(auth.verify(t).await.is_ok());
+        for (t, id) in tokens.iter().zip(&first) {
+            let again = auth.verify(t).await.unwrap();
+            assert!(Arc::ptr_eq(id, &again), "token {t} was verified again");
         }
     }
-    let hit = start.elapsed() / (10 * tokens.len() as u32);
-    println!("verify: first time {miss:?}, cached {hit:?} per token");
-    assert!(hit * 3 < miss, "cached {hit:?} vs first {miss:?}");
+    // Distinct tokens are distinct entries, even for the same subject.
+    assert!(!Arc::ptr_eq(&first[0], &first[1]));
 }

@@ -353,12 +353,16 @@ async fn shadow_mode_records_the_would_be_denial() {
 }
 
 /// With the OTLP endpoint down, every request is still answered, and the export failures are
-/// logged once per interval, not once per request or batch.
+/// logged at most once per interval (10 s), not once per request or batch. The bound is the
+/// contract itself: however long a busy machine takes over the requests, the lines may number at
+/// most one more than the intervals that elapsed since the sidecar started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_endpoint_down_is_logged_once_per_interval() {
+    const LOG_INTERVAL: Duration = Duration::from_secs(10);
     let (_server, server_port) = start_example_server();
     let dead = free_port();
     let endpoint = format!("http://127.0.0.1:{dead}");
+    let started = Instant::now();
     let mut sc = Sidecar::start(
         server_port,
         &["--otlp-endpoint", &endpoint, "--audit-disabled"],
@@ -378,13 +382,15 @@ async fn otlp_endpoint_down_is_logged_once_per_interval() {
     }
     // The batch exporter tries (and fails) several times for 3,000 spans; wait for the first
     // report, then give it time to fail again.
-    let failures = |logs: &str| {
+    let rate_limited = |l: &&str| l.contains("logged at most once per interval");
+    let failures = |logs: &str, what: &str| {
         logs.lines()
-            .filter(|l| l.contains("OpenTelemetry") && l.contains("export failed"))
+            .filter(rate_limited)
+            .filter(|l| l.contains(what))
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while failures(&sc.proc.stderr()) == 0 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while failures(&sc.proc.stderr(), "OpenTelemetry export failed") == 0 {
         assert!(
             Instant::now() < deadline,
             "no export failure reported:\n{}",
@@ -394,13 +400,26 @@ async fn otlp_endpoint_down_is_logged_once_per_interval() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let logs = sc.proc.stderr();
-    assert_eq!(failures(&logs), 1, "{logs}");
-    let export_lines = logs
+    let allowed = 1 + (started.elapsed().as_secs() / LOG_INTERVAL.as_secs()) as usize;
+    for what in [
+        "OpenTelemetry export failed",
+        "OpenTelemetry metric export failed",
+    ] {
+        let n = failures(&logs, what);
+        assert!(
+            n <= allowed,
+            "{n} lines {what:?} in {:?}, more than one per interval:\n{logs}",
+            started.elapsed()
+        );
+    }
+    // Nothing else about exports, per batch or per request: at most the startup line.
+    let other_export_lines = logs
         .lines()
+        .filter(|l| !rate_limited(l))
         .filter(|l| l.to_lowercase().contains("export"))
         .count();
     assert!(
-        export_lines <= 2,
+        other_export_lines <= 1,
         "export trouble is logged per batch or request:\n{logs}"
     );
     sc.assert_alive();

@@ -98,27 +98,25 @@ async fn hot_reload_follows_kubelet_swaps_and_keeps_the_last_good_bundle() {
     .await;
     assert_eq!(long.status, 200);
 
-    // Bundle 2 through a kubelet-style swap: within a second get-sum is visible and callable.
+    // Bundle 2 through a kubelet-style swap: once /policy shows its hash, get-sum is visible and
+    // callable on the very next request. (How soon after the swap is a matter for bench/: the
+    // bound here only keeps a broken watcher from hanging the suite.)
     let swapped = Instant::now();
     vol.update(&[("authz.rego", ALLOW_ALL)]);
-    let mut id = 10;
-    loop {
-        id += 1;
-        let r = sum(&s, id, 2).await;
-        if r.get("result").is_some() {
-            assert_eq!(
-                r["result"]["content"][0]["text"], "The sum of 2 and 1 is 3.",
-                "{r}"
-            );
-            break;
-        }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while policy_status(&sc)["hash"].as_str() == Some(first_hash.as_str()) {
         assert!(
-            swapped.elapsed() < Duration::from_secs(1),
-            "the new bundle was not in force within 1 s: {r}\n{}",
+            Instant::now() < deadline,
+            "the new bundle never went into force:\n{}",
             sc.proc.logs()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let r = sum(&s, 11, 2).await;
+    assert_eq!(
+        r["result"]["content"][0]["text"], "The sum of 2 and 1 is 3.",
+        "{r}"
+    );
     let took = swapped.elapsed();
     assert!(listed(&s, 20).await.contains(&"get-sum".to_owned()));
     let second_hash = policy_status(&sc)["hash"]
@@ -144,7 +142,7 @@ async fn hot_reload_follows_kubelet_swaps_and_keeps_the_last_good_bundle() {
 
     // Bundle 3 does not compile: bundle 2 stays in force and /policy says why.
     vol.update(&[("authz.rego", "package mcp.authz\nallow if {\n")]);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let st = loop {
         let st = policy_status(&sc);
         if st["last_error"].is_string() || Instant::now() > deadline {
@@ -201,7 +199,7 @@ async fn no_policy_means_fail_closed_until_one_arrives() {
 
     // The ConfigMap arrives (the optional volume gets its files): the sidecar picks it up.
     let _vol = ConfigMapVolume::new(&dir, &[("authz.rego", ALLOW_ALL)]);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut id = 10;
     loop {
         id += 1;

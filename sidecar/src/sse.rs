@@ -2,8 +2,10 @@
 //! reading or replacing an event's `data` while keeping its other fields (`id:`, `event:`,
 //! `retry:`, comments) exactly as the server sent them.
 //!
-//! Lines may end in `\n` or `\r\n`. (A lone `\r`, which the SSE grammar also allows, is not used by
-//! any MCP server and is treated as part of the line.)
+//! Lines may end in `\n`, `\r\n` or a lone `\r`, as the SSE grammar allows. The splitter writes a
+//! lone `\r` as `\n` while the event passes, so that the lines the sidecar reads (and filters) are
+//! the very lines a client reads: a server cannot hide an answer from the filter by framing it
+//! with carriage returns.
 
 use bytes::{Bytes, BytesMut};
 
@@ -26,10 +28,25 @@ impl EventSplitter {
     pub fn next_event(&mut self) -> Option<Bytes> {
         while self.scanned < self.buf.len() {
             let i = self.scanned;
-            self.scanned += 1;
-            if self.buf[i] != b'\n' {
-                continue;
+            match self.buf[i] {
+                b'\n' => {}
+                b'\r' => match self.buf.get(i + 1) {
+                    // A `\n` may follow in the next chunk: wait for it.
+                    None => return None,
+                    // CRLF: the `\n` ends the line.
+                    Some(b'\n') => {
+                        self.scanned += 1;
+                        continue;
+                    }
+                    // A lone CR ends the line; it is passed on as LF.
+                    Some(_) => self.buf[i] = b'\n',
+                },
+                _ => {
+                    self.scanned += 1;
+                    continue;
+                }
             }
+            self.scanned += 1;
             let line = &self.buf[self.line_start..i];
             let empty = line.is_empty() || line == b"\r";
             self.line_start = i + 1;
@@ -45,6 +62,12 @@ impl EventSplitter {
 
     /// Whatever is left when the stream ends (an unterminated event).
     pub fn take_rest(&mut self) -> Bytes {
+        // A CR that waited for a LF which never came ended its line.
+        if let Some(last) = self.buf.last_mut()
+            && *last == b'\r'
+        {
+            *last = b'\n';
+        }
         self.line_start = 0;
         self.scanned = 0;
         self.buf.split().freeze()
@@ -166,6 +189,23 @@ mod tests {
         assert_eq!(&ev[1][..], b"event: message\r\ndata: x\r\n\r\n");
         assert_eq!(&ev[2][..], b": comment\n\n");
         assert_eq!(&rest[..], b"data: tail");
+    }
+
+    #[test]
+    fn a_lone_cr_ends_a_line_as_for_any_sse_client() {
+        // Framed with CRs only, across chunk boundaries (a CR at the end of a chunk waits).
+        let (ev, rest) = split_all(&[
+            b"event: message\rdata: {\"a\":1}\r",
+            b"\rid: 2\r\n",
+            b"data: x\r",
+        ]);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(&ev[0][..], b"event: message\ndata: {\"a\":1}\n\n");
+        assert_eq!(data(&ev[0]), Some(b"{\"a\":1}".to_vec()));
+        assert_eq!(event_type(&ev[0]), Some(&b"message"[..]));
+        // The stream ends after a CR: that CR ended the line.
+        assert_eq!(&rest[..], b"id: 2\r\ndata: x\n");
+        assert_eq!(data(&rest), Some(b"x".to_vec()));
     }
 
     #[test]

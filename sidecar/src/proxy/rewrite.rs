@@ -163,9 +163,12 @@ impl Rewriter {
         let Some(data) = sse::data(&raw) else {
             return raw;
         };
-        // Only answers are rewritten; skip the parse for everything that cannot be one.
+        // Only answers are rewritten; skip the parse for everything that cannot be one. A key
+        // written with escapes (`"\u0069d"` is `"id"` to every JSON reader) takes the parse.
         let first = data.iter().find(|b| !b.is_ascii_whitespace());
-        if !matches!(first, Some(b'{' | b'[')) || !contains(&data, b"\"id\"") {
+        if !matches!(first, Some(b'{' | b'['))
+            || !(contains(&data, b"\"id\"") || contains(&data, b"\\u"))
+        {
             return raw;
         }
         match self.rewrite_json(&data) {
@@ -376,5 +379,57 @@ mod tests {
             text.contains("\"echo\"") && !text.contains("secret"),
             "{text}"
         );
+    }
+
+    /// A GET stream (sniffing) through the real body, the server's bytes in `chunks`.
+    async fn through_get_stream(chunks: Vec<&'static [u8]>) -> String {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = chunks
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        let inner = StreamBody::new(futures_util::stream::iter(frames));
+        let r = Rewriter::new(
+            filter(),
+            Transport::StreamableHttp,
+            None,
+            Box::new(Vec::new()),
+            true,
+        );
+        let all = SseRewriteBody::new(inner, r)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_escaped_id_key_does_not_skip_the_filter() {
+        // `"\u0069d"` is `"id"` to every JSON reader, the client's included.
+        let text = through_get_stream(vec![
+            b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"\\u0069d\":4,",
+            b"\"result\":{\"tools\":[{\"name\":\"echo\"},{\"name\":\"secret\"}]}}\n\n",
+        ])
+        .await;
+        assert!(
+            text.contains("\"echo\"") && !text.contains("secret"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn events_framed_with_carriage_returns_are_filtered_as_clients_read_them() {
+        // Lone CRs end lines for every SSE client; the stream stays open after the event.
+        let text = through_get_stream(vec![
+            b"event: message\rdata: {\"jsonrpc\":\"2.0\",\"id\":4,",
+            b"\"result\":{\"tools\":[{\"name\":\"echo\"},{\"name\":\"secret\"}]}}\r",
+            b"\r: keep-alive\r\r",
+        ])
+        .await;
+        assert!(
+            text.contains("\"echo\"") && !text.contains("secret"),
+            "{text}"
+        );
+        assert!(text.starts_with("event: message\ndata: {"), "{text}");
     }
 }

@@ -37,12 +37,11 @@ pub struct KubeTools {
 /// Reads `$MCP_GUARD_CACHE/kube/env.sh`; panics with the install command when it is missing.
 pub fn kube_tools() -> KubeTools {
     let env_file = cache_dir().join("kube").join("env.sh");
-    let text = fs::read_to_string(&env_file)
+    let owned = read_env_file(&env_file)
         .unwrap_or_else(|e| panic!("{} ({e}): {KUBE_HINT}", env_file.display()));
-    let vars: HashMap<&str, &str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
+    let vars: HashMap<&str, &str> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let path = |key: &str| -> PathBuf {
         let p = PathBuf::from(
@@ -70,6 +69,16 @@ pub fn kube_tools() -> KubeTools {
             .filter(|p| p.exists()),
         version: vars.get("KUBE_VERSION").unwrap_or(&"").to_string(),
     }
+}
+
+/// The `KEY=value` lines of an env file the install scripts write (comments skipped).
+pub fn read_env_file(path: &Path) -> std::io::Result<HashMap<String, String>> {
+    Ok(fs::read_to_string(path)?
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect())
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -318,49 +327,37 @@ impl ApiServer {
         self.controller_manager = Some(proc);
     }
 
+    /// A [`Kubectl`] for this API server's admin kubeconfig.
+    pub fn client(&self) -> Kubectl {
+        Kubectl {
+            bin: self.tools.kubectl.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            scratch: self.dir.path().to_path_buf(),
+        }
+    }
+
     /// Runs `kubectl` against this API server (admin), optionally with stdin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        self.kubectl_with(&self.kubeconfig, args, stdin)
+        self.client().run(args, stdin)
     }
 
     /// [`ApiServer::kubectl`] with another kubeconfig (e.g. [`ApiServer::service_account_kubeconfig`]).
     pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(&self.tools.kubectl);
-        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg("--request-timeout=30s")
-            .args(args);
-        match stdin {
-            None => run_bounded("kubectl", &mut cmd, Duration::from_secs(60)),
-            Some(input) => {
-                static N: AtomicU64 = AtomicU64::new(0);
-                let file = self
-                    .dir
-                    .path()
-                    .join(format!("stdin-{}.yaml", N.fetch_add(1, Ordering::Relaxed)));
-                fs::write(&file, input).unwrap_or_else(|e| panic!("write stdin: {e}"));
-                cmd.arg("-f").arg(&file);
-                run_bounded("kubectl", &mut cmd, Duration::from_secs(60))
-            }
+        Kubectl {
+            kubeconfig: kubeconfig.to_path_buf(),
+            ..self.client()
         }
+        .run(args, stdin)
     }
 
-    /// `kubectl <verb> -f -` with `manifest`; panics on failure.
+    /// `kubectl apply -f -` with `manifest`; panics on failure.
     pub fn apply(&self, manifest: &str) {
-        let out = self.kubectl(&["apply"], Some(manifest));
-        assert!(
-            out.success(),
-            "kubectl apply failed:\n{}\n{}\n{manifest}",
-            out.stdout,
-            out.stderr
-        );
+        self.client().apply(manifest)
     }
 
     /// `kubectl get <kind> <name> -n <ns> -o json`.
     pub fn get_json(&self, kind: &str, namespace: &str, name: &str) -> Value {
-        let out = self.kubectl(&["get", kind, name, "-n", namespace, "-o", "json"], None);
-        assert!(out.success(), "kubectl get {kind} {name}: {}", out.stderr);
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("kubectl get {kind} {name}: not JSON ({e}): {}", out.stdout))
+        self.client().get_json(kind, namespace, name)
     }
 
     /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token of its
@@ -417,6 +414,53 @@ impl Drop for ApiServer {
             drop(a);
         }
         drop(self.etcd.take());
+    }
+}
+
+/// `kubectl` bound to one kubeconfig. Stdin is passed as a file in `scratch` (`-f FILE`); every
+/// call is bounded (`--request-timeout=30s`, killed after 60 s).
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub scratch: PathBuf,
+}
+
+impl Kubectl {
+    /// Runs `kubectl ARGS` (with `-f FILE` holding `stdin` when given).
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--request-timeout=30s")
+            .args(args);
+        if let Some(input) = stdin {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let file = self
+                .scratch
+                .join(format!("stdin-{}.yaml", N.fetch_add(1, Ordering::Relaxed)));
+            fs::write(&file, input).unwrap_or_else(|e| panic!("write stdin: {e}"));
+            cmd.arg("-f").arg(&file);
+        }
+        run_bounded("kubectl", &mut cmd, Duration::from_secs(60))
+    }
+
+    /// `kubectl apply -f -` with `manifest`; panics on failure.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.run(&["apply"], Some(manifest));
+        assert!(
+            out.success(),
+            "kubectl apply failed:\n{}\n{}\n{manifest}",
+            out.stdout,
+            out.stderr
+        );
+    }
+
+    /// `kubectl get <kind> <name> -n <ns> -o json`.
+    pub fn get_json(&self, kind: &str, namespace: &str, name: &str) -> Value {
+        let out = self.run(&["get", kind, name, "-n", namespace, "-o", "json"], None);
+        assert!(out.success(), "kubectl get {kind} {name}: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("kubectl get {kind} {name}: not JSON ({e}): {}", out.stdout))
     }
 }
 

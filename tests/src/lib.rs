@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 pub mod apiserver;
+pub mod node;
 pub mod oidc;
 pub mod suite;
 pub mod volume;
@@ -375,7 +376,8 @@ impl Drop for Proc {
     }
 }
 
-fn tail(s: &str, max: usize) -> &str {
+/// The last `max` bytes of `s` (at a character boundary).
+pub fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -63,10 +63,14 @@ pub fn oidc_install() -> (PathBuf, PathBuf) {
     (get("OIDC_NODE"), get("OIDC_APP"))
 }
 
-fn wait_ready(proc: &mut Proc, port: u16) -> Result<(), String> {
+fn wait_ready(proc: &mut Proc, host: &str, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
+    let open = || match format!("{host}:{port}").parse::<std::net::SocketAddr>() {
+        Ok(addr) => std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok(),
+        Err(_) => port_open(port),
+    };
     loop {
-        if proc.stdout().contains("READY") && port_open(port) {
+        if proc.stdout().contains("READY") && open() {
             return Ok(());
         }
         if let Some(s) = proc.try_status() {
@@ -99,6 +103,8 @@ pub fn gen_key(dir: &Path, kid: &str) -> PathBuf {
 pub struct Provider {
     pub proc: Proc,
     pub port: u16,
+    /// The address it listens on (and names in its issuer).
+    pub host: String,
 }
 
 impl Provider {
@@ -107,7 +113,7 @@ impl Provider {
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port();
-            match Self::try_start_on(port, keys) {
+            match Self::try_start_on("127.0.0.1", port, keys) {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -115,13 +121,26 @@ impl Provider {
         panic!("oidc-provider did not start: {last}");
     }
 
+    /// Starts it on `host` (an address of this machine, e.g. a node's bridge so that pods reach
+    /// it) and a free port; the issuer is `http://HOST:PORT`.
+    pub fn start_on_host(host: &str, keys: &[&Path]) -> Provider {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_on(host, free_port(), keys) {
+                Ok(p) => return p,
+                Err(e) => last = e,
+            }
+        }
+        panic!("oidc-provider did not start on {host}: {last}");
+    }
+
     /// Starts it on `port` (a restart of the same issuer).
     pub fn start_on(port: u16, keys: &[&Path]) -> Provider {
-        Self::try_start_on(port, keys)
+        Self::try_start_on("127.0.0.1", port, keys)
             .unwrap_or_else(|e| panic!("oidc-provider did not start on {port}: {e}"))
     }
 
-    fn try_start_on(port: u16, keys: &[&Path]) -> Result<Provider, String> {
+    fn try_start_on(host: &str, port: u16, keys: &[&Path]) -> Result<Provider, String> {
         let (node, app) = oidc_install();
         let keys = keys
             .iter()
@@ -135,15 +154,21 @@ impl Provider {
                 .arg("--port")
                 .arg(port.to_string())
                 .arg("--keys")
-                .arg(keys),
+                .arg(keys)
+                .arg("--host")
+                .arg(host),
         );
-        wait_ready(&mut proc, port)?;
-        Ok(Provider { proc, port })
+        wait_ready(&mut proc, host, port)?;
+        Ok(Provider {
+            proc,
+            port,
+            host: host.to_owned(),
+        })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://HOST:PORT` (HOST 127.0.0.1 unless started with [`Provider::start_on_host`]).
     pub fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// A client-credentials access token for `resource`.
@@ -231,7 +256,7 @@ impl IdentityServer {
                     .arg(dir.path().join("requests.jsonl"))
                     .env("PYTHONUNBUFFERED", "1"),
             );
-            match wait_ready(&mut proc, port) {
+            match wait_ready(&mut proc, "127.0.0.1", port) {
                 Ok(()) => return IdentityServer { proc, port, dir },
                 Err(e) => last = e,
             }

@@ -2,9 +2,10 @@
 //
 //   node provider.mjs genkey OUT.json KID        writes a private RSA JWK (RS256, use=sig), and
 //                                                the same key as OUT.pem (PKCS#8)
-//   node provider.mjs --port P --keys A.json[,B.json] [--ttl SECONDS]
+//   node provider.mjs --port P --keys A.json[,B.json] [--ttl SECONDS] [--host ADDRESS]
 //
-// Issuer http://127.0.0.1:P. The first key signs; every key is published at /jwks, so a key
+// Issuer http://ADDRESS:P (ADDRESS 127.0.0.1 unless given: the real-node suite binds it on the
+// node's bridge so pods reach it). The first key signs; every key is published at /jwks, so a key
 // rotation is "restart with --keys NEW,OLD" (then "--keys NEW" to retire the old one).
 //
 // Clients (client_secret_basic):
@@ -43,7 +44,8 @@ const arg = (name, dflt) => {
 const port = Number(arg('--port'));
 const ttl = Number(arg('--ttl', '300'));
 const keys = arg('--keys').split(',').map((f) => JSON.parse(readFileSync(f, 'utf8')));
-const issuer = `http://127.0.0.1:${port}`;
+const host = arg('--host', '127.0.0.1');
+const issuer = `http://${host}:${port}`;
 const stats = { exchanges: 0, token_requests: 0 };
 
 const ACCOUNTS = {
@@ -158,4 +160,4 @@ provider.use(async (ctx, next) => {
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description ?? ''));
 
-provider.listen(port, '127.0.0.1', () => console.log(`READY ${port}`));
+provider.listen(port, host, () => console.log(`READY ${port}`));

@@ -21,7 +21,12 @@
 //!    (`kubectl logs -c mcp-guard`) carry audit records naming the caller;
 //! 5. the policy source is edited: the running sidecars decide by the new policy (each sidecar's
 //!    `/policy` hash changed, the reader now sees the newly allowed tool) without a restart; a
-//!    broken edit is refused by the validating webhook at `kubectl apply`.
+//!    broken edit is refused by the validating webhook at `kubectl apply`;
+//! 6. a namespace opts in: its pods are injected, a pod that opts out is left untouched; removing
+//!    the annotation from the Deployment and rolling out removes the sidecar (every tool is
+//!    listed again, ungoverned);
+//! 7. a Job with an injected sidecar and `mcp-guard.dev/shutdown-on-exit: enabled` completes: the
+//!    pod reaches Succeeded with every container terminated, the sidecar included.
 //!
 //! Without root or the node's binaries (tests/scripts/install-node.sh) the test is skipped,
 //! unless `MCP_GUARD_REQUIRE_NODE=1` (tests/run.sh sets it), when it fails instead.
@@ -248,6 +253,12 @@ fn operator_story_on_a_real_node() {
     step(5, "a policy edit reaches the running sidecars", || {
         policy_edit(&node, &caller)
     });
+    step(
+        6,
+        "a namespace opts in, a pod opts out, a Deployment opts out",
+        || opt_outs(&node),
+    );
+    step(7, "a Job with an injected sidecar completes", || job(&node));
 
     println!(
         "node_e2e: not shown on this 1.20 node: native sidecars (1.29+; the golden tests check that \
@@ -573,4 +584,148 @@ fn policy_edit(node: &Node, caller: &Caller) {
         "refused by the validating webhook: {}",
         out.stderr
     );
+}
+
+/// A pod of the example server in `namespace` with the given annotations.
+fn example_pod(name: &str, namespace: &str, annotations: &[(&str, &str)]) -> String {
+    let ann: String = annotations
+        .iter()
+        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  annotations:
+{ann}spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+  containers:
+    - name: server
+      image: localhost/mcp-guard/example-server:{version}
+      imagePullPolicy: Never
+      args: ["--listen", "0.0.0.0:8080", "--stateless-json"]
+      ports:
+        - name: mcp
+          containerPort: 8080
+"#,
+        version = app_version()
+    )
+}
+
+fn opt_outs(node: &Node) {
+    let ns = "mcp-optin";
+    node.kubectl.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  annotations:\n    mcp-guard.dev/inject: enabled\n"
+    ));
+    node.kubectl.apply(&example_pod(
+        "inherits",
+        ns,
+        &[("mcp-guard.dev/port", "mcp")],
+    ));
+    node.kubectl.apply(&example_pod(
+        "opts-out",
+        ns,
+        &[
+            ("mcp-guard.dev/inject", "disabled"),
+            ("mcp-guard.dev/port", "mcp"),
+        ],
+    ));
+    let inherits = node.json(&["get", "pod", "inherits", "-n", ns]);
+    assert!(
+        container(&inherits, "mcp-guard").is_some(),
+        "the namespace's annotation injects: {inherits}"
+    );
+    let out = node.json(&["get", "pod", "opts-out", "-n", ns]);
+    assert!(
+        container(&out, "mcp-guard").is_none()
+            && out["metadata"]["annotations"]["mcp-guard.dev/status"].is_null(),
+        "the pod's own `disabled` wins: {out}"
+    );
+    node.wait("the namespace-injected pod is Ready", ns, LONG, || {
+        ready(&node.json(&["get", "pod", "inherits", "-n", ns]))
+    });
+
+    // The Deployment opts out again: the next rollout's pods have no sidecar.
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "mcp-guard.dev/inject": "disabled",
+    }}}}});
+    node.kubectl_ok(&[
+        "patch",
+        "deployment",
+        "tools",
+        "-n",
+        APP_NS,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ]);
+    rollout(node, APP_NS, "tools");
+    node.wait("two pods without the sidecar", APP_NS, LONG, || {
+        let pods = live_pods(node);
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| container(p, "mcp-guard").is_none() && ready(p))
+    });
+    node.wait("every tool listed again, ungoverned", APP_NS, LONG, || {
+        listed(node) == ALL_TOOLS
+    });
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+fn job(node: &Node) {
+    let manifest = format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: report
+  namespace: {APP_NS}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      annotations:
+        mcp-guard.dev/inject: enabled
+        mcp-guard.dev/shutdown-on-exit: enabled
+        mcp-guard.dev/port: mcp
+    spec:
+      restartPolicy: Never
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 1000
+      containers:
+        - name: server
+          image: localhost/mcp-guard/example-server:{version}
+          imagePullPolicy: Never
+          command: ["/usr/local/bin/mcp-guard-example-server"]
+          args: ["--version"]
+          ports:
+            - name: mcp
+              containerPort: 8080
+"#,
+        version = app_version()
+    );
+    node.kubectl.apply(&manifest);
+    node.wait("the Job completes", APP_NS, LONG, || {
+        node.json(&["get", "job", "report", "-n", APP_NS])["status"]["succeeded"] == json!(1)
+    });
+    let pods = node.pods(APP_NS, "job-name=report");
+    assert_eq!(pods.len(), 1, "one pod, never retried: {pods:?}");
+    let pod = &pods[0];
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    assert!(
+        container(pod, "mcp-guard").is_some(),
+        "the Job's pod was injected: {pod}"
+    );
+    for c in pod["status"]["containerStatuses"].as_array().unwrap() {
+        assert!(
+            c["state"]["terminated"].is_object() && c["restartCount"] == json!(0),
+            "every container ended, none restarted: {c}"
+        );
+        assert_eq!(c["state"]["terminated"]["exitCode"], json!(0), "{c}");
+    }
 }

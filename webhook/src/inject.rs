@@ -332,7 +332,7 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         vec![AnnotationError::new(
             annotations::INJECT,
             "enabled",
-            format!("internal error building the patch: {e}"),
+            format!("the pod cannot be patched: {e}"),
         )]
     })?;
     Ok(Outcome::Injected { patch, traffic })

@@ -14,9 +14,10 @@ pub fn escape(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
-/// A path that is not a JSON Pointer (a bug in the caller, never user input).
+/// A patch that cannot be built: a path that is not a JSON Pointer (a bug in the caller), or a
+/// pod that holds something other than an object where the patch adds to one.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid JSON pointer {path:?}: {reason}")]
+#[error("cannot patch {path:?}: {reason}")]
 pub struct PatchError {
     pub path: String,
     pub reason: String,
@@ -28,6 +29,9 @@ pub struct PatchError {
 pub struct PatchBuilder {
     ops: Vec<PatchOperation>,
     error: Option<PatchError>,
+    /// Containers (objects) this builder's own operations created, by pointer: later operations
+    /// below them must not create them again (an `add` would replace what is there).
+    created: Vec<String>,
 }
 
 impl PatchBuilder {
@@ -64,8 +68,41 @@ impl PatchBuilder {
         }
     }
 
+    /// `add` of `value` at `pointer`, which `doc` lacks. Missing parents come with it, in one
+    /// `add` at the first missing level (a pod without `metadata` still gets its annotations).
+    /// A parent that is there but holds no object cannot be added to: that is an error.
+    fn add_missing(&mut self, doc: &Value, pointer: &str, mut value: Value) {
+        let mut path = pointer.to_owned();
+        while let Some((parent, token)) = path.rsplit_once('/') {
+            if parent.is_empty() || self.created.iter().any(|c| c == parent) {
+                break;
+            }
+            if let Some(existing) = doc.pointer(parent) {
+                if !existing.is_object() {
+                    self.error.get_or_insert(PatchError {
+                        path: parent.to_owned(),
+                        reason: "the pod has a value there that is not an object".to_owned(),
+                    });
+                }
+                break;
+            }
+            let key = token.replace("~1", "/").replace("~0", "~");
+            value = Value::Object(std::iter::once((key, value)).collect());
+            path = parent.to_owned();
+        }
+        let mut created = pointer;
+        while created.len() >= path.len() {
+            self.created.push(created.to_owned());
+            match created.rsplit_once('/') {
+                Some((parent, _)) => created = parent,
+                None => break,
+            }
+        }
+        self.add(path, value);
+    }
+
     /// Adds string entries to the map at `pointer` of `doc` (annotations, labels): one `add` per
-    /// key when the map exists, one `add` of the whole map when it does not.
+    /// key when the map exists, one `add` of the whole map (and of missing parents) when not.
     pub fn add_map_entries(
         &mut self,
         doc: &Value,
@@ -84,7 +121,7 @@ impl PatchBuilder {
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
-            self.add(pointer, Value::Object(map));
+            self.add_missing(doc, pointer, Value::Object(map));
         }
     }
 
@@ -99,7 +136,7 @@ impl PatchBuilder {
                 self.add(format!("{pointer}/0"), item);
             }
         } else {
-            self.add(pointer, Value::Array(items));
+            self.add_missing(doc, pointer, Value::Array(items));
         }
     }
 
@@ -113,7 +150,7 @@ impl PatchBuilder {
                 self.add(format!("{pointer}/-"), item);
             }
         } else {
-            self.add(pointer, Value::Array(items));
+            self.add_missing(doc, pointer, Value::Array(items));
         }
     }
 
@@ -161,5 +198,33 @@ mod tests {
         assert_eq!(doc["spec"]["containers"][1]["name"], "t");
         assert_eq!(doc["spec"]["containers"][2]["name"], "a");
         assert_eq!(doc["spec"]["volumes"][0]["name"], "v");
+    }
+
+    #[test]
+    fn missing_parents_are_added_once() {
+        // Found by the `admission` fuzz target: a pod without `metadata` got a patch that did
+        // not apply to it.
+        let mut doc = json!({"spec": {"containers": [{"name": "a"}]}});
+        let mut b = PatchBuilder::new();
+        let one = |k: &str| BTreeMap::from([(k.to_string(), "1".to_string())]);
+        b.add_map_entries(&doc, "/metadata/annotations", &one("a"));
+        b.add_map_entries(&doc, "/metadata/labels", &one("l"));
+        b.append(&doc, "/spec/volumes", vec![json!({"name": "v"})]);
+        let patch = b.into_patch().unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "metadata": {"annotations": {"a": "1"}, "labels": {"l": "1"}},
+                "spec": {"containers": [{"name": "a"}], "volumes": [{"name": "v"}]},
+            })
+        );
+
+        // A parent that holds something else is an error, not a patch that cannot apply.
+        let doc = json!({"metadata": "web"});
+        let mut b = PatchBuilder::new();
+        b.add_map_entries(&doc, "/metadata/annotations", &one("a"));
+        let e = b.into_patch().unwrap_err();
+        assert_eq!(e.path, "/metadata");
     }
 }

@@ -48,7 +48,8 @@ pub struct Rewriter {
     /// The caller the answers are for; lists are filtered for them.
     identity: Option<Arc<Identity>>,
     pending: Box<dyn PendingRequests>,
-    /// Also filter answers whose request was not seen, recognised by their shape (GET streams).
+    /// Look at every answer, even with no list request pending (GET streams): answers whose
+    /// request was not seen are recognised by their shape.
     sniff: bool,
     endpoint: Option<EndpointHook>,
 }
@@ -96,9 +97,11 @@ impl Rewriter {
             .get("id")
             .filter(|_| obj.contains_key("result") || obj.contains_key("error"))
             .and_then(|id| self.pending.take(&id_key(id)));
+        // An answer whose id matches no list request still goes by its shape: a server that
+        // mislabels an answer must not carry a hidden item past the filter.
         let method = match (known, obj.get("result")) {
             (Some(m), _) => Some(m),
-            (None, Some(r)) if self.sniff => intercept::list_method_by_shape(r),
+            (None, Some(r)) => intercept::list_method_by_shape(r),
             _ => None,
         };
         let Some(method) = method else {
@@ -310,8 +313,24 @@ mod tests {
         let out = r.rewrite_json(list_answer(1).as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], json!([{"name":"echo"}]));
-        // Not a pending id and no sniffing: untouched.
-        assert!(r.rewrite_json(list_answer(2).as_bytes()).is_none());
+        // Not a pending id, not a list: untouched.
+        let call = json!({"jsonrpc":"2.0","id":2,"result":{"content":[]}}).to_string();
+        assert!(r.rewrite_json(call.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn a_list_answer_under_another_id_is_filtered_too() {
+        // Found by the `json_rewrite` fuzz target: the client asked for the list as id 1.
+        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
+        let mut r = Rewriter::new(
+            filter(),
+            Transport::StreamableHttp,
+            None,
+            Box::new(pending),
+            false,
+        );
+        let out = r.rewrite_json(list_answer(2).as_bytes()).unwrap();
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
     }
 
     #[test]

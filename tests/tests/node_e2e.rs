@@ -30,6 +30,10 @@
 //!
 //! Without root or the node's binaries (tests/scripts/install-node.sh) the test is skipped,
 //! unless `MCP_GUARD_REQUIRE_NODE=1` (tests/run.sh sets it), when it fails instead.
+//!
+//! `MCP_GUARD_NODE_E2E_WITHOUT_SIDECAR=1` is a test-only toggle that proves the story can fail:
+//! step 3 then annotates `mcp-guard.dev/inject: disabled` and skips its sidecar checks, so the
+//! hidden tool stays reachable through the Service and step 4 must fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -352,8 +356,14 @@ fn opt_in(node: &Node, before: &[Value], issuer: &str) {
         std::fs::read_to_string(workspace_root().join("manifests/examples/policy.yaml")).unwrap();
     node.kubectl.apply(&policy);
     let service_before = node.json(&["get", "service", "tools", "-n", APP_NS])["spec"].clone();
+    let without_sidecar = std::env::var("MCP_GUARD_NODE_E2E_WITHOUT_SIDECAR").as_deref() == Ok("1");
+    let inject = if without_sidecar {
+        "disabled"
+    } else {
+        "enabled"
+    };
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-        "mcp-guard.dev/inject": "enabled",
+        "mcp-guard.dev/inject": inject,
         "mcp-guard.dev/policy": "mcp-tools-policy",
         "mcp-guard.dev/port": "mcp",
         "mcp-guard.dev/path": "/mcp",
@@ -371,6 +381,10 @@ fn opt_in(node: &Node, before: &[Value], issuer: &str) {
         &patch.to_string(),
     ]);
     rollout(node, APP_NS, "tools");
+    if without_sidecar {
+        println!("node_e2e: MCP_GUARD_NODE_E2E_WITHOUT_SIDECAR=1: no sidecar; step 4 must fail");
+        return;
+    }
     let old: Vec<String> = before.iter().map(name).collect();
     node.wait(
         "two new pods, Ready, with the sidecar",

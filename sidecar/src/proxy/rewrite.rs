@@ -166,11 +166,12 @@ impl Rewriter {
         let Some(data) = sse::data(&raw) else {
             return raw;
         };
-        // Only answers are rewritten; skip the parse for everything that cannot be one. A key
-        // written with escapes (`"\u0069d"` is `"id"` to every JSON reader) takes the parse.
+        // Only results are rewritten; skip the parse for everything that cannot hold one. A key
+        // written with escapes (`"\u0072esult"` is `"result"` to every JSON reader) takes the
+        // parse.
         let first = data.iter().find(|b| !b.is_ascii_whitespace());
         if !matches!(first, Some(b'{' | b'['))
-            || !(contains(&data, b"\"id\"") || contains(&data, b"\\u"))
+            || !(contains(&data, b"\"result\"") || contains(&data, b"\\u"))
         {
             return raw;
         }

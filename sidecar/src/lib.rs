@@ -10,6 +10,8 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod identity;
 pub mod intercept;
 pub mod jsonrpc;

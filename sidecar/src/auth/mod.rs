@@ -677,7 +677,7 @@ fn query_has_token(uri: &Uri) -> bool {
 }
 
 /// The bearer token of the Authorization header; `None` when there is no bearer credential.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = all.next() else {
         return Ok(None);

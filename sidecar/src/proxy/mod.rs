@@ -120,7 +120,7 @@ fn check_mirrored_headers(headers: &HeaderMap, payload: &Payload) -> Result<(), 
 
 /// A mirrored header value as MCP 2026-07-28 writes it: plain, or `=?base64?<base64>?=` for a
 /// value that is not plain printable ASCII (a tool named `grüßen`, a URI with `é`).
-fn decode_header_value(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+pub(crate) fn decode_header_value(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
     use base64::Engine as _;
     let Some(inner) = raw
         .strip_prefix("=?base64?")

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use clap::Args;
 use http::Response;
 use http_body::Frame;
+use mcp_guard_common::env;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -61,31 +62,31 @@ pub const REDACTED: &str = "[REDACTED]";
 #[derive(Debug, Clone, Args)]
 pub struct AuditConfig {
     /// Turn the audit trail off.
-    #[arg(long, env = "MCP_GUARD_AUDIT_DISABLED", default_value_t = false)]
+    #[arg(long, env = env::AUDIT_DISABLED, default_value_t = false)]
     pub audit_disabled: bool,
 
     /// Append audit lines to this file instead of writing them to stdout.
-    #[arg(long, env = "MCP_GUARD_AUDIT_FILE")]
+    #[arg(long, env = env::AUDIT_FILE)]
     pub audit_file: Option<PathBuf>,
 
     /// Argument paths whose values never reach the audit trail, comma-separated
     /// (`arguments.password,arguments.auth.token`; `*` matches any key or index). The policy can
     /// name more with its `redact` rule.
-    #[arg(long, env = "MCP_GUARD_AUDIT_REDACT", value_delimiter = ',')]
+    #[arg(long, env = env::AUDIT_REDACT, value_delimiter = ',')]
     pub audit_redact: Vec<String>,
 
     /// Largest `arguments` recorded, in bytes of JSON after redaction; larger ones are left out
     /// (`arguments_truncated: true`).
     #[arg(
         long,
-        env = "MCP_GUARD_AUDIT_MAX_ARGUMENT_BYTES",
+        env = env::AUDIT_MAX_ARGUMENT_BYTES,
         default_value_t = 4096
     )]
     pub audit_max_argument_bytes: usize,
 
     /// Requests whose records may wait for the writer; beyond that records are dropped (counted
     /// and logged), never waited for.
-    #[arg(long, env = "MCP_GUARD_AUDIT_QUEUE", default_value_t = 8192)]
+    #[arg(long, env = env::AUDIT_QUEUE, default_value_t = 8192)]
     pub audit_queue: usize,
 }
 

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::ProxyConfig;
-pub use crate::process::LogFormat;
-use crate::process::{init_logging, terminated};
+use mcp_guard_common::env;
+pub use mcp_guard_common::process::LogFormat;
+use mcp_guard_common::process::{init_logging, terminated};
 
 /// mcp-guard sidecar: governs the MCP server in its pod.
 #[derive(Debug, Parser)]
@@ -26,11 +27,11 @@ pub struct Cli {
     pub proxy: ProxyConfig,
 
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `mcp_guard_sidecar=debug`).
-    #[arg(long, env = "MCP_GUARD_LOG", default_value = "info")]
+    #[arg(long, env = env::LOG, default_value = "info")]
     pub log: String,
 
     /// Log line format.
-    #[arg(long, env = "MCP_GUARD_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
 
@@ -48,7 +49,7 @@ pub enum Command {
     #[command(alias = "wait-ready")]
     WaitStarted {
         /// How long to wait.
-        #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
+        #[arg(long, default_value = "120s", value_parser = mcp_guard_common::duration::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Copies this binary into DIR (an emptyDir the app container mounts), so the app's command

@@ -18,7 +18,6 @@ pub mod jsonrpc;
 pub mod metrics;
 pub mod pod;
 pub mod policy;
-pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod sse;

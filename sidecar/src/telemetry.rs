@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::time::SystemTime;
 
 use clap::Args;
+use mcp_guard_common::env;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
@@ -38,12 +39,12 @@ pub struct TelemetryConfig {
     /// OTLP endpoint for spans (`http://collector:4318` for HTTP, `http://collector:4317` for
     /// gRPC). When unset, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`;
     /// when none is set, OpenTelemetry is off.
-    #[arg(long, env = "MCP_GUARD_OTLP_ENDPOINT")]
+    #[arg(long, env = env::OTLP_ENDPOINT)]
     pub otlp_endpoint: Option<String>,
 
     /// `http/protobuf` or `grpc`. When unset, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
-    #[arg(long, env = "MCP_GUARD_OTLP_PROTOCOL")]
+    #[arg(long, env = env::OTLP_PROTOCOL)]
     pub otlp_protocol: Option<String>,
 }
 

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-pub use mcp_guard_sidecar::process::LogFormat;
-use mcp_guard_sidecar::process::init_logging;
+pub use mcp_guard_common::process::LogFormat;
+use mcp_guard_common::process::init_logging;
 
 use crate::offline::InjectArgs;
 use crate::server::ServeArgs;

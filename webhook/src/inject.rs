@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use mcp_guard_common::env as sidecar_env;
 use serde_json::{Value, json};
 
 use crate::annotations::{self, AnnotationError, PortRef, Settings, Traffic};
@@ -571,26 +572,26 @@ fn sidecar_container(
         _ => SIDECAR_PORT_NAME,
     };
     let mut env = vec![
-        json!({"name": "MCP_GUARD_LISTEN", "value": format!("0.0.0.0:{}", cfg.sidecar_port)}),
-        json!({"name": "MCP_GUARD_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", cfg.admin_port)}),
-        json!({"name": "MCP_GUARD_UPSTREAM_PORT", "value": server.number.to_string()}),
-        json!({"name": "MCP_GUARD_PATH", "value": s.path}),
-        json!({"name": "MCP_GUARD_TRAFFIC", "value": traffic.as_str()}),
-        json!({"name": "MCP_GUARD_POLICY_DIR", "value": POLICY_DIR}),
-        json!({"name": "MCP_GUARD_ENFORCEMENT", "value": s.enforcement}),
+        json!({"name": sidecar_env::LISTEN, "value": format!("0.0.0.0:{}", cfg.sidecar_port)}),
+        json!({"name": sidecar_env::ADMIN_LISTEN, "value": format!("0.0.0.0:{}", cfg.admin_port)}),
+        json!({"name": sidecar_env::UPSTREAM_PORT, "value": server.number.to_string()}),
+        json!({"name": sidecar_env::PATH, "value": s.path}),
+        json!({"name": sidecar_env::TRAFFIC, "value": traffic.as_str()}),
+        json!({"name": sidecar_env::POLICY_DIR, "value": POLICY_DIR}),
+        json!({"name": sidecar_env::ENFORCEMENT, "value": s.enforcement}),
     ];
     if let Some(uri) = &s.resource_uri {
-        env.push(json!({"name": "MCP_GUARD_RESOURCE_URI", "value": uri}));
+        env.push(json!({"name": sidecar_env::RESOURCE_URI, "value": uri}));
     }
     if let Some(iss) = &s.issuer {
-        env.push(json!({"name": "MCP_GUARD_ISSUER", "value": iss}));
+        env.push(json!({"name": sidecar_env::ISSUER, "value": iss}));
     }
     env.extend([
-        json!({"name": "MCP_GUARD_SERVER_NAME", "value": server_name}),
-        json!({"name": "MCP_GUARD_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
-        json!({"name": "MCP_GUARD_POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}),
-        json!({"name": "MCP_GUARD_LOG", "value": s.log_level}),
-        json!({"name": "MCP_GUARD_LOG_FORMAT", "value": cfg.sidecar_log_format}),
+        json!({"name": sidecar_env::SERVER_NAME, "value": server_name}),
+        json!({"name": sidecar_env::POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
+        json!({"name": sidecar_env::POD_NAMESPACE, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}),
+        json!({"name": sidecar_env::LOG, "value": s.log_level}),
+        json!({"name": sidecar_env::LOG_FORMAT, "value": cfg.sidecar_log_format}),
     ]);
     let startupz = json!({"path": "/startupz", "port": cfg.admin_port, "scheme": "HTTP"});
     let readyz = json!({"path": "/readyz", "port": cfg.admin_port, "scheme": "HTTP"});

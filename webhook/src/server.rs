@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use mcp_guard_common::duration::parse_duration;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -77,23 +78,6 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub controller: crate::controller::ControllerArgs,
-}
-
-/// `500ms`, `10s`, `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 10s, 2m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration {s:?} (e.g. 500ms, 10s, 2m)")),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -367,7 +351,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.listen), "serving");
     let acceptor = TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut stop = std::pin::pin!(mcp_guard_sidecar::process::terminated());
+    let mut stop = std::pin::pin!(mcp_guard_common::process::terminated());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,

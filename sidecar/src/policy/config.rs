@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::config::parse_duration;
+use mcp_guard_common::duration::parse_duration;
+use mcp_guard_common::env;
 
 /// Whether a policy's denials are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -31,35 +32,35 @@ pub struct PolicyConfig {
     /// Directory of the policy bundle (`*.rego`, optional `data.json`), as a ConfigMap volume lays
     /// it out. When set, Rego policy governs; while it holds no valid bundle every governed request
     /// is denied (fail closed). When unset, only the static tool lists apply.
-    #[arg(long, env = "MCP_GUARD_POLICY_DIR")]
+    #[arg(long, env = env::POLICY_DIR)]
     pub policy_dir: Option<PathBuf>,
 
     /// `enforce`, or `shadow` to decide and record without refusing anything.
     #[arg(
         long,
-        env = "MCP_GUARD_ENFORCEMENT",
+        env = env::ENFORCEMENT,
         value_enum,
         default_value = "enforce"
     )]
     pub enforcement: Enforcement,
 
     /// Leave deny reasons out of the errors clients get (they are still logged).
-    #[arg(long, env = "MCP_GUARD_HIDE_DENY_REASONS", default_value_t = false)]
+    #[arg(long, env = env::HIDE_DENY_REASONS, default_value_t = false)]
     pub hide_deny_reasons: bool,
 
     /// How often the bundle directory is re-read in case a file-system event was missed.
-    #[arg(long, env = "MCP_GUARD_POLICY_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = env::POLICY_POLL_INTERVAL, default_value = "2s", value_parser = parse_duration)]
     pub policy_poll_interval: Duration,
 
     /// Name of the governed MCP server (policy input `server.name`).
-    #[arg(long, env = "MCP_GUARD_SERVER_NAME", default_value = "")]
+    #[arg(long, env = env::SERVER_NAME, default_value = "")]
     pub server_name: String,
 
     /// Namespace of the pod (policy input `server.namespace`).
-    #[arg(long, env = "MCP_GUARD_POD_NAMESPACE", default_value = "")]
+    #[arg(long, env = env::POD_NAMESPACE, default_value = "")]
     pub pod_namespace: String,
 
     /// Name of the pod (policy input `server.pod`).
-    #[arg(long, env = "MCP_GUARD_POD_NAME", default_value = "")]
+    #[arg(long, env = env::POD_NAME, default_value = "")]
     pub pod_name: String,
 }

@@ -68,7 +68,7 @@ pub struct ControllerArgs {
     pub lease_name: String,
 
     /// How long a leader's lease lasts without renewal.
-    #[arg(long, env = "MCP_GUARD_WEBHOOK_LEASE_DURATION", default_value = "15s", value_parser = crate::server::parse_duration)]
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_LEASE_DURATION", default_value = "15s", value_parser = mcp_guard_common::duration::parse_duration)]
     pub lease_duration: Duration,
 
     /// This replica's identity in the Lease (default: `$HOSTNAME`, i.e. the pod name).
@@ -76,7 +76,7 @@ pub struct ControllerArgs {
     pub identity: Option<String>,
 
     /// Full reconcile at least this often, even without a watch event.
-    #[arg(long, env = "MCP_GUARD_WEBHOOK_RESYNC_INTERVAL", default_value = "60s", value_parser = crate::server::parse_duration)]
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_RESYNC_INTERVAL", default_value = "60s", value_parser = mcp_guard_common::duration::parse_duration)]
     pub resync_interval: Duration,
 
     /// Keep the strict-ingress NetworkPolicy in namespaces with injected pods (`true`/`false`;

@@ -1,6 +1,5 @@
 //! What every mcp-guard binary does the same way: structured logs on stderr, and stopping on
-//! SIGTERM or an interrupt. The webhook uses these too (it links this crate for the policy
-//! compiler), so both binaries log and stop alike.
+//! SIGTERM or an interrupt, so the sidecar and the webhook log and stop alike.
 
 use clap::ValueEnum;
 

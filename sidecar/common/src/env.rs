@@ -1,0 +1,79 @@
+//! The sidecar's environment contract: every sidecar flag reads one of these variables (its clap
+//! `env`), and the webhook configures an injected sidecar by writing them into the container's
+//! `env`. Both sides name them through these constants, so a rename cannot leave one side behind.
+//! What each variable means is documented on its flag (`mcp-guard-sidecar --help`).
+
+// The proxy (`ProxyConfig`).
+pub const LISTEN: &str = "MCP_GUARD_LISTEN";
+pub const ADMIN_LISTEN: &str = "MCP_GUARD_ADMIN_LISTEN";
+pub const UPSTREAM_HOST: &str = "MCP_GUARD_UPSTREAM_HOST";
+pub const UPSTREAM_PORT: &str = "MCP_GUARD_UPSTREAM_PORT";
+pub const PATH: &str = "MCP_GUARD_PATH";
+pub const SSE_PATH: &str = "MCP_GUARD_SSE_PATH";
+pub const ALLOW_TOOLS: &str = "MCP_GUARD_ALLOW_TOOLS";
+pub const DENY_TOOLS: &str = "MCP_GUARD_DENY_TOOLS";
+pub const MAX_BODY_BYTES: &str = "MCP_GUARD_MAX_BODY_BYTES";
+pub const MAX_LIST_BYTES: &str = "MCP_GUARD_MAX_LIST_BYTES";
+pub const HEADER_TIMEOUT: &str = "MCP_GUARD_HEADER_TIMEOUT";
+pub const UPSTREAM_TIMEOUT: &str = "MCP_GUARD_UPSTREAM_TIMEOUT";
+pub const IDLE_TIMEOUT: &str = "MCP_GUARD_IDLE_TIMEOUT";
+pub const DRAIN_TIMEOUT: &str = "MCP_GUARD_DRAIN_TIMEOUT";
+
+// Logging (the sidecar's command line).
+/// Log filter, in `tracing` EnvFilter syntax.
+pub const LOG: &str = "MCP_GUARD_LOG";
+pub const LOG_FORMAT: &str = "MCP_GUARD_LOG_FORMAT";
+
+// Identity: token verification and how the identity reaches the server (`AuthConfig`).
+pub const ISSUER: &str = "MCP_GUARD_ISSUER";
+pub const RESOURCE_URI: &str = "MCP_GUARD_RESOURCE_URI";
+pub const JWKS_URI: &str = "MCP_GUARD_JWKS_URI";
+pub const JWKS_FILE: &str = "MCP_GUARD_JWKS_FILE";
+pub const AUTH_REQUIRED: &str = "MCP_GUARD_AUTH_REQUIRED";
+pub const ALLOW_ANONYMOUS: &str = "MCP_GUARD_ALLOW_ANONYMOUS";
+pub const JWT_ALGORITHMS: &str = "MCP_GUARD_JWT_ALGORITHMS";
+pub const JWT_LEEWAY: &str = "MCP_GUARD_JWT_LEEWAY";
+pub const REQUIRE_AT_JWT: &str = "MCP_GUARD_REQUIRE_AT_JWT";
+pub const REQUIRED_SCOPES: &str = "MCP_GUARD_REQUIRED_SCOPES";
+pub const SCOPES_SUPPORTED: &str = "MCP_GUARD_SCOPES_SUPPORTED";
+pub const AUTHORIZATION_SERVERS: &str = "MCP_GUARD_AUTHORIZATION_SERVERS";
+pub const JWKS_REFRESH_INTERVAL: &str = "MCP_GUARD_JWKS_REFRESH_INTERVAL";
+pub const JWKS_MIN_REFETCH_INTERVAL: &str = "MCP_GUARD_JWKS_MIN_REFETCH_INTERVAL";
+pub const IDP_TIMEOUT: &str = "MCP_GUARD_IDP_TIMEOUT";
+pub const TOKEN_CACHE_SIZE: &str = "MCP_GUARD_TOKEN_CACHE_SIZE";
+pub const IDENTITY_PASSTHROUGH: &str = "MCP_GUARD_IDENTITY_PASSTHROUGH";
+pub const IDENTITY_HEADERS: &str = "MCP_GUARD_IDENTITY_HEADERS";
+pub const IDENTITY_HEADERS_SIGNING_KEY_FILE: &str = "MCP_GUARD_IDENTITY_HEADERS_SIGNING_KEY_FILE";
+pub const UPSTREAM_AUDIENCE: &str = "MCP_GUARD_UPSTREAM_AUDIENCE";
+pub const MINT_KEY_FILE: &str = "MCP_GUARD_MINT_KEY_FILE";
+pub const MINT_KEY_ID: &str = "MCP_GUARD_MINT_KEY_ID";
+pub const MINT_ISSUER: &str = "MCP_GUARD_MINT_ISSUER";
+pub const MINT_TTL: &str = "MCP_GUARD_MINT_TTL";
+pub const TOKEN_ENDPOINT: &str = "MCP_GUARD_TOKEN_ENDPOINT";
+pub const EXCHANGE_CLIENT_ID: &str = "MCP_GUARD_EXCHANGE_CLIENT_ID";
+pub const EXCHANGE_CLIENT_SECRET_FILE: &str = "MCP_GUARD_EXCHANGE_CLIENT_SECRET_FILE";
+pub const EXCHANGE_SCOPE: &str = "MCP_GUARD_EXCHANGE_SCOPE";
+
+// Policy and the pod it governs (`PolicyConfig`).
+pub const POLICY_DIR: &str = "MCP_GUARD_POLICY_DIR";
+pub const ENFORCEMENT: &str = "MCP_GUARD_ENFORCEMENT";
+pub const HIDE_DENY_REASONS: &str = "MCP_GUARD_HIDE_DENY_REASONS";
+pub const POLICY_POLL_INTERVAL: &str = "MCP_GUARD_POLICY_POLL_INTERVAL";
+pub const SERVER_NAME: &str = "MCP_GUARD_SERVER_NAME";
+pub const POD_NAMESPACE: &str = "MCP_GUARD_POD_NAMESPACE";
+pub const POD_NAME: &str = "MCP_GUARD_POD_NAME";
+
+// The audit trail (`AuditConfig`).
+pub const AUDIT_DISABLED: &str = "MCP_GUARD_AUDIT_DISABLED";
+pub const AUDIT_FILE: &str = "MCP_GUARD_AUDIT_FILE";
+pub const AUDIT_REDACT: &str = "MCP_GUARD_AUDIT_REDACT";
+pub const AUDIT_MAX_ARGUMENT_BYTES: &str = "MCP_GUARD_AUDIT_MAX_ARGUMENT_BYTES";
+pub const AUDIT_QUEUE: &str = "MCP_GUARD_AUDIT_QUEUE";
+
+// OpenTelemetry export (`TelemetryConfig`).
+pub const OTLP_ENDPOINT: &str = "MCP_GUARD_OTLP_ENDPOINT";
+pub const OTLP_PROTOCOL: &str = "MCP_GUARD_OTLP_PROTOCOL";
+
+/// The traffic mode the webhook chose for the pod. Written for operators reading the pod spec; the
+/// sidecar does not read it (the mode shows in its listen address and the pod's ports).
+pub const TRAFFIC: &str = "MCP_GUARD_TRAFFIC";

@@ -11,11 +11,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use mcp_guard_policy::bundle::Bundle;
+use mcp_guard_policy::engine::CompiledBundle;
+use mcp_guard_policy::input;
 use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport, Verdict};
 use mcp_guard_sidecar::metrics::Metrics;
-use mcp_guard_sidecar::policy::bundle::Bundle;
-use mcp_guard_sidecar::policy::engine::CompiledBundle;
-use mcp_guard_sidecar::policy::input;
 use mcp_guard_sidecar::policy::{PolicyConfig, PolicyInterceptor, PolicyStore};
 use serde_json::{Value, json};
 

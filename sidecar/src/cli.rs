@@ -102,7 +102,7 @@ pub enum PolicyCommand {
 }
 
 fn run_policy(cmd: PolicyCommand) -> ExitCode {
-    use crate::policy::offline;
+    use mcp_guard_policy::offline;
     match cmd {
         PolicyCommand::Eval {
             policy,

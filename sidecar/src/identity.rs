@@ -4,6 +4,7 @@
 
 use std::sync::OnceLock;
 
+use mcp_guard_policy::input;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -59,10 +60,22 @@ impl Identity {
     pub fn policy_subject(&self) -> regorus::Value {
         self.policy_view
             .0
-            .get_or_init(|| {
-                crate::policy::value::to_rego(&crate::policy::input::subject_json(Some(self)))
-            })
+            .get_or_init(|| input::subject_value(Some(&self.subject())))
             .clone()
+    }
+
+    /// This caller as the policy input's `subject` shows it.
+    pub fn subject(&self) -> input::Subject<'_> {
+        input::Subject {
+            sub: &self.sub,
+            iss: &self.iss,
+            email: self.email.as_deref(),
+            groups: &self.groups,
+            roles: &self.roles,
+            scopes: &self.scopes,
+            client_id: self.client_id.as_deref(),
+            claims: &self.claims,
+        }
     }
 }
 

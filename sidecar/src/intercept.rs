@@ -37,13 +37,8 @@ pub struct Context<'a> {
     pub client: Option<&'a ClientInfo>,
 }
 
-/// The MCP client as it introduced itself (`initialize`, or `params._meta` in 2026-07-28).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct ClientInfo {
-    pub name: Option<String>,
-    pub version: Option<String>,
-    pub protocol_version: Option<String>,
-}
+/// The MCP client as it introduced itself; the policy input's `client`, so defined with it.
+pub use mcp_guard_policy::input::ClientInfo;
 
 /// The decision on one client message.
 #[derive(Debug, Clone, PartialEq)]

@@ -83,7 +83,7 @@ fn rego_to_json(v: &RegoValue) -> Result<Json, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
-/// Builds the engine the way `sidecar/src/policy/engine.rs` does, then loads the case.
+/// Builds the engine the way `sidecar/policy/src/engine.rs` does, then loads the case.
 fn engine_for(case: &Json) -> Result<Engine, String> {
     let mut engine = Engine::new();
     // The sidecar always runs with strict builtin errors. OPA's cases say per case whether they

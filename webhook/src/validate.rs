@@ -1,6 +1,6 @@
 //! Policy bundles as the controller and the validating webhook see them: a policy ConfigMap's
-//! `data` (`*.rego` files, optional `data.json`) compiled with the sidecar's own compiler
-//! ([`mcp_guard_sidecar::policy::engine::CompiledBundle::compile`]), so the webhook, the
+//! `data` (`*.rego` files, optional `data.json`) compiled with the compiler every sidecar uses
+//! ([`mcp_guard_policy::engine::CompiledBundle::compile`]), so the webhook, the
 //! controller and every sidecar reach one verdict on one bundle, with one hash.
 //!
 //! `/validate` answers `AdmissionReview` v1 for ConfigMaps labelled [`POLICY_LABEL`]: a bundle
@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use mcp_guard_sidecar::policy::bundle::Bundle;
-use mcp_guard_sidecar::policy::engine::CompiledBundle;
+use mcp_guard_policy::bundle::Bundle;
+use mcp_guard_policy::engine::CompiledBundle;
 use serde_json::Value;
 
 use crate::selection::string_map;
@@ -34,7 +34,7 @@ pub fn bundle_of(data: &BTreeMap<String, String>) -> Bundle {
 /// sidecar reports in `mcp_guard_policy_info{hash}`), or the compiler's message.
 pub fn compile(data: &BTreeMap<String, String>) -> Result<String, String> {
     let bundle = bundle_of(data);
-    let probe = mcp_guard_sidecar::policy::input::probe();
+    let probe = mcp_guard_policy::input::probe();
     match CompiledBundle::compile(&bundle, &probe) {
         Ok(_) => Ok(bundle.hash.to_string()),
         Err(e) => Err(e.to_string()),

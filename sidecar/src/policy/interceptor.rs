@@ -8,11 +8,13 @@ use parking_lot::Mutex;
 use regorus::Value as RegoValue;
 use serde_json::{Value, json};
 
-use super::catalog::{ToolCatalog, View};
+use mcp_guard_policy::catalog::{ToolCatalog, View};
+use mcp_guard_policy::engine::{CompiledBundle, Decision};
+use mcp_guard_policy::input::{Frame, ServerInfo};
+
 use super::config::{Enforcement, PolicyConfig};
-use super::engine::{CompiledBundle, Decision};
-use super::input::{Frame, ServerInfo};
 use super::store::PolicyStore;
+use crate::identity::Identity;
 use crate::intercept::{Context, DecisionNote, Interceptor, LIST_METHODS, Verdict, list_field};
 use crate::jsonrpc::{Message, code};
 use crate::metrics::Metrics;
@@ -79,6 +81,28 @@ pub struct PolicyInterceptor {
     catalog: ToolCatalog,
     metrics: Arc<Metrics>,
     visible_cache: Mutex<VisibleCache>,
+}
+
+/// The policy frame of a request: its caller, client, session and transport.
+fn frame(ctx: &Context<'_>, server: &RegoValue) -> Frame {
+    Frame::new(
+        ctx.identity.map(Identity::policy_subject),
+        ctx.client,
+        server,
+        ctx.session_id,
+        ctx.transport.as_str(),
+    )
+}
+
+/// The input deciding on one client message, in `frame`.
+fn message_input(frame: &Frame, msg: &Message, tool: Option<RegoValue>) -> RegoValue {
+    let arguments = msg.params().and_then(|p| p.get("arguments"));
+    frame.message(
+        msg.method().unwrap_or_default(),
+        msg.target(),
+        arguments,
+        tool,
+    )
 }
 
 /// The answer to a call of an item the caller cannot see: the one MCP servers give for an item
@@ -235,8 +259,8 @@ impl Interceptor for PolicyInterceptor {
                 data: None,
             };
         };
-        let frame = Frame::new(ctx, &self.server);
-        let mut decision = self.decide(&bundle, frame.message(msg, self.tool_view(msg)));
+        let frame = frame(ctx, &self.server);
+        let mut decision = self.decide(&bundle, message_input(&frame, msg, self.tool_view(msg)));
         note.policy_hash = Some(Arc::clone(&bundle.hash));
         note.redact = std::mem::take(&mut decision.redact);
         if decision.allowed() {
@@ -326,7 +350,7 @@ impl Interceptor for PolicyInterceptor {
             tracing::warn!(method, hidden, "no policy loaded; list answered empty");
             return hidden > 0;
         };
-        let frame = Frame::new(ctx, &self.server);
+        let frame = frame(ctx, &self.server);
         let keep: Vec<bool> = if method == "tools/list" && bundle.has_visible_tools {
             let views = views.into_iter().map(|(view, _)| view).collect();
             let names = self.visible_tools(&bundle, &frame, views);
@@ -358,6 +382,62 @@ impl Interceptor for PolicyInterceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intercept::{ClientInfo, Transport};
+    use crate::jsonrpc::Payload;
+
+    #[test]
+    fn the_document_has_the_documented_shape() {
+        let id = Identity {
+            sub: "ana".into(),
+            roles: vec!["analyst".into()],
+            ..Default::default()
+        };
+        let client = ClientInfo {
+            name: Some("agent".into()),
+            version: Some("1".into()),
+            protocol_version: Some("2025-11-25".into()),
+        };
+        let ctx = Context {
+            transport: Transport::StreamableHttp,
+            session_id: Some("s1"),
+            identity: Some(&id),
+            client: Some(&client),
+        };
+        let server = ServerInfo {
+            name: "warehouse".into(),
+            namespace: "analytics".into(),
+            pod: "w-0".into(),
+        };
+        let frame = frame(&ctx, &server.to_value());
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_query","arguments":{"limit":5}}});
+        let Payload::Single(msg) = Payload::parse(body.to_string().as_bytes()).unwrap() else {
+            unreachable!()
+        };
+        let doc = message_input(
+            &frame,
+            &msg,
+            Some(RegoValue::from(json!({"name": "run_query"}))),
+        );
+        let doc: Value = serde_json::from_str(&doc.to_json_str().unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "version": mcp_guard_policy::input::INPUT_VERSION,
+                "subject": {"authenticated": true, "sub": "ana", "iss": "", "email": null, "groups": [],
+                            "roles": ["analyst"], "scopes": [], "client_id": null, "claims": {}},
+                "client": {"name": "agent", "version": "1", "protocol_version": "2025-11-25"},
+                "server": {"name": "warehouse", "namespace": "analytics", "pod": "w-0"},
+                "request": {"method": "tools/call", "name": "run_query", "tool": "run_query",
+                            "arguments": {"limit": 5}, "session_id": "s1", "transport": "streamable-http"},
+                "tool": {"name": "run_query"},
+            })
+        );
+        let item = frame.list_item("prompts/list", &json!({"name": "greet"}), None);
+        let item: Value = serde_json::from_str(&item.to_json_str().unwrap()).unwrap();
+        assert_eq!(item["request"]["method"], "prompts/get");
+        assert_eq!(item["request"]["prompt"], "greet");
+        assert_eq!(item["request"]["list"], "prompts/list");
+    }
 
     #[test]
     fn frames_are_told_apart_exactly_and_numbers_never_come_back() {

@@ -12,10 +12,11 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::PolicyError;
-use super::bundle::Bundle;
-use super::engine::CompiledBundle;
-use super::input;
+use mcp_guard_policy::PolicyError;
+use mcp_guard_policy::bundle::Bundle;
+use mcp_guard_policy::engine::CompiledBundle;
+use mcp_guard_policy::input;
+
 use crate::metrics::Metrics;
 
 /// What `/policy` on the admin port shows.

@@ -21,8 +21,8 @@ use regorus::rvm::{Program, RegoVM};
 use regorus::{Engine, Value as RegoValue};
 use serde_json::{Value, json};
 
-use super::PolicyError;
-use super::bundle::Bundle;
+use crate::PolicyError;
+use crate::bundle::Bundle;
 
 /// The package every bundle must define.
 pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
@@ -731,7 +731,7 @@ visible_tools contains "echo" if "admin" in input.subject.roles
     /// bundle and of the benchmark, and variations of them.
     #[test]
     fn bytecode_agrees_with_the_interpreter() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let bundles = [
             Bundle::read_dir(&root.join("docs/policy-example")).unwrap(),
             Bundle::from_parts(
@@ -807,7 +807,7 @@ visible_tools contains "echo" if "admin" in input.subject.roles
     }
 
     fn input_probe() -> Value {
-        crate::policy::input::probe()
+        crate::input::probe()
     }
 
     #[test]
@@ -823,5 +823,24 @@ visible_tools contains "echo" if "admin" in input.subject.roles
             CompiledBundle::test_rules(&b),
             vec!["data.mcp.authz_test.test_a", "data.mcp.authz_test.test_b_2"]
         );
+    }
+
+    #[test]
+    fn policy_names_paths_to_redact() {
+        let text = "package mcp.authz\nimport rego.v1\nallow := true\n\
+                    redact contains \"arguments.password\"\n\
+                    redact contains \"arguments.card\" if input.request.tool == \"pay\"\n";
+        let b = Bundle::from_parts(vec![("p.rego".into(), text.into())], None);
+        let c = CompiledBundle::compile(&b, &crate::input::probe()).unwrap();
+        assert!(c.uses_bytecode());
+        let d = c.decide(&json!({"request": {"tool": "pay"}})).unwrap();
+        assert!(d.allowed());
+        assert_eq!(d.redact, ["arguments.card", "arguments.password"]);
+        let plain = Bundle::from_parts(
+            vec![("p.rego".into(), "package mcp.authz\nallow := true\n".into())],
+            None,
+        );
+        let c = CompiledBundle::compile(&plain, &crate::input::probe()).unwrap();
+        assert!(c.decide(&json!({})).unwrap().redact.is_empty());
     }
 }

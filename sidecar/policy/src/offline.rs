@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::PolicyError;
-use super::bundle::Bundle;
-use super::engine::CompiledBundle;
-use super::input;
+use crate::PolicyError;
+use crate::bundle::Bundle;
+use crate::engine::CompiledBundle;
+use crate::input;
 
 fn read_json(path: &Path) -> Result<Value, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {

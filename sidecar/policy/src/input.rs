@@ -10,14 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use regorus::Value as RegoValue;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use crate::identity::Identity;
-pub use crate::intercept::ClientInfo;
-use crate::intercept::Context;
-use crate::jsonrpc::Message;
-
-use super::value::to_rego;
+use crate::value::to_rego;
 
 /// The version string every input carries.
 pub const INPUT_VERSION: &str = "mcp-guard.dev/policy-input/v1";
@@ -36,9 +31,32 @@ impl ServerInfo {
     }
 }
 
-/// The `subject` part of the input, as JSON.
-pub fn subject_json(identity: Option<&Identity>) -> Value {
-    match identity {
+/// The MCP client as it introduced itself (`initialize`, or `params._meta` in 2026-07-28): the
+/// input's `client`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ClientInfo {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub protocol_version: Option<String>,
+}
+
+/// A verified caller as the input's `subject` shows it, borrowed from whoever verified the token
+/// (the sidecar's identity), so this crate needs no notion of tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub sub: &'a str,
+    pub iss: &'a str,
+    pub email: Option<&'a str>,
+    pub groups: &'a [String],
+    pub roles: &'a [String],
+    pub scopes: &'a [String],
+    pub client_id: Option<&'a str>,
+    pub claims: &'a Map<String, Value>,
+}
+
+/// The `subject` part of the input, as JSON; `None` is the anonymous caller.
+pub fn subject_json(subject: Option<&Subject<'_>>) -> Value {
+    match subject {
         None => {
             json!({"authenticated": false, "groups": [], "roles": [], "scopes": [], "claims": {}})
         }
@@ -54,6 +72,12 @@ pub fn subject_json(identity: Option<&Identity>) -> Value {
             "claims": id.claims,
         }),
     }
+}
+
+/// The `subject` part of the input, as the engine's value. Worth converting once per verified
+/// token and keeping ([`Frame::new`] takes the result).
+pub fn subject_value(subject: Option<&Subject<'_>>) -> RegoValue {
+    to_rego(&subject_json(subject))
 }
 
 /// The document's own keys, made once: building an input allocates no key, and an item of a long
@@ -110,7 +134,7 @@ static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
     prompt: RegoValue::from("prompt"),
     uri: RegoValue::from("uri"),
     input_version: RegoValue::from(INPUT_VERSION),
-    anonymous: to_rego(&subject_json(None)),
+    anonymous: subject_value(None),
 });
 
 /// The input's `client`: what the client said of itself in `initialize`.
@@ -144,17 +168,22 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The frame of a request. `server` is converted once per sidecar ([`ServerInfo::to_value`]).
-    pub fn new(ctx: &Context<'_>, server: &RegoValue) -> Frame {
+    /// The frame of a request. `subject` is the caller's [`subject_value`] (`None`: anonymous),
+    /// `server` is converted once per sidecar ([`ServerInfo::to_value`]), `transport` is the
+    /// transport's name (`streamable-http`, `sse`).
+    pub fn new(
+        subject: Option<RegoValue>,
+        client: Option<&ClientInfo>,
+        server: &RegoValue,
+        session_id: Option<&str>,
+        transport: &str,
+    ) -> Frame {
         Frame {
-            subject: match ctx.identity {
-                Some(id) => id.policy_subject(),
-                None => NAMES.anonymous.clone(),
-            },
-            client: client_value(ctx.client),
+            subject: subject.unwrap_or_else(|| NAMES.anonymous.clone()),
+            client: client_value(client),
             server: server.clone(),
-            session_id: text(ctx.session_id),
-            transport: RegoValue::from(ctx.transport.as_str()),
+            session_id: text(session_id),
+            transport: RegoValue::from(transport),
         }
     }
 
@@ -202,21 +231,24 @@ impl Frame {
         r
     }
 
-    /// The input for a decision on one client message. `tool` is the policy view of the server's
-    /// own definition of the tool the message names.
-    pub fn message(&self, msg: &Message, tool: Option<RegoValue>) -> RegoValue {
-        let method = msg.method().unwrap_or_default();
-        let arguments = msg
-            .params()
-            .and_then(|p| p.get("arguments"))
-            .map_or_else(RegoValue::new_object, to_rego);
+    /// The input for a decision on one client message: its `method`, the item it names
+    /// (`target`) and its `params.arguments`. `tool` is the policy view of the server's own
+    /// definition of the tool the message names.
+    pub fn message(
+        &self,
+        method: &str,
+        target: Option<&str>,
+        arguments: Option<&Value>,
+        tool: Option<RegoValue>,
+    ) -> RegoValue {
+        let arguments = arguments.map_or_else(RegoValue::new_object, to_rego);
         let key = match method {
             "tools/call" => Some("tool"),
             "prompts/get" => Some("prompt"),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
             _ => None,
         };
-        let request = self.request(method, key, text(msg.target()), arguments);
+        let request = self.request(method, key, text(target), arguments);
         self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
     }
 
@@ -264,61 +296,4 @@ pub fn probe() -> Value {
         "request": {"method": "tools/call", "name": "probe", "tool": "probe", "arguments": {}, "session_id": null, "transport": "streamable-http"},
         "tool": {"name": "probe", "inputSchema": {"type": "object"}, "annotations": {}, "hash": "", "pinned_hash": "", "changed": false},
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::intercept::Transport;
-    use crate::jsonrpc::Payload;
-
-    #[test]
-    fn the_document_has_the_documented_shape() {
-        let id = Identity {
-            sub: "ana".into(),
-            roles: vec!["analyst".into()],
-            ..Default::default()
-        };
-        let client = ClientInfo {
-            name: Some("agent".into()),
-            version: Some("1".into()),
-            protocol_version: Some("2025-11-25".into()),
-        };
-        let ctx = Context {
-            transport: Transport::StreamableHttp,
-            session_id: Some("s1"),
-            identity: Some(&id),
-            client: Some(&client),
-        };
-        let server = ServerInfo {
-            name: "warehouse".into(),
-            namespace: "analytics".into(),
-            pod: "w-0".into(),
-        };
-        let frame = Frame::new(&ctx, &server.to_value());
-        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_query","arguments":{"limit":5}}});
-        let Payload::Single(msg) = Payload::parse(body.to_string().as_bytes()).unwrap() else {
-            unreachable!()
-        };
-        let doc = frame.message(&msg, Some(RegoValue::from(json!({"name": "run_query"}))));
-        let doc: Value = serde_json::from_str(&doc.to_json_str().unwrap()).unwrap();
-        assert_eq!(
-            doc,
-            json!({
-                "version": INPUT_VERSION,
-                "subject": {"authenticated": true, "sub": "ana", "iss": "", "email": null, "groups": [],
-                            "roles": ["analyst"], "scopes": [], "client_id": null, "claims": {}},
-                "client": {"name": "agent", "version": "1", "protocol_version": "2025-11-25"},
-                "server": {"name": "warehouse", "namespace": "analytics", "pod": "w-0"},
-                "request": {"method": "tools/call", "name": "run_query", "tool": "run_query",
-                            "arguments": {"limit": 5}, "session_id": "s1", "transport": "streamable-http"},
-                "tool": {"name": "run_query"},
-            })
-        );
-        let item = frame.list_item("prompts/list", &json!({"name": "greet"}), None);
-        let item: Value = serde_json::from_str(&item.to_json_str().unwrap()).unwrap();
-        assert_eq!(item["request"]["method"], "prompts/get");
-        assert_eq!(item["request"]["prompt"], "greet");
-        assert_eq!(item["request"]["list"], "prompts/list");
-    }
 }

@@ -10,7 +10,7 @@ use regorus::Value as RegoValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::value::{Keys, convert, object};
+use crate::value::{Keys, convert, object};
 
 /// Tools remembered at most; a server with more is unusual. Past it a new name cannot be pinned,
 /// and its view says so the way that fails closed: `pinned_hash` empty and `changed` true, so a

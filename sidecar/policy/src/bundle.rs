@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::PolicyError;
+use crate::PolicyError;
 
 /// The files of one bundle, as read from disk.
 #[derive(Debug, Clone)]

@@ -74,6 +74,6 @@ pub const AUDIT_QUEUE: &str = "MCP_GUARD_AUDIT_QUEUE";
 pub const OTLP_ENDPOINT: &str = "MCP_GUARD_OTLP_ENDPOINT";
 pub const OTLP_PROTOCOL: &str = "MCP_GUARD_OTLP_PROTOCOL";
 
-/// The traffic mode the webhook chose for the pod. Written for operators reading the pod spec; the
-/// sidecar does not read it (the mode shows in its listen address and the pod's ports).
+/// The traffic mode the webhook chose for the pod, written for operators reading the pod spec. No
+/// sidecar flag reads it.
 pub const TRAFFIC: &str = "MCP_GUARD_TRAFFIC";

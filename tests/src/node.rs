@@ -94,6 +94,11 @@ impl Node {
         }
     }
 
+    /// Whether the cluster was already up before [`Node::up`] (then it is left up at the end).
+    pub fn reused(&self) -> bool {
+        !self.took_up
+    }
+
     /// A value of the cluster's env file.
     pub fn var(&self, key: &str) -> &str {
         self.env.get(key).map(String::as_str).unwrap_or_default()

@@ -216,6 +216,11 @@ fn operator_story_on_a_real_node() {
     }
     let suite = Instant::now();
     let node = Node::up();
+    assert!(
+        !node.reused(),
+        "a cluster was already up; the story starts from a fresh one: run \
+         tests/scripts/cluster-down.sh first"
+    );
     println!("node_e2e: cluster up in {:.1}s", node.up_time.as_secs_f64());
     let t = Instant::now();
     let images = node.build_images();

@@ -155,6 +155,14 @@ impl CompiledBundle {
         let mut engine = Engine::new();
         engine.set_strict_builtin_errors(true);
         for (name, text) in &bundle.modules {
+            if let Some((line, col)) = crate::nesting::too_deep(text) {
+                return Err(PolicyError::Compile(format!(
+                    "{name}:{line}:{col}: brackets nested more than {} deep; the policy parser's \
+                     time grows exponentially with nesting: flatten the rule or move deep data \
+                     to data.json",
+                    crate::nesting::MAX_DEPTH
+                )));
+            }
             engine
                 .add_policy(name.clone(), text.clone())
                 .map_err(compile_error)?;

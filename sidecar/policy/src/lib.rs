@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod engine;
 pub mod input;
+pub mod nesting;
 pub mod offline;
 pub mod value;
 

@@ -10,7 +10,8 @@
 # in tests/fuzz/corpus/<target> (kept in the repository, seeded from the test fixtures) and adds what
 # it finds to a scratch copy, so a run leaves the tree as it was. A crash stops the run with exit
 # status 1 and leaves the input under tests/fuzz/artifacts/<target>/: turn it into a regression
-# test beside the code it exercises, then add it to the corpus.
+# test beside the code it exercises, then add it to the corpus. In CI (CI set) the seed is fixed,
+# so a run explores what the same run explored before and a red CI is reproducible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_DIR="$PWD/fuzz"
@@ -54,7 +55,7 @@ for t in "${targets[@]}"; do
   out="$scratch/$t.log"
   if ! cargo +nightly fuzz run --release "$t" "$scratch/$t" -- \
       -max_total_time="$SECONDS_EACH" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-      -print_final_stats=1 >"$out" 2>&1; then
+      -print_final_stats=1 ${CI:+-seed=1} >"$out" 2>&1; then
     tail -n 60 "$out" >&2
     log "$t: FAILED (the input is under tests/fuzz/artifacts/$t/)"
     exit 1

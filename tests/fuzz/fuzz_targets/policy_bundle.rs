@@ -29,7 +29,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if compiled.uses_bytecode() {
         let fast = compiled.decide(&call).ok();
         let slow = compiled.decide_interpreted(&call).ok();
-        assert_eq!(fast, slow, "bytecode and interpreter disagree on {module:?}");
+        assert_eq!(
+            fast, slow,
+            "bytecode and interpreter disagree on {module:?}"
+        );
     }
     let _ = compiled.visible(&call);
 });

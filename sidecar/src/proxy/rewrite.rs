@@ -296,6 +296,18 @@ mod tests {
         Arc::new(StaticToolFilter::new(&[], &["secret".into()]))
     }
 
+    /// The rewriter of a POST that sent `tools/list` as id 1.
+    fn list_request_rewriter() -> Rewriter {
+        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
+        Rewriter::new(
+            filter(),
+            Transport::StreamableHttp,
+            None,
+            Box::new(pending),
+            false,
+        )
+    }
+
     fn list_answer(id: i64) -> String {
         json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"echo"},{"name":"secret"}]}})
             .to_string()
@@ -303,14 +315,7 @@ mod tests {
 
     #[test]
     fn known_id_is_filtered_other_answers_untouched() {
-        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let mut r = Rewriter::new(
-            filter(),
-            Transport::StreamableHttp,
-            None,
-            Box::new(pending),
-            false,
-        );
+        let mut r = list_request_rewriter();
         let out = r.rewrite_json(list_answer(1).as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["result"]["tools"], json!([{"name":"echo"}]));
@@ -322,14 +327,7 @@ mod tests {
     #[test]
     fn a_list_answer_under_another_id_is_filtered_too() {
         // Found by the `json_rewrite` fuzz target: the client asked for the list as id 1.
-        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let mut r = Rewriter::new(
-            filter(),
-            Transport::StreamableHttp,
-            None,
-            Box::new(pending),
-            false,
-        );
+        let mut r = list_request_rewriter();
         let out = r.rewrite_json(list_answer(2).as_bytes()).unwrap();
         assert!(!String::from_utf8_lossy(&out).contains("secret"));
     }
@@ -348,14 +346,7 @@ mod tests {
 
     #[test]
     fn unreadable_list_answer_fails_closed() {
-        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let mut r = Rewriter::new(
-            filter(),
-            Transport::StreamableHttp,
-            None,
-            Box::new(pending),
-            false,
-        );
+        let mut r = list_request_rewriter();
         let out = r
             .rewrite_json(
                 b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"secret\"",
@@ -376,14 +367,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"\n\n"))),
         ];
         let inner = StreamBody::new(futures_util::stream::iter(chunks));
-        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
-        let r = Rewriter::new(
-            filter(),
-            Transport::StreamableHttp,
-            None,
-            Box::new(pending),
-            false,
-        );
+        let r = list_request_rewriter();
         tx.send(Bytes::from_static(b"data: injected\n\n"))
             .await
             .unwrap();

@@ -3,7 +3,8 @@
 //! properties the rest of the sidecar relies on, so a target finds wrong answers, not only
 //! panics:
 //! * [`jsonrpc`]: a parsed message survives its own round trip with the same kind;
-//! * [`sse_split`]: splitting a stream into events loses, adds and reorders nothing;
+//! * [`sse_split`]: splitting a stream into events loses, adds and reorders nothing (a lone CR
+//!   is passed on as the LF it means);
 //! * [`sse_rewrite`] and [`json_rewrite`]: whatever the server sends, no tool the policy hides
 //!   reaches the client in a list, as a spec-following SSE client reads the stream;
 //! * [`mcp_name`], [`bearer`]: header decoding never panics and decodes what it claims to.
@@ -69,12 +70,28 @@ pub fn sse_split(data: &[u8]) {
     let (events, rest) = split(data);
     let mut joined = Vec::with_capacity(data.len());
     for e in &events {
-        assert!(e.ends_with(b"\n\n") || e.ends_with(b"\n\r\n"), "{e:?}");
+        // An event ends at a blank line; a blank line alone is an (empty) event too.
+        let blank_line_alone = &e[..] == b"\n" || &e[..] == b"\r\n";
+        assert!(
+            blank_line_alone || e.ends_with(b"\n\n") || e.ends_with(b"\n\r\n"),
+            "{e:?}"
+        );
         joined.extend_from_slice(e);
         let _ = (crate::sse::data(e), crate::sse::event_type(e));
     }
     joined.extend_from_slice(&rest);
-    assert_eq!(joined, data.get(1..).unwrap_or_default());
+    // The stream itself, but for its lone CRs, which end lines and are passed on as LF.
+    let stream = data.get(1..).unwrap_or_default();
+    let expected: Vec<u8> = stream
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match (b, stream.get(i + 1)) {
+            (b'\r', Some(b'\n')) => b'\r',
+            (b'\r', _) => b'\n',
+            (b, _) => *b,
+        })
+        .collect();
+    assert_eq!(joined, expected);
 }
 
 fn hiding_rewriter(sniff: bool, pending: Vec<(String, &'static str)>) -> Rewriter {

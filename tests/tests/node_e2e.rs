@@ -177,6 +177,21 @@ fn policy_status(pod: &Value) -> Value {
     }
 }
 
+/// The operator's edit of the `tools` Deployment (a merge patch), then its rollout to the end.
+fn patch_and_roll_out(node: &Node, patch: &Value) {
+    node.kubectl_ok(&[
+        "patch",
+        "deployment",
+        "tools",
+        "-n",
+        APP_NS,
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ]);
+    rollout(node, APP_NS, "tools");
+}
+
 fn rollout(node: &Node, namespace: &str, deployment: &str) {
     let out = node.kubectl(&[
         "rollout",
@@ -375,17 +390,7 @@ fn opt_in(node: &Node, before: &[Value], issuer: &str) {
         "mcp-guard.dev/issuer": issuer,
         "mcp-guard.dev/resource-uri": RESOURCE,
     }}}}});
-    node.kubectl_ok(&[
-        "patch",
-        "deployment",
-        "tools",
-        "-n",
-        APP_NS,
-        "--type=merge",
-        "-p",
-        &patch.to_string(),
-    ]);
-    rollout(node, APP_NS, "tools");
+    patch_and_roll_out(node, &patch);
     if without_sidecar {
         println!("node_e2e: MCP_GUARD_NODE_E2E_WITHOUT_SIDECAR=1: no sidecar; step 4 must fail");
         return;
@@ -672,17 +677,7 @@ fn opt_outs(node: &Node) {
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {
         "mcp-guard.dev/inject": "disabled",
     }}}}});
-    node.kubectl_ok(&[
-        "patch",
-        "deployment",
-        "tools",
-        "-n",
-        APP_NS,
-        "--type=merge",
-        "-p",
-        &patch.to_string(),
-    ]);
-    rollout(node, APP_NS, "tools");
+    patch_and_roll_out(node, &patch);
     node.wait("two pods without the sidecar", APP_NS, LONG, || {
         let pods = live_pods(node);
         pods.len() == 2

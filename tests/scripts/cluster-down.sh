@@ -25,12 +25,13 @@ log() { printf 'cluster-down: %s\n' "$*" >&2; }
 [ -f "$CACHE/kube/node-env.sh" ] && . "$CACHE/kube/node-env.sh"
 CTR="${CTR:-$(command -v ctr || true)}"
 
-# stop NAME: SIGTERM, up to 15 s, then SIGKILL; by the recorded pid only.
+# stop NAME: SIGTERM, up to 15 s, then SIGKILL; by the recorded pid only, and only while that pid
+# is still NAME.
 stop() {
   local f="$PIDS/$1.pid" pid i
   [ -f "$f" ] || return 0
   pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if ours "$1"; then
     log "stopping $1 ($pid)"
     kill -TERM "$pid" 2>/dev/null
     for ((i = 0; i < 30; i++)); do

@@ -31,3 +31,13 @@ CONTAINERD_STATE="$CLUSTER_DIR/containerd/state"
 CONTAINERD_ROOT="$CLUSTER_DIR/containerd/root"
 PIDS="$CLUSTER_DIR/pids"
 LOGS="$CLUSTER_DIR/logs"
+
+# ours NAME: whether the process recorded in $PIDS/NAME.pid still runs and is NAME (its executable
+# is called NAME), so that a pid the kernel gave to another process since is never taken for ours.
+ours() {
+  local f="$PIDS/$1.pid" pid exe
+  [ -f "$f" ] || return 1
+  pid="$(cat "$f")"
+  exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
+  [ "${exe##*/}" = "$1" ]
+}

@@ -11,7 +11,8 @@
 # a FORWARD rule drops whatever a pod sends off the bridge, so nothing leaves the machine.
 # $CLUSTER_DIR/env.sh names the kubeconfig, kubectl, ctr and containerd's socket for scripts and
 # tests. Run as root (it creates a bridge, iptables rules and cgroups). When a cluster is already up
-# and healthy it is reused; a half-started one is refused with the command that clears it.
+# and healthy it is reused; a half-started one is refused with the command that clears it; what a
+# cluster whose processes are all gone left behind (bridge, mounts) is removed first.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -41,12 +42,11 @@ done
 KUBECONFIG_ADMIN="$CLUSTER_DIR/kubeconfig"
 kc() { "$KUBECTL" --kubeconfig="$KUBECONFIG_ADMIN" --request-timeout=10s "$@"; }
 
-alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 COMPONENTS=(etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 # --- already up? -----------------------------------------------------------------------------
 running=()
-for c in "${COMPONENTS[@]}"; do alive "$c" && running+=("$c"); done
+for c in "${COMPONENTS[@]}"; do ours "$c" && running+=("$c"); done
 if [ ${#running[@]} -eq ${#COMPONENTS[@]} ] &&
   kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null |
   grep -qx True; then
@@ -57,7 +57,10 @@ fi
   die "a cluster is half up in $CLUSTER_DIR (${running[*]} running): run tests/scripts/cluster-down.sh first"
 if ip link show "$BRIDGE" >/dev/null 2>&1 || grep -qs " $CONTAINERD_STATE" /proc/mounts ||
   grep -qs " $KUBELET_ROOT" /proc/mounts; then
-  die "leftovers of an earlier cluster (bridge $BRIDGE or mounts under $CLUSTER_DIR): run tests/scripts/cluster-down.sh first"
+  # None of its processes runs (a machine restarted, a run was killed): what it left is stale.
+  log "removing the leftovers of an earlier cluster whose processes are gone (bridge $BRIDGE, mounts under $CLUSTER_DIR)"
+  bash "$HERE/cluster-down.sh" >&2 ||
+    die "could not remove the leftovers of an earlier cluster: see cluster-down.sh's output above"
 fi
 if ip route show | grep -v "dev $BRIDGE" | grep -qE "^(10\.244\.|10\.96\.)"; then
   die "this machine already routes 10.244.0.0/24 or 10.96.0.0/16; edit cluster-env.sh"
@@ -101,7 +104,7 @@ wait_for() {
   local i
   for ((i = 0; i < secs * 2; i++)); do
     "$@" >/dev/null 2>&1 && return 0
-    alive "$name" || die "$name exited while waiting for $what (log: $LOGS/$name.log)"
+    ours "$name" || die "$name exited while waiting for $what (log: $LOGS/$name.log)"
     sleep 0.5
   done
   die "$what not within ${secs}s (log: $LOGS/$name.log)"

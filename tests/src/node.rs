@@ -40,6 +40,27 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Takes the machine-wide node lock (`/tmp/mcp-guard-cluster.lock`, beside the state directory
+/// that `cluster-down.sh --purge` removes), waiting while another suite holds it.
+fn lock_machine() -> std::fs::File {
+    let path = std::env::temp_dir().join("mcp-guard-cluster.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if file.try_lock().is_err() {
+        eprintln!(
+            "node: another suite holds {}; waiting for it to finish",
+            path.display()
+        );
+        file.lock()
+            .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    }
+    file
+}
+
 /// The running cluster: kubectl with its admin kubeconfig, and the values `cluster-up.sh` wrote
 /// to `$MCP_GUARD_CLUSTER_DIR/env.sh` (`KUBECONFIG`, `CTR`, `CONTAINERD_SOCK`, `GATEWAY`, ...).
 pub struct Node {
@@ -49,11 +70,16 @@ pub struct Node {
     pub up_time: Duration,
     took_up: bool,
     _scratch: TempDir,
+    /// Held from before `cluster-up.sh` until after `cluster-down.sh`: the node is one per
+    /// machine (its bridge, addresses and state directory are fixed), so a second suite, or a
+    /// second checkout's tests, waits for the first instead of tearing its cluster down.
+    _lock: std::fs::File,
 }
 
 impl Node {
     /// Runs `cluster-up.sh` (a cluster already up is reused) and reads its env file.
     pub fn up() -> Node {
+        let lock = lock_machine();
         let start = Instant::now();
         let out = run_bounded(
             "cluster-up.sh",
@@ -91,6 +117,7 @@ impl Node {
             env,
             took_up: !reused,
             _scratch: scratch,
+            _lock: lock,
         }
     }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 
 use crate::config::ProxyConfig;
 use mcp_guard_common::env;
@@ -139,6 +139,65 @@ fn run_policy(cmd: PolicyCommand) -> ExitCode {
     }
 }
 
+/// How the sidecar reads one environment variable.
+enum EnvReader {
+    /// Through the flag `--long` (`switch`: a flag without a value, set by `true`).
+    Flag { long: String, switch: bool },
+    /// Handed to the OpenTelemetry SDK (a standard `OTEL_*` variable).
+    OpenTelemetry,
+}
+
+/// Which part of the sidecar reads the environment variable `name`, if any.
+fn env_reader(name: &str) -> Option<EnvReader> {
+    if env::OTEL_STANDARD.contains(&name) {
+        return Some(EnvReader::OpenTelemetry);
+    }
+    Cli::command()
+        .get_arguments()
+        .find(|a| a.get_env().is_some_and(|e| e == name))
+        .and_then(|a| {
+            Some(EnvReader::Flag {
+                long: a.get_long()?.to_owned(),
+                switch: matches!(a.get_action(), ArgAction::SetTrue),
+            })
+        })
+}
+
+/// Parses `vars` exactly as the sidecar reads them from its environment, each variable through
+/// the flag that names it, and fails on a variable nothing in the sidecar reads: the contract
+/// the webhook's injected `env` is tested against. The standard `OTEL_*` variables the SDK reads
+/// are accepted and not parsed here. (Flags without a variable in `vars` keep their defaults, or
+/// the process environment's value.)
+pub fn parse_env<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Cli, String> {
+    let mut args = vec!["mcp-guard-sidecar".to_owned()];
+    for (name, value) in vars {
+        match env_reader(name) {
+            None => return Err(format!("no part of the sidecar reads {name}")),
+            Some(EnvReader::OpenTelemetry) => {}
+            Some(EnvReader::Flag { long, switch: true }) => match value {
+                "true" => args.push(format!("--{long}")),
+                "false" => {}
+                other => {
+                    return Err(format!(
+                        "{name}={other:?}: the flag --{long} takes \"true\" or \"false\""
+                    ));
+                }
+            },
+            Some(EnvReader::Flag { long, .. }) => args.push(format!("--{long}={value}")),
+        }
+    }
+    Cli::try_parse_from(args).map_err(|e| e.to_string())
+}
+
+/// `MCP_GUARD_*` variables of this process that no flag reads (a misspelt setting would
+/// otherwise be ignored without a word).
+fn unread_env() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("MCP_GUARD_") && env_reader(k).is_none())
+        .collect()
+}
+
 /// The entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -159,6 +218,9 @@ pub fn main() -> ExitCode {
         eprintln!("mcp-guard-sidecar: {e}");
         return ExitCode::from(2);
     }
+    for name in unread_env() {
+        tracing::warn!(variable = %name, "no sidecar flag reads this environment variable; it is ignored (see mcp-guard-sidecar --help)");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,5 +238,39 @@ pub fn main() -> ExitCode {
             eprintln!("mcp-guard-sidecar: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_is_parsed_through_the_flags_that_name_it() {
+        let cli = parse_env([
+            (env::LISTEN, "0.0.0.0:15001"),
+            (env::REQUIRED_SCOPES, "tickets:read,tickets:write"),
+            (env::HIDE_DENY_REASONS, "true"),
+            (env::AUTH_REQUIRED, "false"),
+            (env::OTEL_RESOURCE_ATTRIBUTES, "team=a"),
+        ])
+        .unwrap();
+        assert_eq!(cli.proxy.listen.port(), 15001);
+        assert_eq!(
+            cli.proxy.auth.required_scopes,
+            ["tickets:read", "tickets:write"]
+        );
+        assert!(cli.proxy.policy.hide_deny_reasons);
+        assert!(!cli.proxy.auth.auth_required);
+    }
+
+    #[test]
+    fn env_nothing_reads_or_a_bad_value_is_named() {
+        let e = parse_env([("MCP_GUARD_TRAFIC", "takeover")]).unwrap_err();
+        assert!(e.contains("MCP_GUARD_TRAFIC"), "{e}");
+        let e = parse_env([(env::AUTH_REQUIRED, "yes")]).unwrap_err();
+        assert!(e.contains("--auth-required"), "{e}");
+        let e = parse_env([(env::JWT_LEEWAY, "soon")]).unwrap_err();
+        assert!(e.contains("soon"), "{e}");
     }
 }

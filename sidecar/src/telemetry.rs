@@ -20,6 +20,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -27,7 +28,7 @@ use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
 };
 use parking_lot::Mutex;
 
@@ -46,6 +47,37 @@ pub struct TelemetryConfig {
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
     #[arg(long, env = env::OTLP_PROTOCOL)]
     pub otlp_protocol: Option<String>,
+
+    /// Share of new traces (requests without a sampled `traceparent` of their own) that are
+    /// recorded, from 0 to 1; a caller's sampling decision is always followed. When unset, the
+    /// SDK's `OTEL_TRACES_SAMPLER` applies (default: every trace).
+    #[arg(long, env = env::OTLP_SAMPLING_RATIO, value_parser = parse_ratio)]
+    pub otlp_sampling_ratio: Option<f64>,
+}
+
+/// A ratio from 0 to 1.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "expected a number from 0 to 1, such as 0.25, not {s:?}"
+        )),
+    }
+}
+
+/// The sampling ratio of new traces, as `f64` bits (1.0 until `--otlp-sampling-ratio` says
+/// otherwise): read on every request that starts a trace.
+static ROOT_SAMPLING: AtomicU64 = AtomicU64::new(1.0f64.to_bits());
+
+/// Whether a new trace with this id is recorded at `ratio`: the W3C/OpenTelemetry trace-id
+/// ratio rule (the id's low 63 bits against `ratio` × 2^63), so the sidecar's `traceparent` flag
+/// and the SDK's `TraceIdRatioBased` sampler always agree on the same trace.
+fn ratio_samples(trace_id: u128, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    ((trace_id as u64) >> 1) < bound
 }
 
 /// The W3C trace context of one request as the sidecar handles it.
@@ -93,12 +125,16 @@ impl TraceContext {
                 span_id,
                 sampled: flags & 1 == 1,
             },
-            None => TraceContext {
-                trace_id: u128::from_be_bytes(ids.new_trace_id().to_bytes()),
-                parent: None,
-                span_id,
-                sampled: true,
-            },
+            None => {
+                let trace_id = u128::from_be_bytes(ids.new_trace_id().to_bytes());
+                let ratio = f64::from_bits(ROOT_SAMPLING.load(Ordering::Relaxed));
+                TraceContext {
+                    trace_id,
+                    parent: None,
+                    span_id,
+                    sampled: ratio_samples(trace_id, ratio),
+                }
+            }
         }
     }
 
@@ -265,11 +301,11 @@ impl Telemetry {
         server: &crate::audit::ServerRef,
         metrics: &Arc<crate::metrics::Metrics>,
     ) -> Result<Option<Telemetry>, String> {
-        if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        if env(env::OTEL_SDK_DISABLED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        let from_env = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let from_env = env(env::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+            .or_else(|| env(env::OTEL_EXPORTER_OTLP_ENDPOINT));
         let flag = config
             .otlp_endpoint
             .clone()
@@ -280,8 +316,8 @@ impl Telemetry {
         let protocol = config
             .otlp_protocol
             .clone()
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .or_else(|| env(env::OTEL_EXPORTER_OTLP_TRACES_PROTOCOL))
+            .or_else(|| env(env::OTEL_EXPORTER_OTLP_PROTOCOL))
             .unwrap_or_else(|| "http/protobuf".into());
         let exporter = match protocol.trim() {
             "grpc" => {
@@ -317,8 +353,8 @@ impl Telemetry {
         .map_err(|e| format!("cannot set up the OTLP exporter: {e}"))?;
 
         let mut resource = opentelemetry_sdk::Resource::builder();
-        let named = env("OTEL_SERVICE_NAME").is_some()
-            || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+        let named = env(env::OTEL_SERVICE_NAME).is_some()
+            || env(env::OTEL_RESOURCE_ATTRIBUTES).is_some_and(|a| a.contains("service.name="));
         if !named {
             resource = resource.with_service_name("mcp-guard-sidecar");
         }
@@ -336,7 +372,7 @@ impl Telemetry {
             attrs.push(KeyValue::new("mcp.server.name", server.name.clone()));
         }
         let resource = resource.with_attributes(attrs).build();
-        let meters = if env("OTEL_METRICS_EXPORTER").is_some_and(|v| v.trim() == "none") {
+        let meters = if env(env::OTEL_METRICS_EXPORTER).is_some_and(|v| v.trim() == "none") {
             None
         } else {
             Some(meters(
@@ -346,7 +382,14 @@ impl Telemetry {
                 metrics,
             )?)
         };
-        let provider = SdkTracerProvider::builder()
+        let mut provider = SdkTracerProvider::builder();
+        if let Some(ratio) = config.otlp_sampling_ratio {
+            ROOT_SAMPLING.store(ratio.to_bits(), Ordering::Relaxed);
+            provider = provider.with_sampler(Sampler::ParentBased(Box::new(
+                Sampler::TraceIdRatioBased(ratio),
+            )));
+        }
+        let provider = provider
             .with_batch_exporter(Quiet {
                 inner: exporter,
                 failures: crate::audit::RateLimited::new(),
@@ -537,6 +580,36 @@ fn meters(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_sampling_rule_is_the_sdks() {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let ids = RandomIdGenerator::default();
+        for ratio in [0.0, 0.1, 0.5, 0.9, 1.0] {
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            let mut kept = 0;
+            for _ in 0..2000 {
+                let id = ids.new_trace_id();
+                let ours = ratio_samples(u128::from_be_bytes(id.to_bytes()), ratio);
+                let theirs = sdk
+                    .should_sample(None, id, "s", &SpanKind::Server, &[], &[])
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                assert_eq!(ours, theirs, "ratio {ratio}, trace {id}");
+                kept += usize::from(ours);
+            }
+            if ratio == 0.0 {
+                assert_eq!(kept, 0);
+            }
+            if ratio == 1.0 {
+                assert_eq!(kept, 2000);
+            }
+        }
+        assert!(parse_ratio("0.25").is_ok() && parse_ratio("1").is_ok());
+        assert!(parse_ratio("1.5").is_err() && parse_ratio("-0.1").is_err());
+        assert!(parse_ratio("half").unwrap_err().contains("from 0 to 1"));
+    }
 
     #[test]
     fn traceparent_round_trip() {

@@ -2,11 +2,11 @@
 //! settings. An invalid value becomes an [`AnnotationError`] that names the annotation and what
 //! it accepts, so the pod is refused with a message a person can act on.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::config::InjectConfig;
 use crate::resource_uri::Workload;
+use crate::settings::{self, Layers, Level, Setting};
 
 /// Opt-in / opt-out, on the pod template or on the namespace: `enabled` or `disabled`.
 pub const INJECT: &str = "mcp-guard.dev/inject";
@@ -33,6 +33,8 @@ pub const MEMORY_REQUEST: &str = "mcp-guard.dev/memory-request";
 pub const MEMORY_LIMIT: &str = "mcp-guard.dev/memory-limit";
 /// Sidecar log level.
 pub const LOG_LEVEL: &str = "mcp-guard.dev/log-level";
+/// Sidecar log format, `json` or `text`.
+pub const LOG_FORMAT: &str = "mcp-guard.dev/log-format";
 /// `enabled`: the server's container runs its `command` under `mcp-guard-sidecar run-app`, which
 /// ends the sidecar when the command exits, so a Job's pod can finish (regular-container form).
 pub const SHUTDOWN_ON_EXIT: &str = "mcp-guard.dev/shutdown-on-exit";
@@ -49,11 +51,13 @@ pub struct AnnotationError {
     pub value: String,
     /// What the annotation accepts, in words.
     pub expected: String,
+    /// The annotation is set (possibly to an empty value); otherwise it is missing.
+    pub present: bool,
 }
 
 impl fmt::Display for AnnotationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.value.is_empty() {
+        if !self.present {
             write!(
                 f,
                 "annotation {} is required: {}",
@@ -72,11 +76,21 @@ impl fmt::Display for AnnotationError {
 impl std::error::Error for AnnotationError {}
 
 impl AnnotationError {
+    /// An invalid value; an empty `value` means the annotation is missing and required.
     pub fn new(annotation: &str, value: &str, expected: impl Into<String>) -> Self {
         Self {
             annotation: annotation.to_string(),
             value: value.to_string(),
             expected: expected.into(),
+            present: !value.is_empty(),
+        }
+    }
+
+    /// An invalid value, even an empty one.
+    pub fn invalid(annotation: &str, value: &str, expected: impl Into<String>) -> Self {
+        Self {
+            present: true,
+            ..Self::new(annotation, value, expected)
         }
     }
 }
@@ -150,20 +164,24 @@ pub struct Settings {
     pub memory_request: String,
     pub memory_limit: String,
     pub log_level: String,
+    pub log_format: String,
     /// `mcp-guard.dev/shutdown-on-exit: enabled`.
     pub shutdown_on_exit: bool,
+    /// The settings of [`settings::SETTINGS`] some level sets, in the table's order.
+    pub sidecar: Vec<(&'static Setting, String)>,
 }
 
 impl Settings {
-    /// Reads every `mcp-guard.dev/*` setting of `workload`'s pod; returns all invalid ones, not
-    /// just the first.
+    /// Reads every `mcp-guard.dev/*` setting of `workload`'s pod from its three levels (pod,
+    /// namespace, mesh; the webhook's own flags last); returns all invalid ones, not just the
+    /// first, and every change of a locked setting.
     pub fn parse(
-        annotations: &BTreeMap<String, String>,
+        layers: Layers<'_>,
         cfg: &InjectConfig,
         workload: Workload<'_>,
     ) -> Result<Self, Vec<AnnotationError>> {
         let mut errors = Vec::new();
-        let get = |key: &str| annotations.get(key).map(|v| v.trim());
+        let get = |key: &str| layers.value(key.strip_prefix(settings::PREFIX).unwrap_or(key));
         let mut check = |r: Result<(), AnnotationError>| {
             if let Err(e) = r {
                 errors.push(e);
@@ -198,18 +216,16 @@ impl Settings {
                 None
             }
         };
-        let policy = get(POLICY).unwrap_or(&cfg.default_policy).to_string();
-        check(validate_dns_subdomain(POLICY, &policy));
-        let enforcement = get(ENFORCEMENT)
-            .unwrap_or(&cfg.default_enforcement)
-            .to_string();
-        if enforcement != "enforce" && enforcement != "shadow" {
-            check(Err(AnnotationError::new(
-                ENFORCEMENT,
-                &enforcement,
-                "allowed values are \"enforce\" and \"shadow\"",
-            )));
-        }
+        let mut special = |key: &str, default: &str| {
+            let v = get(key).unwrap_or(default).to_string();
+            let short = key.strip_prefix(settings::PREFIX).unwrap_or(key);
+            check(check_special(short, &v).map_err(|e| AnnotationError::new(key, &v, e)));
+            v
+        };
+        let policy = special(POLICY, &cfg.default_policy);
+        let enforcement = special(ENFORCEMENT, &cfg.default_enforcement);
+        let log_level = special(LOG_LEVEL, &cfg.default_log_level);
+        let log_format = special(LOG_FORMAT, &cfg.sidecar_log_format);
         // The annotation, else the webhook's template expanded for this pod.
         let resource_uri = match (get(RESOURCE_URI), &cfg.default_resource_uri_template) {
             (Some(uri), _) => {
@@ -259,26 +275,16 @@ impl Settings {
                 )));
             }
         }
-        let mut quantity = |key: &str, default: &str, kind: QuantityKind| {
+        let mut quantity = |key: &str, default: &str| {
             let v = get(key).unwrap_or(default).to_string();
-            check(validate_quantity(key, &v, kind));
+            let short = key.strip_prefix(settings::PREFIX).unwrap_or(key);
+            check(check_special(short, &v).map_err(|e| AnnotationError::new(key, &v, e)));
             v
         };
-        let cpu_request = quantity(CPU_REQUEST, &cfg.cpu_request, QuantityKind::Cpu);
-        let cpu_limit = quantity(CPU_LIMIT, &cfg.cpu_limit, QuantityKind::Cpu);
-        let memory_request = quantity(MEMORY_REQUEST, &cfg.memory_request, QuantityKind::Memory);
-        let memory_limit = quantity(MEMORY_LIMIT, &cfg.memory_limit, QuantityKind::Memory);
-        let log_level = get(LOG_LEVEL).unwrap_or(&cfg.default_log_level).to_string();
-        if !matches!(
-            log_level.as_str(),
-            "trace" | "debug" | "info" | "warn" | "error"
-        ) {
-            check(Err(AnnotationError::new(
-                LOG_LEVEL,
-                &log_level,
-                "allowed values are \"trace\", \"debug\", \"info\", \"warn\" and \"error\"",
-            )));
-        }
+        let cpu_request = quantity(CPU_REQUEST, &cfg.cpu_request);
+        let cpu_limit = quantity(CPU_LIMIT, &cfg.cpu_limit);
+        let memory_request = quantity(MEMORY_REQUEST, &cfg.memory_request);
+        let memory_limit = quantity(MEMORY_LIMIT, &cfg.memory_limit);
         let shutdown_on_exit = match get(SHUTDOWN_ON_EXIT) {
             None | Some("disabled") => false,
             Some("enabled") => true,
@@ -310,6 +316,36 @@ impl Settings {
             )));
         }
 
+        let mut sidecar = Vec::new();
+        for setting in settings::SETTINGS {
+            if let Some(v) = layers.value(setting.name) {
+                match settings::check(setting.kind, v) {
+                    Ok(()) => sidecar.push((setting, settings::normalize(setting.kind, v))),
+                    // What should have been a Secret's name may be the secret itself: not echoed.
+                    Err(e) => check(Err(AnnotationError::invalid(
+                        &format!("{}{}", settings::PREFIX, setting.name),
+                        if setting.kind.is_secret() {
+                            "[REDACTED]"
+                        } else {
+                            v
+                        },
+                        e,
+                    ))),
+                }
+            }
+        }
+
+        // A value the pod did not set itself comes from its namespace: say so.
+        for e in &mut errors {
+            let short = e.annotation.strip_prefix(settings::PREFIX).unwrap_or("");
+            if let Some((_, Level::Namespace)) = layers.get(short) {
+                e.expected.push_str(&format!(
+                    " (the value is the annotation of namespace {:?})",
+                    layers.namespace_name
+                ));
+            }
+        }
+        errors.extend(layers.lock_violations());
         if errors.is_empty() {
             Ok(Self {
                 port,
@@ -324,7 +360,9 @@ impl Settings {
                 memory_request,
                 memory_limit,
                 log_level,
+                log_format,
                 shutdown_on_exit,
+                sidecar,
             })
         } else {
             Err(errors)
@@ -361,23 +399,12 @@ pub fn is_port_name(v: &str) -> bool {
 }
 
 fn validate_path(v: &str) -> Result<(), AnnotationError> {
-    let ok = v.starts_with('/')
-        && v.len() <= 1024
-        && v.bytes().all(|b| b.is_ascii_graphic())
-        && !v.contains(['?', '#']);
-    if ok {
-        Ok(())
-    } else {
-        Err(AnnotationError::new(
-            PATH,
-            v,
-            "expected an absolute URL path such as /mcp (no query, no spaces)",
-        ))
-    }
+    check_special("path", v).map_err(|e| AnnotationError::new(PATH, v, e))
 }
 
-fn validate_dns_subdomain(key: &str, v: &str) -> Result<(), AnnotationError> {
-    let ok = !v.is_empty()
+/// A DNS subdomain (RFC 1123): what Kubernetes accepts as a ConfigMap or Secret name.
+pub fn is_dns_subdomain(v: &str) -> bool {
+    !v.is_empty()
         && v.len() <= 253
         && v.split('.').all(|label| {
             !label.is_empty()
@@ -386,15 +413,59 @@ fn validate_dns_subdomain(key: &str, v: &str) -> Result<(), AnnotationError> {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(AnnotationError::new(
-            key,
-            v,
-            "expected a ConfigMap name (lowercase letters, digits, '-' and '.')",
-        ))
+        })
+}
+
+/// An absolute URL path without query or fragment, such as `/mcp`.
+pub fn is_url_path(v: &str) -> bool {
+    v.starts_with('/')
+        && v.len() <= 1024
+        && v.bytes().all(|b| b.is_ascii_graphic())
+        && !v.contains(['?', '#'])
+}
+
+/// `"a", "b" and "c"`.
+pub fn quoted_words(words: &[&str]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
+}
+
+/// Checks a value of one of the settings this module parses (`path`, `policy`, ...); the error
+/// says what is expected. The same check applies at every level.
+pub fn check_special(name: &str, v: &str) -> Result<(), String> {
+    let one_of = |words: &[&str]| {
+        if words.contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("allowed values are {}", quoted_words(words)))
+        }
+    };
+    match name {
+        "path" => is_url_path(v).then_some(()).ok_or_else(|| {
+            "expected an absolute URL path such as /mcp (no query, no spaces)".into()
+        }),
+        "traffic" => one_of(&["takeover", "redirect", "explicit"]),
+        "policy" => is_dns_subdomain(v).then_some(()).ok_or_else(|| {
+            "expected a ConfigMap name (lowercase letters, digits, '-' and '.')".into()
+        }),
+        "enforcement" => one_of(&["enforce", "shadow"]),
+        "issuer" | "resource-uri" => is_absolute_url(v)
+            .then_some(())
+            .ok_or_else(|| format!("{EXPECTED_URL}, such as https://mcp.example.com/mcp")),
+        "log-level" => one_of(&["trace", "debug", "info", "warn", "error"]),
+        "log-format" => one_of(&["json", "text"]),
+        "cpu-request" | "cpu-limit" => parse_cpu(v)
+            .map(|_| ())
+            .ok_or_else(|| "expected a CPU quantity such as 100m, 0.5 or 2".into()),
+        "memory-request" | "memory-limit" => parse_memory(v)
+            .map(|_| ())
+            .ok_or_else(|| "expected a memory quantity such as 64Mi, 1Gi or 500M".into()),
+        "shutdown-on-exit" => one_of(&["enabled", "disabled"]),
+        "port" => parse_port(v).map(|_| ()).map_err(|e| e.expected),
+        other => Err(format!("no such setting: {other}")),
     }
 }
 
@@ -425,28 +496,6 @@ fn validate_url(key: &str, v: &str) -> Result<(), AnnotationError> {
             v,
             format!("{EXPECTED_URL}, such as https://mcp.example.com/mcp"),
         ))
-    }
-}
-
-#[derive(Clone, Copy)]
-enum QuantityKind {
-    Cpu,
-    Memory,
-}
-
-fn validate_quantity(key: &str, v: &str, kind: QuantityKind) -> Result<(), AnnotationError> {
-    let ok = match kind {
-        QuantityKind::Cpu => parse_cpu(v).is_some(),
-        QuantityKind::Memory => parse_memory(v).is_some(),
-    };
-    if ok {
-        Ok(())
-    } else {
-        let expected = match kind {
-            QuantityKind::Cpu => "expected a CPU quantity such as 100m, 0.5 or 2",
-            QuantityKind::Memory => "expected a memory quantity such as 64Mi, 1Gi or 500M",
-        };
-        Err(AnnotationError::new(key, v, expected))
     }
 }
 
@@ -495,6 +544,7 @@ fn parse_memory(v: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn quantities() {
@@ -523,7 +573,7 @@ mod tests {
         let mut a = BTreeMap::new();
         a.insert(TRAFFIC.to_string(), "sideways".to_string());
         a.insert(MEMORY_LIMIT.to_string(), "lots".to_string());
-        let errs = Settings::parse(&a, &InjectConfig::default(), TOOLS).unwrap_err();
+        let errs = parse(&a, &InjectConfig::default()).unwrap_err();
         assert_eq!(errs.len(), 2);
         assert!(errs[0].to_string().contains(TRAFFIC));
     }
@@ -532,6 +582,29 @@ mod tests {
         name: "tools",
         namespace: "team-a",
     };
+
+    /// The pod's annotations alone (no namespace, no mesh settings).
+    fn parse(
+        a: &BTreeMap<String, String>,
+        cfg: &InjectConfig,
+    ) -> Result<Settings, Vec<AnnotationError>> {
+        parse_for(a, cfg, TOOLS)
+    }
+
+    fn parse_for(
+        a: &BTreeMap<String, String>,
+        cfg: &InjectConfig,
+        workload: Workload<'_>,
+    ) -> Result<Settings, Vec<AnnotationError>> {
+        let none = BTreeMap::new();
+        let layers = Layers {
+            pod: a,
+            namespace: &none,
+            namespace_name: workload.namespace,
+            mesh: &cfg.mesh,
+        };
+        Settings::parse(layers, cfg, workload)
+    }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -553,19 +626,19 @@ mod tests {
     #[test]
     fn the_template_gives_the_resource_uri_with_the_pods_path() {
         let cfg = with_template(Some(TEMPLATE), Some("https://idp.example.com"));
-        let s = Settings::parse(&annotations(&[]), &cfg, TOOLS).unwrap();
+        let s = parse(&annotations(&[]), &cfg).unwrap();
         assert_eq!(
             s.resource_uri.as_deref(),
             Some("https://tools.team-a.svc.cluster.local/mcp")
         );
-        let s = Settings::parse(&annotations(&[(PATH, "/v2/mcp")]), &cfg, TOOLS).unwrap();
+        let s = parse(&annotations(&[(PATH, "/v2/mcp")]), &cfg).unwrap();
         assert_eq!(
             s.resource_uri.as_deref(),
             Some("https://tools.team-a.svc.cluster.local/v2/mcp")
         );
         // Without an issuer too: the template is the annotation's default, like the annotation.
         let cfg = with_template(Some(TEMPLATE), None);
-        let s = Settings::parse(&annotations(&[]), &cfg, TOOLS).unwrap();
+        let s = parse(&annotations(&[]), &cfg).unwrap();
         assert_eq!(
             s.resource_uri.as_deref(),
             Some("https://tools.team-a.svc.cluster.local/mcp")
@@ -576,14 +649,14 @@ mod tests {
     fn the_annotation_wins_over_the_template() {
         let cfg = with_template(Some(TEMPLATE), Some("https://idp.example.com"));
         let a = annotations(&[(RESOURCE_URI, "https://tools.example.com/mcp")]);
-        let s = Settings::parse(&a, &cfg, TOOLS).unwrap();
+        let s = parse(&a, &cfg).unwrap();
         assert_eq!(
             s.resource_uri.as_deref(),
             Some("https://tools.example.com/mcp")
         );
         // And is still checked as the annotation.
         let a = annotations(&[(RESOURCE_URI, "tools.example.com")]);
-        let errs = Settings::parse(&a, &cfg, TOOLS).unwrap_err();
+        let errs = parse(&a, &cfg).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(
             errs[0].to_string(),
@@ -595,7 +668,7 @@ mod tests {
     #[test]
     fn an_issuer_without_annotation_or_template_is_refused() {
         let cfg = with_template(None, Some("https://idp.example.com"));
-        let errs = Settings::parse(&annotations(&[]), &cfg, TOOLS).unwrap_err();
+        let errs = parse(&annotations(&[]), &cfg).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         let message = errs[0].to_string();
         assert!(
@@ -605,7 +678,7 @@ mod tests {
             "{message}"
         );
         // No issuer, no template: nothing is required and no URI is set.
-        let s = Settings::parse(&annotations(&[]), &InjectConfig::default(), TOOLS).unwrap();
+        let s = parse(&annotations(&[]), &InjectConfig::default()).unwrap();
         assert_eq!(s.resource_uri, None);
     }
 
@@ -617,7 +690,7 @@ mod tests {
             name: "my tools",
             namespace: "team-a",
         };
-        let errs = Settings::parse(&annotations(&[]), &cfg, odd).unwrap_err();
+        let errs = parse_for(&annotations(&[]), &cfg, odd).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         let message = errs[0].to_string();
         assert!(
@@ -628,7 +701,7 @@ mod tests {
         );
         // An invalid path is reported once, as the path.
         let a = annotations(&[(PATH, "/a b")]);
-        let errs = Settings::parse(&a, &cfg, TOOLS).unwrap_err();
+        let errs = parse(&a, &cfg).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].annotation, PATH);
     }

@@ -5,6 +5,7 @@
 use clap::{Args, ValueEnum};
 
 use crate::resource_uri::ResourceUriTemplate;
+use crate::settings::MeshSettings;
 
 /// The sidecar image this build injects by default: the same version as the webhook.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/mcp-guard/sidecar:", env!("CARGO_PKG_VERSION"));
@@ -130,6 +131,20 @@ pub struct InjectorArgs {
     #[arg(long, env = "MCP_GUARD_WEBHOOK_SIDECAR_UID", default_value_t = 65532)]
     pub sidecar_uid: i64,
 
+    /// Mesh-wide sidecar settings and locks, JSON: `{"settings": {NAME: VALUE}, "locked":
+    /// [NAME]}` (NAME as in the annotation `mcp-guard.dev/NAME`; docs/annotations.md lists them).
+    /// A namespace's annotations override these, a pod's override both; a locked setting cannot
+    /// be changed by either (the pod is refused). Checked at startup. The chart renders it from
+    /// `sidecar.settings` and `sidecar.locked`. An entry here wins over the dedicated flags
+    /// above (`--default-policy`, ...).
+    #[arg(
+        long,
+        env = "MCP_GUARD_WEBHOOK_SIDECAR_SETTINGS",
+        value_name = "JSON",
+        default_value = ""
+    )]
+    pub sidecar_settings: MeshSettings,
+
     /// mcp-guard's own namespace: never injected.
     #[arg(
         long,
@@ -162,6 +177,8 @@ pub struct InjectConfig {
     pub memory_limit: String,
     pub sidecar_uid: i64,
     pub own_namespace: String,
+    /// Mesh-wide settings and locks (`--sidecar-settings`).
+    pub mesh: MeshSettings,
 }
 
 impl InjectConfig {
@@ -192,6 +209,7 @@ impl InjectConfig {
             memory_limit: args.memory_limit.clone(),
             sidecar_uid: args.sidecar_uid,
             own_namespace: args.own_namespace.clone(),
+            mesh: args.sidecar_settings.clone(),
         }
     }
 }
@@ -219,6 +237,7 @@ impl Default for InjectConfig {
             memory_limit: "256Mi".to_string(),
             sidecar_uid: 65532,
             own_namespace: "mcp-guard".to_string(),
+            mesh: MeshSettings::default(),
         }
     }
 }

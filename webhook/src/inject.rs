@@ -12,6 +12,7 @@ use crate::config::InjectConfig;
 use crate::patch::PatchBuilder;
 use crate::resource_uri::Workload;
 use crate::selection::{self, OptIn, Selection, SkipReason};
+use crate::settings::{Kind, Layers, SecretRef, Setting};
 
 /// Name of the injected sidecar container.
 pub const SIDECAR_NAME: &str = "mcp-guard";
@@ -33,6 +34,8 @@ pub const COPY_BINARY_NAME: &str = "mcp-guard-copy-binary";
 pub const BIN_VOLUME: &str = "mcp-guard-bin";
 /// Where the app container finds the copy (read-only).
 pub const BIN_DIR: &str = "/mcp-guard/bin";
+/// Where the Secrets named by `*-secret` settings are mounted: `SECRETS_DIR/<setting>/<key>`.
+pub const SECRETS_DIR: &str = "/etc/mcp-guard/secrets";
 /// `kubectl logs` / `exec` pick this container by default.
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
@@ -114,7 +117,14 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
         name: &name,
         namespace: ctx.namespace,
     };
-    let settings = Settings::parse(&pod_annotations, cfg, workload)?;
+    let layers = Layers {
+        pod: &pod_annotations,
+        namespace: ctx.namespace_annotations,
+        namespace_name: ctx.namespace,
+        mesh: &cfg.mesh,
+    };
+    let settings = Settings::parse(layers, cfg, workload)?;
+    let secret_volumes = secret_volumes(&settings);
 
     let Some(containers) = pod.pointer("/spec/containers").and_then(Value::as_array) else {
         return Err(vec![AnnotationError::new(
@@ -152,7 +162,10 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
             ));
         }
     }
-    for volume in [POLICY_VOLUME, BIN_VOLUME] {
+    let ours = [POLICY_VOLUME, BIN_VOLUME]
+        .into_iter()
+        .chain(secret_volumes.iter().map(|v| v.volume.as_str()));
+    for volume in ours {
         if pod_array(pod, "/spec/volumes")
             .any(|v| v.get("name").and_then(Value::as_str) == Some(volume))
         {
@@ -299,6 +312,18 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
     })];
     if wrap.is_some() {
         volumes.push(json!({"name": BIN_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}));
+    }
+    // Secrets the settings name: the key alone, read-only, for the sidecar's user (no other
+    // container mounts them). A missing Secret or key keeps the pod from starting.
+    for v in &secret_volumes {
+        volumes.push(json!({
+            "name": v.volume,
+            "secret": {
+                "secretName": v.secret.name,
+                "items": [{"key": v.secret.key, "path": v.secret.key}],
+                "defaultMode": 0o444,
+            },
+        }));
     }
     b.append(pod, "/spec/volumes", volumes);
 
@@ -576,7 +601,6 @@ fn sidecar_container(
         json!({"name": sidecar_env::ADMIN_LISTEN, "value": format!("0.0.0.0:{}", cfg.admin_port)}),
         json!({"name": sidecar_env::UPSTREAM_PORT, "value": server.number.to_string()}),
         json!({"name": sidecar_env::PATH, "value": s.path}),
-        json!({"name": sidecar_env::TRAFFIC, "value": traffic.as_str()}),
         json!({"name": sidecar_env::POLICY_DIR, "value": POLICY_DIR}),
         json!({"name": sidecar_env::ENFORCEMENT, "value": s.enforcement}),
     ];
@@ -591,8 +615,32 @@ fn sidecar_container(
         json!({"name": sidecar_env::POD_NAME, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}),
         json!({"name": sidecar_env::POD_NAMESPACE, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}),
         json!({"name": sidecar_env::LOG, "value": s.log_level}),
-        json!({"name": sidecar_env::LOG_FORMAT, "value": cfg.sidecar_log_format}),
+        json!({"name": sidecar_env::LOG_FORMAT, "value": s.log_format}),
     ]);
+    for (setting, value) in &s.sidecar {
+        env.push(match setting.kind {
+            Kind::SecretEnv { key } => {
+                let secret = SecretRef::parse(value, key).unwrap_or_else(|| SecretRef {
+                    name: value.clone(),
+                    key: key.to_string(),
+                });
+                json!({"name": setting.env, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+            }
+            Kind::SecretFile { key } => {
+                let secret = SecretRef::parse(value, key).unwrap_or_else(|| SecretRef {
+                    name: value.clone(),
+                    key: key.to_string(),
+                });
+                json!({"name": setting.env, "value": format!("{SECRETS_DIR}/{}/{}", setting.name, secret.key)})
+            }
+            _ => json!({"name": setting.env, "value": value}),
+        });
+    }
+    let mut mounts =
+        vec![json!({"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": true})];
+    for v in secret_volumes(s) {
+        mounts.push(json!({"name": v.volume, "mountPath": format!("{SECRETS_DIR}/{}", v.setting.name), "readOnly": true}));
+    }
     let startupz = json!({"path": "/startupz", "port": cfg.admin_port, "scheme": "HTTP"});
     let readyz = json!({"path": "/readyz", "port": cfg.admin_port, "scheme": "HTTP"});
     let mut c = json!({
@@ -609,7 +657,7 @@ fn sidecar_container(
             "limits": {"cpu": s.cpu_limit, "memory": s.memory_limit},
         },
         "securityContext": restricted_security_context(cfg.sidecar_uid),
-        "volumeMounts": [{"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": true}],
+        "volumeMounts": mounts,
         // Never the server: the kubelet starts the server's container only after this passes.
         "startupProbe": {"httpGet": startupz, "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 120},
         "readinessProbe": {"httpGet": readyz, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 3},
@@ -633,6 +681,28 @@ fn sidecar_container(
         }
     }
     c
+}
+
+/// A Secret a `*-secret` setting mounts into the sidecar.
+struct SecretVolume {
+    setting: &'static Setting,
+    volume: String,
+    secret: SecretRef,
+}
+
+/// The Secret volumes of the pod's `*-secret` file settings, in the table's order.
+fn secret_volumes(s: &Settings) -> Vec<SecretVolume> {
+    s.sidecar
+        .iter()
+        .filter_map(|(setting, value)| match setting.kind {
+            Kind::SecretFile { key } => Some(SecretVolume {
+                setting,
+                volume: format!("mcp-guard-{}", setting.name),
+                secret: SecretRef::parse(value, key)?,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn redirect_container(cfg: &InjectConfig, server_port: u16) -> Value {

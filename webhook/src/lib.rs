@@ -19,5 +19,6 @@ pub mod patch;
 pub mod resource_uri;
 pub mod selection;
 pub mod server;
+pub mod settings;
 pub mod tls;
 pub mod validate;

@@ -1,7 +1,8 @@
 //! `mcp-guard-webhook inject -f FILE|-`: the webhook's injection applied offline to manifests
 //! (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob; YAML or JSON; several
 //! documents; `kind: List`), for GitOps and for clusters without the webhook. Other documents
-//! pass through unchanged.
+//! pass through unchanged; a Namespace among them gives its annotations (opt-in, settings) to the
+//! workloads of that namespace, as the webhook reads them in a cluster.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -102,6 +103,32 @@ pub struct Offline {
     pub config: InjectConfig,
     pub namespace: String,
     pub require_annotation: bool,
+    /// The annotations of the Namespace documents of the input, by name.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The annotations of every Namespace in `docs` (also inside `kind: List`), by name.
+fn namespace_annotations(docs: &[Value]) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for doc in docs {
+        match doc.get("kind").and_then(Value::as_str) {
+            Some("Namespace") => {
+                if let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) {
+                    out.insert(
+                        name.to_string(),
+                        crate::selection::string_map(doc, "/metadata/annotations"),
+                    );
+                }
+            }
+            Some("List") => {
+                if let Some(items) = doc.get("items").and_then(Value::as_array) {
+                    out.extend(namespace_annotations(items));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// What happened to one document, for the summary on stderr.
@@ -158,9 +185,11 @@ impl Offline {
                 "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
             })
         };
-        let mut ns_annotations = BTreeMap::new();
+        let mut ns_annotations = self.namespaces.get(&namespace).cloned().unwrap_or_default();
         if !self.require_annotation {
-            ns_annotations.insert(annotations::INJECT.to_string(), "enabled".to_string());
+            ns_annotations
+                .entry(annotations::INJECT.to_string())
+                .or_insert_with(|| "enabled".to_string());
         }
         let ctx = PodContext {
             pod: &pod,
@@ -215,9 +244,11 @@ impl Offline {
             }
             docs
         };
+        let mut this = self.clone();
+        this.namespaces.extend(namespace_annotations(&docs));
         let mut results = Vec::new();
         for (i, doc) in docs.iter_mut().enumerate() {
-            results.push(self.document(i + 1, doc)?);
+            results.push(this.document(i + 1, doc)?);
         }
         let json_out = match output {
             Output::Auto => is_json,
@@ -260,6 +291,7 @@ pub fn run(args: &InjectArgs) -> Result<(), OfflineError> {
         config: InjectConfig::from_args(&args.injector, true),
         namespace: args.namespace.clone(),
         require_annotation: args.require_annotation,
+        namespaces: BTreeMap::new(),
     };
     let (out, results) = offline.run(&input, args.output)?;
     for r in results {
@@ -314,7 +346,83 @@ spec: {containers: [{name: c, image: c}]}
             config: InjectConfig::default(),
             namespace: "default".into(),
             require_annotation,
+            namespaces: BTreeMap::new(),
         }
+    }
+
+    fn sidecar_env(out: &str) -> BTreeMap<String, Value> {
+        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(out)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        let pod = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("the Deployment");
+        let sidecar = &pod["spec"]["template"]["spec"]["initContainers"][0];
+        assert_eq!(sidecar["name"], "mcp-guard");
+        sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let v = e.get("value").or(e.get("valueFrom")).cloned().unwrap();
+                (e["name"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_namespace_document_gives_its_settings_and_the_pod_wins() {
+        let input = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: team-a
+  annotations:
+    mcp-guard.dev/required-scopes: tickets:read
+    mcp-guard.dev/hide-deny-reasons: \"true\"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tools, namespace: team-a}
+spec:
+  template:
+    metadata:
+      annotations:
+        mcp-guard.dev/hide-deny-reasons: \"false\"
+        mcp-guard.dev/otel-headers-secret: otlp-auth
+    spec:
+      containers: [{name: server, image: s, ports: [{name: mcp, containerPort: 3000}]}]
+";
+        let mut o = offline(false);
+        o.config.mesh = r#"{"settings": {"otel-endpoint": "http://otel.observability:4318"}}"#
+            .parse()
+            .unwrap();
+        let (out, _) = o.run(input, Output::Yaml).unwrap();
+        let env = sidecar_env(&out);
+        assert_eq!(env["MCP_GUARD_REQUIRED_SCOPES"], "tickets:read");
+        assert_eq!(env["MCP_GUARD_HIDE_DENY_REASONS"], "false");
+        assert_eq!(
+            env["MCP_GUARD_OTLP_ENDPOINT"],
+            "http://otel.observability:4318"
+        );
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_HEADERS"],
+            json!({"secretKeyRef": {"name": "otlp-auth", "key": "headers"}})
+        );
+
+        // Locked mesh-wide: the namespace's other value refuses the workload, naming both.
+        o.config.mesh =
+            r#"{"settings": {"required-scopes": "mcp"}, "locked": ["required-scopes"]}"#
+                .parse()
+                .unwrap();
+        let err = o.run(input, Output::Yaml).unwrap_err().to_string();
+        assert!(
+            err.contains("mcp-guard.dev/required-scopes")
+                && err.contains("locked by the operator to the mesh-wide value \"mcp\"")
+                && err.contains("namespace \"team-a\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ struct CaseOptions {
     default_issuer: Option<String>,
     /// `--default-resource-uri-template`.
     default_resource_uri_template: Option<String>,
+    /// `--sidecar-settings` (mesh-wide settings and locks), as YAML.
+    sidecar_settings: Option<Value>,
     /// `false` for inputs that deliberately carry fields no schema knows.
     validate: Option<bool>,
 }
@@ -84,6 +86,11 @@ fn config(options: &CaseOptions) -> InjectConfig {
             .default_resource_uri_template
             .as_deref()
             .map(|t| t.parse().expect("defaultResourceUriTemplate")),
+        mesh: options
+            .sidecar_settings
+            .as_ref()
+            .map(|m| m.to_string().parse().expect("sidecarSettings"))
+            .unwrap_or_default(),
         ..InjectConfig::default()
     }
 }

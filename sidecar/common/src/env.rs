@@ -73,7 +73,32 @@ pub const AUDIT_QUEUE: &str = "MCP_GUARD_AUDIT_QUEUE";
 // OpenTelemetry export (`TelemetryConfig`).
 pub const OTLP_ENDPOINT: &str = "MCP_GUARD_OTLP_ENDPOINT";
 pub const OTLP_PROTOCOL: &str = "MCP_GUARD_OTLP_PROTOCOL";
+pub const OTLP_SAMPLING_RATIO: &str = "MCP_GUARD_OTLP_SAMPLING_RATIO";
 
-/// The traffic mode the webhook chose for the pod, written for operators reading the pod spec. No
-/// sidecar flag reads it.
-pub const TRAFFIC: &str = "MCP_GUARD_TRAFFIC";
+// Standard OpenTelemetry variables the sidecar hands to the OpenTelemetry SDK (no flag reads
+// them); the webhook writes the first two, the others are listed so that the sidecar's own
+// check of its environment knows them.
+/// Headers of every OTLP export, `key=value,key=value` (an injected sidecar gets it from a Secret).
+pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// Resource attributes of every span and metric, `key=value,key=value`.
+pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+pub const OTEL_METRICS_EXPORTER: &str = "OTEL_METRICS_EXPORTER";
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+
+/// Every `OTEL_*` variable above.
+pub const OTEL_STANDARD: &[&str] = &[
+    OTEL_EXPORTER_OTLP_HEADERS,
+    OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_SERVICE_NAME,
+    OTEL_SDK_DISABLED,
+    OTEL_METRICS_EXPORTER,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+];

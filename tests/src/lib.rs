@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 pub mod apiserver;
 pub mod node;
 pub mod oidc;
+pub mod otlp;
 pub mod suite;
 pub mod volume;
 
@@ -664,6 +665,17 @@ impl Sidecar {
         extra: &[&str],
         admin_ip: std::net::IpAddr,
     ) -> Sidecar {
+        Self::start_with_env(upstream_port, extra, admin_ip, &[])
+    }
+
+    /// As [`Sidecar::start_with_admin_host`], with these environment variables (a rendered pod's:
+    /// the addresses on the command line win over theirs).
+    pub fn start_with_env(
+        upstream_port: u16,
+        extra: &[&str],
+        admin_ip: std::net::IpAddr,
+        env: &[(String, String)],
+    ) -> Sidecar {
         let bin = sidecar_bin();
         let mut last = String::new();
         for _ in 0..3 {
@@ -683,6 +695,7 @@ impl Sidecar {
                     .arg("--upstream-port")
                     .arg(upstream_port.to_string())
                     .args(extra)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
                     .env("RUST_LOG", "info")
                     .env("NO_COLOR", "1"),
             );
@@ -1494,6 +1507,36 @@ pub fn assert_spaced(times: &[Duration], min_gap: Duration, what: &str) {
             times
         );
     }
+}
+
+/// A container's environment as the kubelet would give it: plain values (a path under the pod's
+/// `/etc/mcp-guard/` moved under `root` when given, where a test puts the mounted files), the
+/// downward API's field as `field:<fieldPath>`, a Secret's key as `secret:<name>/<key>`.
+pub fn container_env(container: &Value, root: Option<&Path>) -> Vec<(String, String)> {
+    let field = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = field(e, "name");
+            let from = &e["valueFrom"];
+            let value = if let Some(v) = e["value"].as_str() {
+                match (v.strip_prefix("/etc/mcp-guard/"), root) {
+                    (Some(rest), Some(root)) => root.join(rest).display().to_string(),
+                    _ => v.to_owned(),
+                }
+            } else if from.get("fieldRef").is_some() {
+                format!("field:{}", field(&from["fieldRef"], "fieldPath"))
+            } else if from.get("secretKeyRef").is_some() {
+                let r = &from["secretKeyRef"];
+                format!("secret:{}/{}", field(r, "name"), field(r, "key"))
+            } else {
+                String::new()
+            };
+            (name, value)
+        })
+        .collect()
 }
 
 #[cfg(test)]

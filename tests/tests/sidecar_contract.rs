@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use mcp_guard_common::env;
 use mcp_guard_sidecar::cli::{Cli, parse_env};
 use mcp_guard_webhook::config::InjectConfig;
-use mcp_guard_webhook::inject::{Outcome, PodContext, SIDECAR_NAME, mutate};
+use mcp_guard_webhook::inject::{PodContext, injected, sidecar_of};
 use mcp_guard_webhook::settings::{Item, Kind, PREFIX, SETTINGS};
 use serde_json::{Value, json};
 
@@ -50,38 +50,13 @@ fn render(annotations: &[(String, String)]) -> Value {
         namespace_annotations: &none,
         workload_name: None,
     };
-    let Outcome::Injected { patch, .. } = mutate(&InjectConfig::default(), ctx) else {
-        panic!("{annotations:?}: not injected");
-    };
-    let mut mutated = pod.clone();
-    json_patch::patch(&mut mutated, &patch).unwrap();
-    mutated["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == SIDECAR_NAME)
-        .cloned()
-        .unwrap()
+    let pod = injected(&InjectConfig::default(), ctx)
+        .unwrap_or_else(|o| panic!("{annotations:?}: not injected: {o:?}"));
+    sidecar_of(&pod).cloned().expect("the sidecar")
 }
 
-/// The sidecar's environment as the kubelet would give it: values, the downward API's and
-/// Secrets' (a stand-in) resolved.
 fn environment(sidecar: &Value) -> Vec<(String, String)> {
-    sidecar["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap().to_owned();
-            let value = match (&e["value"], &e["valueFrom"]) {
-                (Value::String(v), _) => v.clone(),
-                (_, from) if from.get("fieldRef").is_some() => "tools-0".into(),
-                (_, from) if from.get("secretKeyRef").is_some() => "authorization=Basic x".into(),
-                other => panic!("{name}: {other:?}"),
-            };
-            (name, value)
-        })
-        .collect()
+    mcp_guard_tests::container_env(sidecar, None)
 }
 
 fn parse(vars: &[(String, String)]) -> Result<Cli, String> {

@@ -98,6 +98,29 @@ pub fn mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Outcome {
     }
 }
 
+/// The pod as the API server stores it after injection (the patch applied), or the outcome
+/// when the pod is not injected.
+pub fn injected(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Value, Outcome> {
+    match mutate(cfg, ctx) {
+        Outcome::Injected { patch, .. } => {
+            let mut pod = ctx.pod.clone();
+            json_patch::patch(&mut pod, &patch).map_err(|e| {
+                Outcome::Invalid(format!("the injection patch does not apply: {e}"))
+            })?;
+            Ok(pod)
+        }
+        other => Err(other),
+    }
+}
+
+/// The injected sidecar container of `pod` (native or regular form).
+pub fn sidecar_of(pod: &Value) -> Option<&Value> {
+    ["/spec/initContainers", "/spec/containers"]
+        .into_iter()
+        .flat_map(|p| pod_array(pod, p))
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME))
+}
+
 fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<AnnotationError>> {
     let pod = ctx.pod;
     let opt_in = match selection::select(

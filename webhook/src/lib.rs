@@ -22,3 +22,4 @@ pub mod server;
 pub mod settings;
 pub mod tls;
 pub mod validate;
+pub mod values;

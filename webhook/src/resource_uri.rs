@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::annotations::{EXPECTED_URL, is_absolute_url};
+use crate::values::{EXPECTED_URL, is_absolute_url};
 
 /// What a template is checked with at startup: an ordinary workload.
 const SAMPLE: Workload<'static> = Workload {

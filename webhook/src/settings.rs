@@ -18,7 +18,7 @@ use mcp_guard_common::duration::parse_duration;
 use mcp_guard_common::env;
 use serde::Deserialize;
 
-use crate::annotations::{self, AnnotationError};
+use crate::values::{self, AnnotationError};
 
 /// The prefix of every setting's annotation.
 pub const PREFIX: &str = "mcp-guard.dev/";
@@ -398,7 +398,7 @@ impl SecretRef {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && key != "."
             && key != "..";
-        (annotations::is_dns_subdomain(name) && key_ok).then(|| SecretRef {
+        (values::is_dns_subdomain(name) && key_ok).then(|| SecretRef {
             name: name.to_string(),
             key: key.to_string(),
         })
@@ -409,12 +409,12 @@ impl SecretRef {
 pub fn check(kind: Kind, value: &str) -> Result<(), String> {
     let ok = match kind {
         Kind::Text => !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
-        Kind::Url => annotations::is_absolute_url(value),
+        Kind::Url => values::is_absolute_url(value),
         Kind::Duration => parse_duration(value).is_ok(),
         Kind::Bool => matches!(value, "true" | "false"),
         Kind::Count => value.parse::<u64>().is_ok_and(|n| n > 0),
         Kind::Ratio => value.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)),
-        Kind::Path => annotations::is_url_path(value),
+        Kind::Path => values::is_url_path(value),
         Kind::OneOf(words) => words.contains(&value),
         Kind::List(item) => {
             !value.is_empty() && value.split(',').all(|i| check_item(item, i.trim()))
@@ -439,7 +439,7 @@ pub fn check(kind: Kind, value: &str) -> Result<(), String> {
 fn check_item(item: Item, v: &str) -> bool {
     match item {
         Item::Word => !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && b != b','),
-        Item::Url => annotations::is_absolute_url(v),
+        Item::Url => values::is_absolute_url(v),
         Item::OneOf(words) => words.contains(&v),
         Item::FieldHeader => v.split_once('=').is_some_and(|(f, h)| {
             IDENTITY_FIELDS.contains(&f.trim())
@@ -466,12 +466,12 @@ pub fn normalize(kind: Kind, value: &str) -> String {
 
 /// What `kind` accepts, in words.
 pub fn expected(kind: Kind) -> String {
-    let words = annotations::quoted_words;
+    let words = values::quoted_words;
     match kind {
         Kind::Text => "expected non-empty printable text".into(),
         Kind::Url => format!(
             "{}, such as https://mcp.example.com/mcp",
-            annotations::EXPECTED_URL
+            values::EXPECTED_URL
         ),
         Kind::Duration => "expected a duration such as 500ms, 30s or 5m".into(),
         Kind::Bool => "allowed values are \"true\" and \"false\"".into(),
@@ -482,7 +482,7 @@ pub fn expected(kind: Kind) -> String {
         Kind::List(Item::Word) => "expected a comma-separated list of names".into(),
         Kind::List(Item::Url) => format!(
             "expected a comma-separated list of URLs ({})",
-            annotations::EXPECTED_URL
+            values::EXPECTED_URL
         ),
         Kind::List(Item::OneOf(w)) => format!("expected a comma-separated list of {}", words(w)),
         Kind::List(Item::FieldHeader) => format!(
@@ -585,7 +585,7 @@ fn check_mesh_name(name: &str) -> Result<(), String> {
 pub fn check_value(name: &str, value: &str) -> Result<(), String> {
     match find(name) {
         Some(s) => check(s.kind, value),
-        None => annotations::check_special(name, value),
+        None => values::check_special(name, value),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Golden files: `tests/golden/<case>.yaml` (an optional `kind: GoldenCase` document with the
 //! namespace and webhook options, then the pod) → `<case>.patch.json` (the expected JSON patch;
-//! `[]` when the pod is skipped) or `<case>.error.txt` (the expected refusal).
+//! `[]` when the pod is skipped) and `<case>.pod.yaml` (the injected pod, to read), or
+//! `<case>.error.txt` (the expected refusal).
 //!
 //! Every injected case is run a second time over its own output, which must yield no patch.
 //! The mutated pods are written under the target directory and, when `kubernetes-validate` is
@@ -171,6 +172,14 @@ fn golden() {
                 let mut mutated = case.pod.clone();
                 json_patch::patch(&mut mutated, &patch)
                     .unwrap_or_else(|e| panic!("{}: patch does not apply: {e}", case.name));
+                // The pod as the API server stores it, for a reviewer to read beside the patch.
+                let pod_path = golden_dir().join(format!("{}.pod.yaml", case.name));
+                let pod_text = normalize(&serde_yaml_ng::to_string(&mutated).unwrap())
+                    .replace(
+                        &format!("\"version\":\"{}\"", env!("CARGO_PKG_VERSION")),
+                        "\"version\":\"VERSION\"",
+                    );
+                check_expected(&pod_path, &pod_text, &mut failures);
                 // Second pass over its own output: nothing more to do.
                 let again = PodContext {
                     pod: &mutated,

@@ -52,7 +52,13 @@ const GUARD_NS: &str = "mcp-guard";
 /// The MCP server's namespace.
 const APP_NS: &str = "mcp-demo";
 /// Every tool the example server lists.
-const ALL_TOOLS: [&str; 4] = ["add", "delete_everything", "echo", "get_weather"];
+const ALL_TOOLS: [&str; 5] = [
+    "add",
+    "delete_everything",
+    "echo",
+    "get_weather",
+    "slow_echo",
+];
 /// The tool manifests/examples/policy.yaml hides (it allows only `echo`).
 const HIDDEN: &str = "delete_everything";
 /// The upper bound for anything the cluster does (a rollout, a volume sync); the story polls for
@@ -741,5 +747,111 @@ spec:
             "every container ended, none restarted: {c}"
         );
         assert_eq!(c["state"]["terminated"]["exitCode"], json!(0), "{c}");
+    }
+}
+
+/// The example server, the pods' MCP server, drains on SIGTERM (what the kubelet sends when a
+/// pod is deleted): the call it is answering gets its whole answer, new connections are refused,
+/// and it exits 0. Step 8 shows the same in a pod, behind the sidecar; this shows it without a
+/// node, so it runs wherever the suite does.
+#[test]
+fn example_server_drains_on_sigterm() {
+    use std::io::{Read, Write};
+
+    let port = mcp_guard_tests::free_port();
+    let mut server = mcp_guard_tests::Proc::spawn(
+        "mcp-guard-example-server",
+        std::process::Command::new(mcp_guard_tests::example_server_bin()).args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--stateless-json",
+        ]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mcp_guard_tests::port_open(port) {
+        assert!(
+            server.try_status().is_none() && Instant::now() < deadline,
+            "the example server did not listen\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text: String = (0..4096).map(|i| format!("{i:015} ")).collect();
+    let body = mcp_guard_tests::with_meta_2026(call_body(
+        1,
+        "slow_echo",
+        json!({"text": text, "seconds": 2}),
+    ))
+    .to_string();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMcp-Method: tools/call\r\n\
+         Mcp-Name: slow_echo\r\nMCP-Protocol-Version: {}\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        mcp_guard_tests::PROTOCOL_2026,
+        body.len()
+    )
+    .unwrap();
+    // A loopback request is read at once; the call then waits its two seconds.
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal("TERM");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, raw_body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let json_body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(raw_body)
+    } else {
+        raw_body.to_owned()
+    };
+    let doc: Value = serde_json::from_str(json_body.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not one whole JSON answer ({e}): {}",
+            mcp_guard_tests::tail(&json_body, 500)
+        )
+    });
+    assert_eq!(
+        doc["result"]["content"][0]["text"],
+        json!(text),
+        "the call in flight at SIGTERM is answered in full"
+    );
+    let status = server.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the example server exits 0 after draining: {status:?}\n{}",
+        server.logs()
+    );
+    assert!(
+        !mcp_guard_tests::port_open(port),
+        "nothing listens after the drain"
+    );
+}
+
+/// The payload of an HTTP/1.1 chunked body; panics when the framing is cut short.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").unwrap_or_else(|| {
+            panic!(
+                "chunked body cut short: {}",
+                mcp_guard_tests::tail(body, 200)
+            )
+        });
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|e| panic!("bad chunk size {size:?}: {e}"));
+        if size == 0 {
+            return out;
+        }
+        assert!(rest.len() >= size + 2, "chunk cut short");
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
     }
 }

@@ -5,26 +5,46 @@
 //! serves every request without a session and answers plain JSON, the fastest upstream there is
 //! for benchmarks (MCP 2026-07-28 style requests).
 //!
-//! Tools: `echo`, `add`, `get_weather` (read-only) and `delete_everything` (destructive; the
-//! tool the demo's policy denies).
+//! Tools: `echo`, `add`, `get_weather` (read-only), `delete_everything` (destructive; the
+//! tool the demo's policy denies) and `slow_echo` (answers after a delay: a call that is still in
+//! flight when the pod is deleted).
+//!
+//! On SIGTERM (what the kubelet sends when a pod is deleted) or SIGINT it drains: it stops
+//! accepting connections, lets every request it is answering finish (for at most
+//! [`DRAIN_TIMEOUT`], under the kubelet's default grace period of 30 s), then ends the sessions'
+//! open event streams and exits 0.
 //!
 //! The demo includes this file as a module (`#[path]`), so everything it needs is `pub`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::serve::ListenerExt as _;
 use clap::Parser;
+use futures_util::StreamExt as _;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 
-/// Example MCP server (rmcp, Streamable HTTP) with the tools echo, add, get_weather and
-/// delete_everything: the unmodified server of mcp-guard's demo, tests and benchmarks.
+/// How long a draining server waits for the requests it is answering before it closes what is
+/// left.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// The longest delay `slow_echo` accepts.
+const MAX_DELAY_SECONDS: f64 = 60.0;
+
+/// Example MCP server (rmcp, Streamable HTTP) with the tools echo, add, get_weather,
+/// delete_everything and slow_echo: the unmodified server of mcp-guard's demo, tests and
+/// benchmarks.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "mcp-guard-example-server", version)]
 pub struct ExampleArgs {
@@ -66,6 +86,14 @@ pub struct AddArgs {
     pub a: f64,
     /// Right operand.
     pub b: f64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct SlowEchoArgs {
+    /// Text to send back.
+    pub text: String,
+    /// Seconds to wait before answering (at most 60).
+    pub seconds: f64,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -111,6 +139,23 @@ impl ExampleServer {
     fn delete_everything(&self) -> String {
         "deleted".to_owned()
     }
+
+    #[tool(
+        description = "Returns its text unchanged after waiting the given seconds (at most 60)",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn slow_echo(
+        &self,
+        Parameters(SlowEchoArgs { text, seconds }): Parameters<SlowEchoArgs>,
+    ) -> String {
+        let seconds = if seconds.is_finite() {
+            seconds.clamp(0.0, MAX_DELAY_SECONDS)
+        } else {
+            0.0
+        };
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        text
+    }
 }
 
 #[tool_handler]
@@ -125,9 +170,51 @@ impl ServerHandler for ExampleServer {
     }
 }
 
+/// The requests being answered, until the last byte of each answer is gone (an SSE answer
+/// included); a draining server waits for them. The standalone GET event stream of a session is
+/// not counted: it has no end of its own and is closed at the end of the drain.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// How many answers are still open.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Decrements [`InFlight`] when the answer's body is dropped (sent in full, or abandoned).
+struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn count_in_flight(State(n): State<InFlight>, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    n.0.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlightGuard(Arc::clone(&n.0));
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _open = &guard;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
 /// Builds the HTTP router serving the MCP endpoint at `path`. Cancel `cancel` (the returned
 /// config's token) to close every session.
 pub fn router(args: &ExampleArgs) -> (axum::Router, StreamableHttpServerConfig) {
+    let (app, config, _) = router_counted(args);
+    (app, config)
+}
+
+/// [`router`], and the count of the requests it is answering.
+fn router_counted(args: &ExampleArgs) -> (axum::Router, StreamableHttpServerConfig, InFlight) {
     let mut config = StreamableHttpServerConfig::default();
     config = if args.allowed_hosts.iter().any(|h| h == "*") {
         config.disable_allowed_hosts()
@@ -146,21 +233,23 @@ pub fn router(args: &ExampleArgs) -> (axum::Router, StreamableHttpServerConfig) 
             Arc::new(LocalSessionManager::default()),
             config.clone(),
         );
-    (
-        axum::Router::new().nest_service(&args.path, service),
-        config,
-    )
+    let in_flight = InFlight::default();
+    let app = axum::Router::new().nest_service(&args.path, service).layer(
+        axum::middleware::from_fn_with_state(in_flight.clone(), count_in_flight),
+    );
+    (app, config, in_flight)
 }
 
-/// Serves on an already bound listener until `shutdown` resolves. Sets TCP_NODELAY on every
-/// accepted socket: without it rmcp's SSE answers stall ~40 ms on reused connections (Nagle +
-/// delayed ACK).
+/// Serves on an already bound listener until `shutdown` resolves, then drains: no new
+/// connections, the answers in flight finish (for at most [`DRAIN_TIMEOUT`]), then the sessions'
+/// open event streams end. Sets TCP_NODELAY on every accepted socket: without it rmcp's SSE
+/// answers stall ~40 ms on reused connections (Nagle + delayed ACK).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     args: &ExampleArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (app, config) = router(args);
+    let (app, config, in_flight) = router_counted(args);
     let cancel = config.cancellation_token.clone();
     let listener = listener.tap_io(|tcp| {
         // A socket that refuses TCP_NODELAY still works, only slower.
@@ -169,8 +258,16 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            // Ends open SSE streams so the graceful shutdown does not wait on them.
-            cancel.cancel();
+            // axum now accepts nothing new and closes idle connections. Ending the sessions
+            // (which ends their open SSE streams, so the drain does not wait on them forever)
+            // would also cut the answers still being written: that waits for them first.
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+                while in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                cancel.cancel();
+            });
         })
         .await
         .context("example MCP server failed")
@@ -193,8 +290,14 @@ async fn main() -> anyhow::Result<()> {
         listener.local_addr().context("local address")?,
         args.path
     );
-    serve(listener, &args, async {
-        let _ = tokio::signal::ctrl_c().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    serve(listener, &args, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("mcp-guard-example-server: draining");
     })
     .await?;
     // Give cancelled sessions a moment to flush their last events.

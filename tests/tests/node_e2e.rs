@@ -4,9 +4,11 @@
 //! chart's own references, so the chart is installed unchanged.
 //!
 //! One test plays the story in order, each step on what the previous one left:
-//! 1. `helm install` of charts/mcp-guard (self-signed certificates): the webhook Deployment
-//!    becomes Ready and its controller, with the pods' own ServiceAccount token, writes the
-//!    default policy's status;
+//! 1. the plain manifests/mcp-guard.yaml with a certificate of certs/gen-dev-certs.sh put in by
+//!    certs/with-certs.sh (docs/install.md, "Without Helm"): the webhook Deployment becomes Ready,
+//!    its controller writes the default policy's status, an opted-in pod is injected and runs;
+//!    removed again, then `helm install` of charts/mcp-guard (self-signed certificates): the
+//!    same, with the pods' own ServiceAccount token;
 //! 2. an MCP server Deployment (2 replicas, the project's rmcp example server) and a ClusterIP
 //!    Service with a named targetPort, without mcp-guard: a real MCP client (PyPI `mcp`) through
 //!    the Service sees every tool and calls the one the policy will hide;
@@ -26,7 +28,14 @@
 //!    the annotation from the Deployment and rolling out removes the sidecar (every tool is
 //!    listed again, ungoverned);
 //! 7. a Job with an injected sidecar and `mcp-guard.dev/shutdown-on-exit: enabled` completes: the
-//!    pod reaches Succeeded with every container terminated, the sidecar included.
+//!    pod reaches Succeeded with every container terminated, the sidecar included;
+//! 8. the Deployment opted in again, a pod is deleted while a real client's long call is in flight
+//!    through its sidecar: the client gets the whole answer, and the pod's last stored state
+//!    (watched until it is gone) has the sidecar and the server terminated with exit code 0
+//!    (both drained on SIGTERM, neither killed at the end of the grace period);
+//! 9. the webhook Deployment scaled to zero: with `failurePolicy: Fail` an opted-in pod is refused
+//!    with the API server's message naming the webhook, with `Ignore` it is created without the
+//!    sidecar; scaled back (and `Fail` again), the same pod is created injected.
 //!
 //! Without root or the node's binaries (tests/scripts/install-node.sh) the test is skipped,
 //! unless `MCP_GUARD_REQUIRE_NODE=1` (tests/run.sh sets it), when it fails instead.
@@ -159,6 +168,18 @@ fn status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|c| c["name"] == name)
 }
 
+/// The webhook injected `pod`: the sidecar container and the status annotation.
+fn injected(pod: &Value) -> bool {
+    container(pod, "mcp-guard").is_some()
+        && pod["metadata"]["annotations"]["mcp-guard.dev/status"].is_string()
+}
+
+/// The webhook left `pod` as it was: no sidecar, no status annotation.
+fn untouched(pod: &Value) -> bool {
+    container(pod, "mcp-guard").is_none()
+        && pod["metadata"]["annotations"]["mcp-guard.dev/status"].is_null()
+}
+
 fn ready(pod: &Value) -> bool {
     pod["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
@@ -215,14 +236,17 @@ fn rollout(node: &Node, namespace: &str, deployment: &str) {
     );
 }
 
-fn step(n: u32, what: &str, f: impl FnOnce()) {
+/// A step of the story: its number, what it shows, and the code that shows it.
+type Step<'a> = (&'static str, &'static str, Box<dyn FnOnce() + 'a>);
+
+/// Runs one step of the story, printing what it shows and how long it took; returns the time.
+fn step(n: &str, what: &str, f: impl FnOnce()) -> Duration {
     let t = Instant::now();
     println!("node_e2e: step {n}: {what}");
     f();
-    println!(
-        "node_e2e: step {n} passed in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
+    let took = t.elapsed();
+    println!("node_e2e: step {n} passed in {:.1}s", took.as_secs_f64());
+    took
 }
 
 #[test]
@@ -245,9 +269,10 @@ fn operator_story_on_a_real_node() {
     println!("node_e2e: cluster up in {:.1}s", node.up_time.as_secs_f64());
     let t = Instant::now();
     let images = node.build_images();
+    let images_time = t.elapsed();
     println!(
         "node_e2e: images built and imported in {:.1}s: {images:?}",
-        t.elapsed().as_secs_f64()
+        images_time.as_secs_f64()
     );
 
     // The OpenID provider, where pods reach it: the bridge's gateway address.
@@ -261,44 +286,169 @@ fn operator_story_on_a_real_node() {
         rt,
     };
 
-    step(
-        1,
-        "helm install of charts/mcp-guard; the webhook is Ready",
-        || install_chart(&node),
-    );
-    step(
-        2,
-        "the MCP server without mcp-guard, through its Service",
-        || unguarded_server(&node),
-    );
-    let before = live_pods(&node);
-    step(
-        3,
-        "the operator opts the Deployment in; the rollout injects",
-        || opt_in(&node, &before, &idp.issuer()),
-    );
-    step(4, "governed through the Service", || {
-        governed(&node, &caller)
-    });
-    step(5, "a policy edit reaches the running sidecars", || {
-        policy_edit(&node, &caller)
-    });
-    step(
-        6,
-        "a namespace opts in, a pod opts out, a Deployment opts out",
-        || opt_outs(&node),
-    );
-    step(7, "a Job with an injected sidecar completes", || job(&node));
+    let before = std::cell::RefCell::new(Vec::new());
+    let issuer = idp.issuer();
+    let story: Vec<Step<'_>> = vec![
+        (
+            "1a",
+            "the plain manifests/ with certs/ tooling; an opted-in pod is injected; removed",
+            Box::new(|| install_manifests(&node)),
+        ),
+        (
+            "1b",
+            "helm install of charts/mcp-guard; the webhook is Ready",
+            Box::new(|| install_chart(&node)),
+        ),
+        (
+            "2",
+            "the MCP server without mcp-guard, through its Service",
+            Box::new(|| {
+                unguarded_server(&node);
+                *before.borrow_mut() = live_pods(&node);
+            }),
+        ),
+        (
+            "3",
+            "the operator opts the Deployment in; the rollout injects",
+            Box::new(|| opt_in(&node, &before.borrow(), &issuer)),
+        ),
+        (
+            "4",
+            "governed through the Service",
+            Box::new(|| governed(&node, &caller)),
+        ),
+        (
+            "5",
+            "a policy edit reaches the running sidecars",
+            Box::new(|| policy_edit(&node, &caller)),
+        ),
+        (
+            "6",
+            "a namespace opts in, a pod opts out, a Deployment opts out",
+            Box::new(|| opt_outs(&node)),
+        ),
+        (
+            "7",
+            "a Job with an injected sidecar completes",
+            Box::new(|| job(&node)),
+        ),
+        (
+            "8",
+            "a pod deleted while a call is in flight",
+            Box::new(|| delete_under_traffic(&node, &caller)),
+        ),
+        (
+            "9",
+            "the webhook scaled to zero: Fail refuses, Ignore admits uninjected",
+            Box::new(|| webhook_down(&node)),
+        ),
+    ];
+    let mut times = Vec::new();
+    for (n, what, f) in story {
+        times.push((n, step(n, what, f)));
+    }
 
     println!(
-        "node_e2e: not shown on this 1.20 node: native sidecars (1.29+; the golden tests check that \
-         form against the 1.29+ schemas), PodSecurity admission (1.23+), NetworkPolicy enforcement \
-         (the CNI bridge plugin enforces none; the controller's NetworkPolicy objects are checked \
-         in controller_apiserver)"
+        "node_e2e: not shown on this 1.20 node: native sidecars (1.29+; the webhook's golden \
+         tests check that form against the 1.29 and 1.37 schemas), PodSecurity admission (1.23+; \
+         the goldens pin the injected securityContext to what `restricted` requires), \
+         NetworkPolicy enforcement (the CNI bridge plugin enforces none; the controller's \
+         NetworkPolicy objects are checked in controller_apiserver)"
     );
+    let per_step: Vec<String> = times
+        .iter()
+        .map(|(n, t)| format!("{n} {:.1}s", t.as_secs_f64()))
+        .collect();
     println!(
-        "node_e2e: the suite took {:.1}s",
-        suite.elapsed().as_secs_f64()
+        "node_e2e: the suite took {:.1}s (cluster up {:.1}s, images {:.1}s; steps: {})",
+        suite.elapsed().as_secs_f64(),
+        node.up_time.as_secs_f64(),
+        images_time.as_secs_f64(),
+        per_step.join(", ")
+    );
+}
+
+/// The plain manifests, as docs/install.md's "Without Helm" has a user apply them: a certificate
+/// of certs/gen-dev-certs.sh put in by certs/with-certs.sh, and on this 1.20 cluster (no
+/// `policy/v1`) the PodDisruptionBudget as `policy/v1beta1`. Then removed as "Uninstall" says,
+/// so that the story goes on with the chart.
+fn install_manifests(node: &Node) {
+    let certs = TempDir::new("node-certs");
+    let dir = certs.path().to_str().unwrap();
+    let root = workspace_root();
+    let script = r#"set -euo pipefail
+certs/gen-dev-certs.sh mcp-guard-webhook mcp-guard "$1/certs" > "$1/ca-bundle"
+certs/with-certs.sh "$1/certs" | sed 's|^apiVersion: policy/v1$|apiVersion: policy/v1beta1|' > "$1/mcp-guard.yaml"
+"#;
+    let out = mcp_guard_tests::run_bounded(
+        "with-certs",
+        std::process::Command::new("bash").current_dir(&root).args([
+            "-c",
+            script,
+            "with-certs",
+            dir,
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "certs/ tooling: {}", out.stderr);
+    let manifest = certs.path().join("mcp-guard.yaml");
+    let manifest = manifest.to_str().unwrap();
+    let ca_bundle = std::fs::read_to_string(certs.path().join("ca-bundle")).unwrap();
+    let text = std::fs::read_to_string(manifest).unwrap();
+    assert_eq!(
+        text.matches(ca_bundle.trim()).count(),
+        3,
+        "the generated CA is the Secret's ca.crt and both caBundles"
+    );
+    node.kubectl_ok(&["create", "namespace", GUARD_NS]);
+    node.kubectl_ok(&["apply", "-f", manifest]);
+    rollout(node, GUARD_NS, "mcp-guard-webhook");
+    webhook_ready(node);
+    // The API server reaches the webhook only through the generated CA: an opted-in pod is
+    // injected, and runs.
+    let ns = "mcp-manifests";
+    let pod = opted_in_pod(node, ns, "injected");
+    wait_webhook_injects(node, &pod);
+    node.kubectl.apply(&pod);
+    let pod = node.json(&["get", "pod", "injected", "-n", ns]);
+    assert!(
+        injected(&pod),
+        "injected through the plain manifests' webhook: {pod}"
+    );
+    node.wait("the injected pod is Ready", ns, LONG, || {
+        ready(&node.json(&["get", "pod", "injected", "-n", ns]))
+    });
+
+    // Uninstall: admission first, then the objects, the controller's Lease and what it made.
+    node.kubectl_ok(&[
+        "delete",
+        "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+        "mcp-guard-webhook",
+    ]);
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
+    node.kubectl_ok(&[
+        "delete",
+        "-f",
+        manifest,
+        "--ignore-not-found",
+        "--wait=true",
+    ]);
+    node.kubectl_ok(&[
+        "delete",
+        "lease",
+        "-n",
+        GUARD_NS,
+        "mcp-guard-controller",
+        "--ignore-not-found",
+    ]);
+    node.wait(
+        "the manifests' webhook pods are gone",
+        GUARD_NS,
+        LONG,
+        || {
+            node.pods(GUARD_NS, "app.kubernetes.io/component=webhook")
+                .is_empty()
+        },
     );
 }
 
@@ -322,6 +472,40 @@ fn install_chart(node: &Node) {
         out.stderr,
         node.diagnostics(GUARD_NS)
     );
+    webhook_ready(node);
+}
+
+/// Creates namespace `ns` and returns the manifest of pod `name` in it, opted in by its own
+/// annotation.
+fn opted_in_pod(node: &Node, ns: &str, name: &str) -> String {
+    node.kubectl_ok(&["create", "namespace", ns]);
+    example_pod(
+        name,
+        ns,
+        &[
+            ("mcp-guard.dev/inject", "enabled"),
+            ("mcp-guard.dev/port", "mcp"),
+        ],
+    )
+}
+
+/// Polls a server-side dry run of creating `pod` (admission runs, nothing is stored) until the
+/// webhook answers it with the sidecar: the Service's endpoints and kube-proxy's rules follow a
+/// rollout by a moment, and with `failurePolicy: Fail` a pod created in that moment is refused.
+fn wait_webhook_injects(node: &Node, pod: &str) {
+    node.wait("the webhook injects a dry-run pod", GUARD_NS, LONG, || {
+        let out = node
+            .kubectl
+            .run(&["create", "--dry-run=server", "-o", "json"], Some(pod));
+        out.success()
+            && serde_json::from_str::<Value>(&out.stdout)
+                .is_ok_and(|p| container(&p, "mcp-guard").is_some())
+    });
+}
+
+/// The webhook Deployment of either install path: both replicas Ready, its PodDisruptionBudget
+/// stored, its own pods not injected, and its controller at work.
+fn webhook_ready(node: &Node) {
     let deploy = node.json(&["get", "deployment", "mcp-guard-webhook", "-n", GUARD_NS]);
     assert_eq!(deploy["status"]["readyReplicas"], json!(2), "{deploy}");
     // The PodDisruptionBudget exists in the version this cluster serves (policy/v1beta1 on 1.20).
@@ -401,19 +585,7 @@ fn opt_in(node: &Node, before: &[Value], issuer: &str) {
         println!("node_e2e: MCP_GUARD_NODE_E2E_WITHOUT_SIDECAR=1: no sidecar; step 4 must fail");
         return;
     }
-    let old: Vec<String> = before.iter().map(name).collect();
-    node.wait(
-        "two new pods, Ready, with the sidecar",
-        APP_NS,
-        LONG,
-        || {
-            let pods = live_pods(node);
-            pods.len() == 2
-                && pods.iter().all(|p| {
-                    !old.contains(&name(p)) && container(p, "mcp-guard").is_some() && ready(p)
-                })
-        },
-    );
+    wait_injected(node, before);
     let pods = live_pods(node);
     for pod in &pods {
         let sidecar = status(pod, "mcp-guard").unwrap();
@@ -459,6 +631,23 @@ fn opt_in(node: &Node, before: &[Value], issuer: &str) {
     assert!(
         !ports.is_empty() && ports.iter().all(|p| **p == json!(15001)),
         "the Service's endpoints are the sidecar's port: {endpoints}"
+    );
+}
+
+/// Waits for two pods of the app, none of `before`, Ready with the sidecar.
+fn wait_injected(node: &Node, before: &[Value]) {
+    let old: Vec<String> = before.iter().map(name).collect();
+    node.wait(
+        "two new pods, Ready, with the sidecar",
+        APP_NS,
+        LONG,
+        || {
+            let pods = live_pods(node);
+            pods.len() == 2
+                && pods.iter().all(|p| {
+                    !old.contains(&name(p)) && container(p, "mcp-guard").is_some() && ready(p)
+                })
+        },
     );
 }
 
@@ -666,15 +855,11 @@ fn opt_outs(node: &Node) {
     ));
     let inherits = node.json(&["get", "pod", "inherits", "-n", ns]);
     assert!(
-        container(&inherits, "mcp-guard").is_some(),
+        injected(&inherits),
         "the namespace's annotation injects: {inherits}"
     );
     let out = node.json(&["get", "pod", "opts-out", "-n", ns]);
-    assert!(
-        container(&out, "mcp-guard").is_none()
-            && out["metadata"]["annotations"]["mcp-guard.dev/status"].is_null(),
-        "the pod's own `disabled` wins: {out}"
-    );
+    assert!(untouched(&out), "the pod's own `disabled` wins: {out}");
     node.wait("the namespace-injected pod is Ready", ns, LONG, || {
         ready(&node.json(&["get", "pod", "inherits", "-n", ns]))
     });
@@ -748,6 +933,244 @@ spec:
         );
         assert_eq!(c["state"]["terminated"]["exitCode"], json!(0), "{c}");
     }
+}
+
+/// The sum of the sidecar's `mcp_guard_requests_total` for `method` (admin port `/metrics`).
+fn requests_seen(ip: &str, method: &str) -> f64 {
+    let addr: SocketAddr = format!("{ip}:15020").parse().unwrap();
+    let prefix = format!("mcp_guard_requests_total{{method=\"{method}\"");
+    match http_blocking(addr, "GET", "/metrics", Duration::from_secs(10)) {
+        Ok((200, body)) => body
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+        _ => 0.0,
+    }
+}
+
+fn delete_under_traffic(node: &Node, caller: &Caller) {
+    // Step 6 opted the Deployment out; the operator opts it in again.
+    let before = live_pods(node);
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "mcp-guard.dev/inject": "enabled",
+    }}}}});
+    patch_and_roll_out(node, &patch);
+    wait_injected(node, &before);
+    let pod = live_pods(node).remove(0);
+    let pod_name = name(&pod);
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+    // The client goes where the Service sends it: this pod's sidecar port is an endpoint.
+    let endpoints = node.json(&["get", "endpoints", "tools", "-n", APP_NS]);
+    assert!(
+        endpoints["subsets"].as_array().unwrap().iter().any(|s| {
+            s["addresses"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a["ip"] == ip.as_str()))
+                && s["ports"][0]["port"] == json!(15001)
+        }),
+        "{ip}:15001 is an endpoint of the Service: {endpoints}"
+    );
+    let url = format!("http://{ip}:15001/mcp");
+    let text: String = (0..4096).map(|i| format!("{:015} ", i)).collect();
+    let args = json!({"text": text, "seconds": 8}).to_string();
+    let header = format!("Authorization: Bearer {}", caller.admin);
+    let lists = requests_seen(&ip, "tools/list");
+    let call = std::thread::spawn(move || {
+        inspector(
+            &url,
+            "http",
+            &[
+                "--method",
+                "tools/call",
+                "--tool-name",
+                "slow_echo",
+                "--tool-args-json",
+                &args,
+                "--header",
+                &header,
+            ],
+        )
+    });
+    // The Inspector lists the tools right before it calls one: once the list is answered, the
+    // call is on its way; a moment later it is in flight at the server.
+    node.wait(
+        "the client's tools/list reaches the pod",
+        APP_NS,
+        LONG,
+        || requests_seen(&ip, "tools/list") > lists,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut watch = mcp_guard_tests::Proc::spawn(
+        "kubectl-watch",
+        std::process::Command::new(&node.kubectl.bin)
+            .arg(format!(
+                "--kubeconfig={}",
+                node.kubectl.kubeconfig.display()
+            ))
+            .args(["get", "pod", &pod_name, "-n", APP_NS, "-w", "-o", "json"])
+            .arg("--output-watch-events"),
+    );
+    node.kubectl_ok(&["delete", "pod", &pod_name, "-n", APP_NS, "--wait=false"]);
+
+    let out = call.join().unwrap();
+    assert!(
+        out.success(),
+        "the call in flight while its pod was deleted failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        mcp_guard_tests::tail(&out.stdout, 2000),
+        out.stderr
+    );
+    let answer: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the answer is not whole JSON ({e}): {}",
+            mcp_guard_tests::tail(&out.stdout, 2000)
+        )
+    });
+    assert_ne!(answer["isError"], json!(true), "{answer}");
+    assert!(
+        answer["content"][0]["text"] == json!(text),
+        "the answer arrived complete ({} bytes sent back of {}): {}",
+        answer["content"][0]["text"].as_str().map_or(0, str::len),
+        text.len(),
+        mcp_guard_tests::tail(&answer.to_string(), 500)
+    );
+
+    // The states the kubelet stored for the pod until it was gone: every container that was
+    // seen terminated ended by itself, with exit code 0 (one killed at the end of the grace
+    // period shows 137). The kubelet may coalesce that state away and report last only that
+    // the removed containers "could not be located"; that synthesized state says nothing.
+    let mut events = Vec::new();
+    node.wait("the deleted pod is gone", APP_NS, LONG, || {
+        events = serde_json::Deserializer::from_str(&watch.stdout())
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .collect();
+        events.iter().any(|e| e["type"] == "DELETED")
+    });
+    watch.kill();
+    let mut seen = std::collections::BTreeMap::new();
+    for e in &events {
+        for c in e["object"]["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let t = &c["state"]["terminated"];
+            if t.is_object() && t["reason"] != "ContainerStatusUnknown" {
+                seen.entry(c["name"].as_str().unwrap_or_default().to_owned())
+                    .or_insert_with(|| t.clone());
+            }
+        }
+    }
+    for (container, t) in &seen {
+        assert_eq!(
+            t["exitCode"],
+            json!(0),
+            "{container} ended by itself on SIGTERM (exit code 0, not killed): {t}"
+        );
+    }
+    let codes: Vec<String> = seen
+        .iter()
+        .map(|(c, t)| format!("{c} exit {}", t["exitCode"]))
+        .collect();
+    println!(
+        "node_e2e: the deleted pod's containers seen terminated: {}",
+        codes.join(", ")
+    );
+    // The ReplicaSet replaces the pod, injected.
+    node.wait(
+        "two pods Ready with the sidecar again",
+        APP_NS,
+        LONG,
+        || {
+            let pods = live_pods(node);
+            pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| container(p, "mcp-guard").is_some() && ready(p))
+        },
+    );
+}
+
+/// Sets the mutating webhook's failurePolicy, as an operator (or the chart's
+/// `mutating.failurePolicy`) does.
+fn set_failure_policy(node: &Node, policy: &str) {
+    let patch = json!([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": policy}]);
+    node.kubectl_ok(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        "mcp-guard-webhook",
+        "--type=json",
+        "-p",
+        &patch.to_string(),
+    ]);
+}
+
+fn scale_webhook(node: &Node, replicas: u32) {
+    node.kubectl_ok(&[
+        "scale",
+        "deployment",
+        "mcp-guard-webhook",
+        "-n",
+        GUARD_NS,
+        &format!("--replicas={replicas}"),
+    ]);
+}
+
+fn webhook_down(node: &Node) {
+    let ns = "mcp-outage";
+    let pod = opted_in_pod(node, ns, "opted-in");
+    scale_webhook(node, 0);
+    node.wait("no webhook pod left", GUARD_NS, LONG, || {
+        node.pods(GUARD_NS, "app.kubernetes.io/component=webhook")
+            .is_empty()
+    });
+
+    // failurePolicy Fail (the chart's default): refused, and the message says by what.
+    let out = node.kubectl.run(&["create"], Some(&pod));
+    assert!(
+        !out.success(),
+        "an opted-in pod was admitted with no webhook running and failurePolicy Fail: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains(r#"failed calling webhook "inject.mcp-guard.dev""#),
+        "the refusal names the webhook: {}",
+        out.stderr
+    );
+    assert!(
+        node.kubectl(&["get", "pod", "opted-in", "-n", ns])
+            .stderr
+            .contains("NotFound"),
+        "the refused pod is not stored"
+    );
+
+    // failurePolicy Ignore: admitted as it is, without the sidecar.
+    set_failure_policy(node, "Ignore");
+    node.kubectl.apply(&pod);
+    let stored = node.json(&["get", "pod", "opted-in", "-n", ns]);
+    assert!(
+        untouched(&stored),
+        "with Ignore the pod is admitted uninjected: {stored}"
+    );
+
+    // Scaled back, with Fail again: the same pod (by another name, the first one may still be
+    // terminating) is created, injected.
+    set_failure_policy(node, "Fail");
+    scale_webhook(node, 2);
+    rollout(node, GUARD_NS, "mcp-guard-webhook");
+    let again = pod.replace("name: opted-in\n", "name: opted-in-again\n");
+    assert_ne!(pod, again);
+    wait_webhook_injects(node, &again);
+    node.kubectl.apply(&again);
+    let stored = node.json(&["get", "pod", "opted-in-again", "-n", ns]);
+    assert!(
+        injected(&stored),
+        "scaled back, injection resumes: {stored}"
+    );
+    node.kubectl_ok(&["delete", "namespace", ns, "--wait=false"]);
 }
 
 /// The example server, the pods' MCP server, drains on SIGTERM (what the kubelet sends when a

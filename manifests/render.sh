@@ -19,7 +19,7 @@ HELM="${HELM:-$(bash tests/scripts/install-helm.sh 2>/dev/null | tail -n1)}"
 #   kubectl create namespace mcp-guard
 #   kubectl apply -f manifests/mcp-guard.yaml
 HEADER
-    "$HELM" template mcp-guard charts/mcp-guard --namespace mcp-guard
+    "$HELM" template mcp-guard charts/mcp-guard --namespace mcp-guard --include-crds
 } > manifests/mcp-guard.yaml.tmp
 mv manifests/mcp-guard.yaml.tmp manifests/mcp-guard.yaml
 echo "wrote manifests/mcp-guard.yaml" >&2

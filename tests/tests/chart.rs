@@ -668,7 +668,7 @@ fn normalize(manifest: &str) -> String {
 fn plain_manifests_match_the_chart() {
     let path = workspace_root().join("manifests/mcp-guard.yaml");
     let committed = fs::read_to_string(&path).unwrap();
-    let rendered = template(&[]);
+    let rendered = template(&["--include-crds"]);
     assert!(
         normalize(&committed) == normalize(&rendered),
         "manifests/mcp-guard.yaml is not the chart's default rendering: run manifests/render.sh"
@@ -841,6 +841,8 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
         ("get", "namespaces", None),
         ("list", "namespaces", None),
         ("watch", "namespaces", None),
+        ("list", "approvedservers.mcp-guard.dev", None),
+        ("watch", "approvedservers.mcp-guard.dev", None),
         ("list", "pods", None),
         ("watch", "pods", None),
         ("get", "configmaps", Some("tools")),
@@ -872,6 +874,8 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
         ("update", "configmaps", Some("tools")),
         ("create", "namespaces", None),
         ("patch", "namespaces", None),
+        ("create", "approvedservers.mcp-guard.dev", None),
+        ("delete", "approvedservers.mcp-guard.dev", None),
         ("create", "deployments.apps", Some("tools")),
         ("get", "leases.coordination.k8s.io", Some("tools")),
         ("delete", "leases.coordination.k8s.io", Some(NAMESPACE)),

@@ -307,3 +307,166 @@ fn deployment_pods_are_injected_through_the_controllers() {
         );
     }
 }
+
+/// A Namespace with labels.
+fn labelled_namespace(name: &str, labels: &[(&str, &str)]) -> String {
+    let lines: String = labels
+        .iter()
+        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+        .collect();
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n{lines}")
+}
+
+/// The ApprovedServer catalog on the real admission path: the chart's CRD installed, a pod
+/// whose image no entry approves is refused in an `enforce` namespace (and admitted in a
+/// `disabled` one: the refusal is the catalog's), admitted with the API server's warning in a
+/// `warn` one, admitted with the audit annotation in an `audit` one; approving the image lets
+/// the next pod in, with the same webhook process.
+#[test]
+fn approved_servers_are_enforced_warned_and_audited_and_approval_needs_no_restart() {
+    let _g = serial();
+    let (api, mut webhook) = start();
+    let crd = std::fs::read_to_string(
+        mcp_guard_tests::workspace_root()
+            .join("charts/mcp-guard/crds/approvedservers.mcp-guard.dev.yaml"),
+    )
+    .unwrap();
+    api.apply(&crd);
+    let established = api.kubectl(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/approvedservers.mcp-guard.dev",
+        ],
+        None,
+    );
+    assert!(established.success(), "{}", established.stderr);
+    register(&api, &webhook.mutate_url(), "Fail");
+    for (ns, mode) in [
+        ("strict", "enforce"),
+        ("loose", "warn"),
+        ("watched", "audit"),
+        ("unchecked", "disabled"),
+    ] {
+        api.apply(&labelled_namespace(ns, &[("mcp-guard.dev/approval", mode)]));
+    }
+    let opted_in = [("mcp-guard.dev/inject", "enabled")];
+    let create =
+        |name: &str, ns: &str| api.kubectl(&["create", "-f", "-"], Some(&pod(name, ns, &opted_in)));
+
+    // enforce: refused, naming the image and what to add; the catalog is reached without a
+    // restart once the CRD exists (the reflector retries until then).
+    wait_until(Duration::from_secs(60), || {
+        let out = create("first", "strict");
+        Ok(!out.success() && out.stderr.contains("approved by no ApprovedServer"))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "never refused in enforce mode: {e}\n{}",
+            webhook.proc.logs()
+        )
+    });
+    let out = create("first", "strict");
+    assert!(
+        out.stderr.contains("\"example.com/mcp-server:1.0\"")
+            && out.stderr.contains("namespace \"strict\"")
+            && out.stderr.contains("repository: example.com/mcp-server"),
+        "{}",
+        out.stderr
+    );
+    // The same pod where the check is off: admitted and injected.
+    let out = create("first", "unchecked");
+    assert!(out.success(), "{}", out.stderr);
+    assert!(is_injected(&api.get_json("pod", "unchecked", "first")));
+
+    // warn: admitted, injected, and kubectl prints the API server's warning.
+    let out = create("first", "loose");
+    assert!(out.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Warning:") && out.stderr.contains("approved by no ApprovedServer"),
+        "{}",
+        out.stderr
+    );
+    assert!(is_injected(&api.get_json("pod", "loose", "first")));
+
+    // audit: admitted without a warning; the webhook's answer carries the audit annotation.
+    let out = create("first", "watched");
+    assert!(out.success(), "{}", out.stderr);
+    assert!(!out.stderr.contains("Warning:"), "{}", out.stderr);
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "audit-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "watched",
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": as_json(&api, &pod("second", "watched", &opted_in)),
+        },
+    });
+    let answer = post_review(&api, &webhook, &review);
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let recorded = answer["response"]["auditAnnotations"]["unapproved-images"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(recorded.contains("example.com/mcp-server:1.0"), "{answer}");
+
+    // Approve the image: the next pod in the enforce namespace is admitted, same process.
+    api.apply(
+        "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: mcp-server\nspec:\n  name: com.example/mcp-server\n  owner: team-tools\n  images:\n  - repository: example.com/mcp-server\n    tag: \"1.*\"\n  namespaces: [strict]\n",
+    );
+    wait_until(Duration::from_secs(60), || {
+        Ok(create("approved", "strict").success())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "never admitted after approval: {e}\n{}",
+            webhook.proc.logs()
+        )
+    });
+    assert!(is_injected(&api.get_json("pod", "strict", "approved")));
+    assert!(webhook.proc.try_status().is_none(), "the webhook restarted");
+    // The table reads well.
+    let table = api.kubectl(&["get", "approvedservers"], None);
+    assert!(
+        table.stdout.contains("SERVER")
+            && table.stdout.contains("com.example/mcp-server")
+            && table.stdout.contains("team-tools"),
+        "{}",
+        table.stdout
+    );
+}
+
+/// A manifest as JSON (`kubectl create --dry-run=client -o json`).
+fn as_json(api: &ApiServer, manifest: &str) -> Value {
+    let out = api.kubectl(
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(manifest),
+    );
+    assert!(out.success(), "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+/// POSTs an AdmissionReview to the webhook's `/mutate` (TLS, trusting the test CA).
+fn post_review(api: &ApiServer, webhook: &Webhook, review: &Value) -> Value {
+    let out = mcp_guard_tests::run_bounded(
+        "curl",
+        std::process::Command::new("curl")
+            .arg("-sS")
+            .arg("--max-time")
+            .arg("10")
+            .arg("--cacert")
+            .arg(api.ca.ca_path())
+            .arg("-H")
+            .arg("content-type: application/json")
+            .arg("--data-binary")
+            .arg(review.to_string())
+            .arg(webhook.mutate_url()),
+        Duration::from_secs(20),
+    );
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", out.stdout, out.stderr))
+}

@@ -1,7 +1,8 @@
 //! What the webhook reads from the cluster: the API server's version (native sidecars need
-//! 1.29) once at startup, and namespace annotations from a metadata-only reflector cache, so a
-//! review never waits on a GET (a cache miss, e.g. a namespace created a moment ago, falls back
-//! to one GET).
+//! 1.29) once at startup, namespace annotations and labels from a metadata-only reflector cache,
+//! so a review never waits on a GET (a cache miss, e.g. a namespace created a moment ago, falls
+//! back to one GET), and the catalog of approved servers from a reflector over `ApprovedServer`
+//! objects, so an approval counts for the next pod without a restart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -93,17 +94,93 @@ impl Namespaces {
 
     /// The namespace's annotations; empty when the namespace cannot be found.
     pub async fn annotations(&self, name: &str) -> BTreeMap<String, String> {
+        self.meta(name).await.0
+    }
+
+    /// The namespace's annotations and labels; empty when the namespace cannot be found.
+    pub async fn meta(&self, name: &str) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let pick = |m: &kube::api::ObjectMeta| {
+            (
+                m.annotations.clone().unwrap_or_default(),
+                m.labels.clone().unwrap_or_default(),
+            )
+        };
         if let Some(ns) = self.store.get(&ObjectRef::new(name)) {
-            return ns.metadata.annotations.clone().unwrap_or_default();
+            return pick(&ns.metadata);
         }
         match self.api.get_opt(name).await {
-            Ok(Some(ns)) => ns.metadata.annotations.unwrap_or_default(),
-            Ok(None) => BTreeMap::new(),
+            Ok(Some(ns)) => pick(&ns.metadata),
+            Ok(None) => Default::default(),
             Err(e) => {
                 tracing::warn!(namespace = name, error = %e, "namespace lookup failed");
-                BTreeMap::new()
+                Default::default()
             }
         }
+    }
+}
+
+/// The `ApprovedServer` objects, from a reflector cache.
+#[derive(Clone)]
+pub struct ApprovedServers {
+    store: Store<DynamicObject>,
+    synced: Arc<AtomicBool>,
+}
+
+impl ApprovedServers {
+    /// Starts the reflector on the current runtime. Without the CRD (a cluster where the chart's
+    /// CRD is not installed) the watch keeps retrying and the catalog stays unknown.
+    pub fn start(client: kube::Client) -> Self {
+        let gvk = GroupVersionKind::gvk(
+            crate::registry::GROUP,
+            crate::registry::VERSION,
+            crate::registry::KIND,
+        );
+        let resource = ApiResource::from_gvk_with_plural(&gvk, crate::registry::PLURAL);
+        let api: Api<DynamicObject> = Api::all_with(client, &resource);
+        let writer = reflector::store::Writer::new(resource);
+        let store = writer.as_reader();
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let synced = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&synced);
+        let ready = store.clone();
+        tokio::spawn(async move {
+            if ready.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Release);
+                tracing::info!("approved-server catalog synced");
+            }
+        });
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(reflector::reflector(writer, stream));
+            while let Some(ev) = s.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "ApprovedServer watch error (is the CRD installed?); retrying");
+                }
+            }
+        });
+        Self { store, synced }
+    }
+
+    /// The catalog, or `None` until the first list has arrived. An entry the webhook cannot read
+    /// is left out (and logged): it approves nothing.
+    pub fn catalog(&self) -> Option<crate::registry::Catalog> {
+        if !self.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut entries = Vec::new();
+        for obj in self.store.state() {
+            let value = match serde_json::to_value(obj.as_ref()) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ApprovedServer not serializable");
+                    continue;
+                }
+            };
+            match crate::registry::Catalog::entry(&value) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => tracing::warn!(error = %e, "ApprovedServer ignored"),
+            }
+        }
+        Some(crate::registry::Catalog { entries })
     }
 }
 

@@ -145,6 +145,19 @@ pub struct InjectorArgs {
     )]
     pub sidecar_settings: MeshSettings,
 
+    /// What admission does with a pod (opted into mcp-guard, or labelled
+    /// `mcp-guard.dev/server: "true"`) that runs images no `ApprovedServer` approves for its
+    /// namespace, where the namespace's `mcp-guard.dev/approval` label says nothing: `enforce`
+    /// (refuse), `warn` (admit with a warning), `audit` (admit, record), `disabled`
+    /// (docs/registry.md). `inject` checks only when given `--approved-servers`.
+    #[arg(
+        long,
+        env = "MCP_GUARD_WEBHOOK_APPROVAL_MODE",
+        value_enum,
+        default_value = "warn"
+    )]
+    pub approval_mode: crate::values::ApprovalMode,
+
     /// mcp-guard's own namespace: never injected.
     #[arg(
         long,
@@ -179,6 +192,8 @@ pub struct InjectConfig {
     pub own_namespace: String,
     /// Mesh-wide settings and locks (`--sidecar-settings`).
     pub mesh: MeshSettings,
+    /// The approval check's mode where a namespace's label says nothing.
+    pub approval_mode: crate::values::ApprovalMode,
 }
 
 impl InjectConfig {
@@ -210,6 +225,7 @@ impl InjectConfig {
             sidecar_uid: args.sidecar_uid,
             own_namespace: args.own_namespace.clone(),
             mesh: args.sidecar_settings.clone(),
+            approval_mode: args.approval_mode,
         }
     }
 }
@@ -238,6 +254,7 @@ impl Default for InjectConfig {
             sidecar_uid: 65532,
             own_namespace: "mcp-guard".to_string(),
             mesh: MeshSettings::default(),
+            approval_mode: crate::values::ApprovalMode::Warn,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod inject;
 pub mod metrics;
 pub mod offline;
 pub mod patch;
+pub mod registry;
 pub mod resource_uri;
 pub mod selection;
 pub mod server;

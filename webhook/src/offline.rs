@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::annotations;
 use crate::config::{InjectConfig, InjectorArgs};
 use crate::inject::{self, Outcome, PodContext};
+use crate::registry::{self, Catalog, Verdict};
 
 /// Flags of `inject`.
 #[derive(Debug, Clone, Args)]
@@ -46,6 +47,13 @@ pub struct InjectArgs {
     )]
     pub output: Output,
 
+    /// The catalog of approved servers (`ApprovedServer` documents, YAML or JSON): every
+    /// workload is checked against it in its namespace's mode (`--approval-mode`, or the
+    /// `mcp-guard.dev/approval` label of a Namespace document in the input); `enforce` fails the
+    /// run, `warn` and `audit` print a warning. Without it, no approval check.
+    #[arg(long, env = "MCP_GUARD_WEBHOOK_INJECT_APPROVED_SERVERS")]
+    pub approved_servers: Option<PathBuf>,
+
     #[command(flatten)]
     pub injector: InjectorArgs,
 }
@@ -75,6 +83,8 @@ pub enum OfflineError {
         name: String,
         message: String,
     },
+    #[error("{path}: {message}")]
+    Catalog { path: PathBuf, message: String },
     #[error("document {index}: applying the patch: {source}")]
     Patch {
         index: usize,
@@ -103,12 +113,21 @@ pub struct Offline {
     pub config: InjectConfig,
     pub namespace: String,
     pub require_annotation: bool,
-    /// The annotations of the Namespace documents of the input, by name.
-    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The annotations and labels of the Namespace documents of the input, by name.
+    pub namespaces: BTreeMap<String, NamespaceMeta>,
+    /// The approved servers to check workloads against (`--approved-servers`).
+    pub catalog: Option<Catalog>,
 }
 
-/// The annotations of every Namespace in `docs` (also inside `kind: List`), by name.
-fn namespace_annotations(docs: &[Value]) -> BTreeMap<String, BTreeMap<String, String>> {
+/// A Namespace document's annotations and labels.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceMeta {
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The annotations and labels of every Namespace in `docs` (also inside `kind: List`), by name.
+fn namespace_annotations(docs: &[Value]) -> BTreeMap<String, NamespaceMeta> {
     let mut out = BTreeMap::new();
     for doc in docs {
         match doc.get("kind").and_then(Value::as_str) {
@@ -116,7 +135,10 @@ fn namespace_annotations(docs: &[Value]) -> BTreeMap<String, BTreeMap<String, St
                 if let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) {
                     out.insert(
                         name.to_string(),
-                        crate::selection::string_map(doc, "/metadata/annotations"),
+                        NamespaceMeta {
+                            annotations: crate::selection::string_map(doc, "/metadata/annotations"),
+                            labels: crate::selection::string_map(doc, "/metadata/labels"),
+                        },
                     );
                 }
             }
@@ -185,11 +207,35 @@ impl Offline {
                 "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
             })
         };
-        let mut ns_annotations = self.namespaces.get(&namespace).cloned().unwrap_or_default();
+        let ns = self.namespaces.get(&namespace).cloned().unwrap_or_default();
+        let mut ns_annotations = ns.annotations;
         if !self.require_annotation {
             ns_annotations
                 .entry(annotations::INJECT.to_string())
                 .or_insert_with(|| "enabled".to_string());
+        }
+        if let Some(catalog) = &self.catalog {
+            let subject = registry::Subject {
+                pod: &pod,
+                namespace: &namespace,
+                namespace_annotations: &ns_annotations,
+                namespace_labels: &ns.labels,
+                own_namespace: &self.config.own_namespace,
+            };
+            match registry::assess(Some(catalog), subject, self.config.approval_mode) {
+                Verdict::Pass => {}
+                Verdict::Refuse(message) => {
+                    return Err(OfflineError::Invalid {
+                        index,
+                        kind,
+                        name,
+                        message,
+                    });
+                }
+                Verdict::Warn(message) | Verdict::Record(message) => {
+                    eprintln!("warning: document {index} ({kind} {name}): {message}");
+                }
+            }
         }
         let ctx = PodContext {
             pod: &pod,
@@ -287,11 +333,27 @@ pub fn run(args: &InjectArgs) -> Result<(), OfflineError> {
             source,
         })?;
     }
+    let catalog = match &args.approved_servers {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| OfflineError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Some(
+                Catalog::from_documents(&text).map_err(|message| OfflineError::Catalog {
+                    path: path.clone(),
+                    message,
+                })?,
+            )
+        }
+    };
     let offline = Offline {
         config: InjectConfig::from_args(&args.injector, true),
         namespace: args.namespace.clone(),
         require_annotation: args.require_annotation,
         namespaces: BTreeMap::new(),
+        catalog,
     };
     let (out, results) = offline.run(&input, args.output)?;
     for r in results {
@@ -347,6 +409,7 @@ spec: {containers: [{name: c, image: c}]}
             namespace: "default".into(),
             require_annotation,
             namespaces: BTreeMap::new(),
+            catalog: None,
         }
     }
 
@@ -400,6 +463,15 @@ spec:
             .unwrap();
         let (out, _) = o.run(input, Output::Yaml).unwrap();
         let env = sidecar_env(&out);
+        // The same input against a catalog that approves nothing, in enforce mode: refused.
+        let mut strict = o.clone();
+        strict.catalog = Some(Catalog::default());
+        strict.config.approval_mode = registry::Mode::Enforce;
+        let err = strict.run(input, Output::Yaml).unwrap_err().to_string();
+        assert!(
+            err.contains("\"s\"") && err.contains("ApprovedServer"),
+            "{err}"
+        );
         assert_eq!(env["MCP_GUARD_REQUIRED_SCOPES"], "tickets:read");
         assert_eq!(env["MCP_GUARD_HIDE_DENY_REASONS"], "false");
         assert_eq!(

@@ -26,10 +26,11 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cluster::{self, ClusterError, Namespaces};
+use crate::cluster::{self, ApprovedServers, ClusterError, Namespaces};
 use crate::config::{InjectConfig, InjectorArgs, NativeSidecars};
 use crate::inject::{self, Outcome, PodContext};
 use crate::metrics::Metrics;
+use crate::registry::{self, Verdict};
 use crate::selection::SkipReason;
 use crate::tls::{CertStore, TlsError};
 
@@ -97,6 +98,8 @@ pub enum ServerError {
 pub struct AppState {
     pub config: InjectConfig,
     pub namespaces: Option<Namespaces>,
+    /// The catalog of approved servers; `None` (with `--no-kube`) switches the check off.
+    pub approved: Option<ApprovedServers>,
     pub metrics: Metrics,
 }
 
@@ -234,10 +237,37 @@ async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'stat
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "default".to_string());
-    let ns_annotations = match &st.namespaces {
-        Some(ns) => ns.annotations(&namespace).await,
-        None => BTreeMap::new(),
+    let (ns_annotations, ns_labels) = match &st.namespaces {
+        Some(ns) => ns.meta(&namespace).await,
+        None => (BTreeMap::new(), BTreeMap::new()),
     };
+    let mut resp = resp;
+    if let Some(approved) = &st.approved {
+        let subject = registry::Subject {
+            pod: &pod,
+            namespace: &namespace,
+            namespace_annotations: &ns_annotations,
+            namespace_labels: &ns_labels,
+            own_namespace: &st.config.own_namespace,
+        };
+        match registry::assess(
+            approved.catalog().as_ref(),
+            subject,
+            st.config.approval_mode,
+        ) {
+            Verdict::Pass => {}
+            Verdict::Refuse(message) => {
+                st.metrics.denied();
+                tracing::info!(namespace, %message, "refused: unapproved images");
+                return Ok(resp.deny(message));
+            }
+            Verdict::Warn(message) => resp.warnings.get_or_insert_with(Vec::new).push(message),
+            Verdict::Record(message) => {
+                resp.audit_annotations
+                    .insert(registry::AUDIT_KEY.to_string(), message);
+            }
+        }
+    }
     let ctx = PodContext {
         pod: &pod,
         namespace: &namespace,
@@ -266,11 +296,11 @@ async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'stat
             tracing::debug!(namespace, pod = pod_name, %reason, "skipped");
             let mut resp = resp;
             if reason == SkipReason::NoServerPort {
-                resp.warnings = Some(vec![format!(
+                resp.warnings.get_or_insert_with(Vec::new).push(format!(
                     "mcp-guard: namespace {namespace} opts in, but the pod declares no container \
                      port: not injected (set {} to the MCP server's port)",
                     crate::annotations::PORT
-                )]);
+                ));
             }
             Ok(resp)
         }
@@ -289,6 +319,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let tls_config = certs.server_config()?;
 
     let mut controller_client = None;
+    let mut approved = None;
     let (namespaces, native) = if args.no_kube {
         if args.controller.enabled {
             tracing::warn!("--controller ignored with --no-kube");
@@ -308,6 +339,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         if args.controller.enabled {
             controller_client = Some(client.clone());
         }
+        approved = Some(ApprovedServers::start(client.clone()));
         (Some(Namespaces::start(client)), native)
     };
     let config = InjectConfig::from_args(&args.injector, native);
@@ -338,6 +370,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let state = Arc::new(AppState {
         config,
         namespaces,
+        approved,
         metrics,
     });
     let app = router(state, args.max_body_bytes);

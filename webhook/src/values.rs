@@ -217,3 +217,44 @@ pub fn parse_memory(v: &str) -> Option<f64> {
     };
     Some(n * mult)
 }
+
+/// What admission does with a pod that runs images no `ApprovedServer` approves (the namespace
+/// label `mcp-guard.dev/approval`, the webhook's `--approval-mode`; see `crate::registry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApprovalMode {
+    /// Refuse the pod.
+    Enforce,
+    /// Admit it with an admission warning (kubectl prints it).
+    Warn,
+    /// Admit it and record the finding as an audit annotation.
+    Audit,
+    /// No check.
+    Disabled,
+}
+
+impl ApprovalMode {
+    pub fn parse(v: &str) -> Option<ApprovalMode> {
+        match v {
+            "enforce" => Some(ApprovalMode::Enforce),
+            "warn" => Some(ApprovalMode::Warn),
+            "audit" => Some(ApprovalMode::Audit),
+            "disabled" => Some(ApprovalMode::Disabled),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalMode::Enforce => "enforce",
+            ApprovalMode::Warn => "warn",
+            ApprovalMode::Audit => "audit",
+            ApprovalMode::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for ApprovalMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,7 +1,8 @@
 //! Golden files: `tests/golden/<case>.yaml` (an optional `kind: GoldenCase` document with the
 //! namespace and webhook options, then the pod) → `<case>.patch.json` (the expected JSON patch;
 //! `[]` when the pod is skipped) and `<case>.pod.yaml` (the injected pod, to read), or
-//! `<case>.error.txt` (the expected refusal).
+//! `<case>.error.txt` (the expected refusal); a case with `approvedServers` also records the
+//! approval verdict in `<case>.approval.txt`.
 //!
 //! Every injected case is run a second time over its own output, which must yield no patch.
 //! The mutated pods are written under the target directory and, when `kubernetes-validate` is
@@ -17,6 +18,7 @@ use std::process::Command;
 
 use mcp_guard_webhook::config::InjectConfig;
 use mcp_guard_webhook::inject::{Outcome, PodContext, mutate};
+use mcp_guard_webhook::registry::{Catalog, Subject, Verdict, assess};
 use mcp_guard_webhook::selection::SkipReason;
 use serde::Deserialize;
 use serde_json::Value;
@@ -33,6 +35,11 @@ struct CaseOptions {
     default_resource_uri_template: Option<String>,
     /// `--sidecar-settings` (mesh-wide settings and locks), as YAML.
     sidecar_settings: Option<Value>,
+    /// The namespace's labels (`mcp-guard.dev/approval`).
+    namespace_labels: BTreeMap<String, String>,
+    /// The catalog of approved servers, as `ApprovedServer` objects: with it, the case also
+    /// records the approval verdict in `<case>.approval.txt`.
+    approved_servers: Option<Vec<Value>>,
     /// `false` for inputs that deliberately carry fields no schema knows.
     validate: Option<bool>,
 }
@@ -53,6 +60,8 @@ fn load_cases() -> Vec<Case> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // `<case>.pod.yaml` is an expected output, not a case.
+        .filter(|p| !p.to_string_lossy().ends_with(".pod.yaml"))
         .collect();
     entries.sort();
     for path in entries {
@@ -142,6 +151,26 @@ fn golden() {
             namespace_annotations: &case.options.namespace_annotations,
             workload_name: None,
         };
+        if let Some(objects) = &case.options.approved_servers {
+            let catalog = Catalog {
+                entries: objects.iter().map(|o| Catalog::entry(o).unwrap()).collect(),
+            };
+            let subject = Subject {
+                pod: &case.pod,
+                namespace,
+                namespace_annotations: &case.options.namespace_annotations,
+                namespace_labels: &case.options.namespace_labels,
+                own_namespace: &cfg.own_namespace,
+            };
+            let verdict = match assess(Some(&catalog), subject, cfg.approval_mode) {
+                Verdict::Pass => "pass".to_string(),
+                Verdict::Refuse(m) => format!("refuse: {m}"),
+                Verdict::Warn(m) => format!("warn: {m}"),
+                Verdict::Record(m) => format!("record: {m}"),
+            };
+            let path = golden_dir().join(format!("{}.approval.txt", case.name));
+            check_expected(&path, &format!("{verdict}\n"), &mut failures);
+        }
         let patch_path = golden_dir().join(format!("{}.patch.json", case.name));
         let error_path = golden_dir().join(format!("{}.error.txt", case.name));
         match mutate(&cfg, ctx) {
@@ -174,11 +203,10 @@ fn golden() {
                     .unwrap_or_else(|e| panic!("{}: patch does not apply: {e}", case.name));
                 // The pod as the API server stores it, for a reviewer to read beside the patch.
                 let pod_path = golden_dir().join(format!("{}.pod.yaml", case.name));
-                let pod_text = normalize(&serde_yaml_ng::to_string(&mutated).unwrap())
-                    .replace(
-                        &format!("\"version\":\"{}\"", env!("CARGO_PKG_VERSION")),
-                        "\"version\":\"VERSION\"",
-                    );
+                let pod_text = normalize(&serde_yaml_ng::to_string(&mutated).unwrap()).replace(
+                    &format!("\"version\":\"{}\"", env!("CARGO_PKG_VERSION")),
+                    "\"version\":\"VERSION\"",
+                );
                 check_expected(&pod_path, &pod_text, &mut failures);
                 // Second pass over its own output: nothing more to do.
                 let again = PodContext {

@@ -1,0 +1,513 @@
+//! Approved servers: the catalog of `ApprovedServer` objects (`mcp-guard.dev/v1alpha1`,
+//! cluster-scoped) and the admission check against it. A pod that opts into mcp-guard, or labels
+//! itself an MCP server (`mcp-guard.dev/server: "true"`), must run only images some entry approves
+//! for its namespace. What happens otherwise is the namespace's mode, as PodSecurity does it:
+//! `enforce` refuses the pod, `warn` admits it with an admission warning, `audit` admits it and
+//! records the finding in the API server's audit log; the label `mcp-guard.dev/approval` chooses
+//! it per namespace, the webhook's `--approval-mode` everywhere else.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::annotations::STATUS;
+use crate::selection::{self, Selection};
+pub use crate::values::ApprovalMode as Mode;
+
+/// API group and version of the catalog.
+pub const GROUP: &str = "mcp-guard.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "ApprovedServer";
+pub const PLURAL: &str = "approvedservers";
+/// Namespace label choosing the mode.
+pub const MODE_LABEL: &str = "mcp-guard.dev/approval";
+/// Pod label by which a pod that does not opt into mcp-guard declares itself an MCP server.
+pub const SERVER_LABEL: &str = "mcp-guard.dev/server";
+/// Audit annotation (`auditAnnotations`) of a pod admitted in `audit` mode.
+pub const AUDIT_KEY: &str = "unapproved-images";
+
+/// An image an entry approves: a repository, and optionally the one digest or a tag pattern
+/// (`*` matches any run of characters) it must carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageRule {
+    pub repository: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// `spec` of an `ApprovedServer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovedServerSpec {
+    /// The server's name in the MCP registry's reverse-DNS form, e.g. `io.example/tickets`.
+    pub name: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The team that owns it.
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub images: Vec<ImageRule>,
+    /// Namespaces it may run in; empty: all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// One catalog entry: the object's name and its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub object: String,
+    pub spec: ApprovedServerSpec,
+}
+
+/// The approved servers known to the webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+}
+
+impl Catalog {
+    /// Reads an `ApprovedServer` object (as the API server returns it); the error names it.
+    pub fn entry(object: &Value) -> Result<Entry, String> {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+        let spec: ApprovedServerSpec = serde_json::from_value(spec)
+            .map_err(|e| format!("ApprovedServer {name:?}: invalid spec: {e}"))?;
+        Ok(Entry { object: name, spec })
+    }
+
+    /// Every `ApprovedServer` of a YAML or JSON stream (other documents are ignored), for
+    /// `inject --approved-servers FILE`.
+    pub fn from_documents(text: &str) -> Result<Catalog, String> {
+        let mut entries = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            let v = Value::deserialize(doc).map_err(|e| format!("not YAML: {e}"))?;
+            let items = match v.get("kind").and_then(Value::as_str) {
+                Some("List") | Some("ApprovedServerList") => {
+                    v["items"].as_array().cloned().unwrap_or_default()
+                }
+                _ => vec![v],
+            };
+            for item in items {
+                if item.get("kind").and_then(Value::as_str) == Some(KIND) {
+                    entries.push(Catalog::entry(&item)?);
+                }
+            }
+        }
+        Ok(Catalog { entries })
+    }
+
+    /// Whether some entry approves `image` in `namespace`.
+    pub fn approves(&self, image: &str, namespace: &str) -> bool {
+        let image = ImageRef::parse(image);
+        self.entries.iter().any(|e| {
+            (e.spec.namespaces.is_empty() || e.spec.namespaces.iter().any(|n| n == namespace))
+                && e.spec.images.iter().any(|rule| image.matches(rule))
+        })
+    }
+}
+
+/// An image reference split as a registry reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ImageRef<'a> {
+    repository: &'a str,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+impl<'a> ImageRef<'a> {
+    fn parse(image: &'a str) -> ImageRef<'a> {
+        let (rest, digest) = match image.split_once('@') {
+            Some((r, d)) => (r, Some(d)),
+            None => (image, None),
+        };
+        // A tag follows the last ':' after the last '/' (a registry's port is not a tag).
+        let slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match rest[slash..].rfind(':') {
+            Some(i) => (&rest[..slash + i], Some(&rest[slash + i + 1..])),
+            None => (rest, None),
+        };
+        ImageRef {
+            repository,
+            tag,
+            digest,
+        }
+    }
+
+    fn matches(&self, rule: &ImageRule) -> bool {
+        if self.repository != rule.repository {
+            return false;
+        }
+        if let Some(d) = &rule.digest
+            && self.digest != Some(d.as_str())
+        {
+            return false;
+        }
+        match &rule.tag {
+            // A digest pins the content whatever the tag says.
+            Some(pattern) if self.digest.is_none() || rule.digest.is_none() => {
+                glob(pattern, self.tag.unwrap_or("latest"))
+            }
+            _ => true,
+        }
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A pod that runs images no entry approves for its namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub namespace: String,
+    pub images: Vec<String>,
+}
+
+impl Finding {
+    /// What admission says: the images, and what to add.
+    pub fn message(&self) -> String {
+        let first = self.images.first().map(String::as_str).unwrap_or_default();
+        let repository = ImageRef::parse(first).repository;
+        format!(
+            "mcp-guard: image(s) {} approved by no ApprovedServer for namespace {:?}: add an \
+             entry (kubectl apply an ApprovedServer with spec.images [{{repository: {repository}}}] \
+             and spec.namespaces [{}], or no namespaces for all), see docs/registry.md",
+            self.images
+                .iter()
+                .map(|i| format!("{i:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.namespace,
+            self.namespace
+        )
+    }
+}
+
+/// Whether the pod is the registry's business: it opts into mcp-guard or declares itself an
+/// MCP server, and it is not injected already (its images were checked then).
+pub fn applies(
+    pod: &Value,
+    namespace: &str,
+    namespace_annotations: &BTreeMap<String, String>,
+    own_namespace: &str,
+) -> bool {
+    let annotations = selection::string_map(pod, "/metadata/annotations");
+    if annotations.contains_key(STATUS) {
+        return false;
+    }
+    let labels = selection::string_map(pod, "/metadata/labels");
+    if labels.get(SERVER_LABEL).map(String::as_str) == Some("true") {
+        return true;
+    }
+    matches!(
+        selection::select(pod, namespace, namespace_annotations, own_namespace),
+        Ok(Selection::Inject(_))
+    )
+}
+
+/// The pod's images that no entry approves for `namespace` (regular, init and ephemeral
+/// containers), or `None` when every one is approved.
+pub fn check(catalog: &Catalog, pod: &Value, namespace: &str) -> Option<Finding> {
+    let mut images = Vec::new();
+    for field in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in pod
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+            if !catalog.approves(image, namespace) && !images.iter().any(|i| i == image) {
+                images.push(image.to_string());
+            }
+        }
+    }
+    (!images.is_empty()).then(|| Finding {
+        namespace: namespace.to_string(),
+        images,
+    })
+}
+
+/// The namespace's mode: its `mcp-guard.dev/approval` label, else `default`. An invalid label
+/// value counts as `enforce` (fail closed) and is named in the message.
+pub fn mode(namespace_labels: &BTreeMap<String, String>, default: Mode) -> Result<Mode, String> {
+    match namespace_labels.get(MODE_LABEL) {
+        None => Ok(default),
+        Some(v) => Mode::parse(v.trim()).ok_or_else(|| {
+            format!(
+                "namespace label {MODE_LABEL}: invalid value {v:?}: allowed values are \
+                 \"enforce\", \"warn\", \"audit\" and \"disabled\" (treated as enforce)"
+            )
+        }),
+    }
+}
+
+/// What admission does about the catalog for one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not the registry's business, approved, or the check is off.
+    Pass,
+    /// `enforce`: refuse the pod with this message.
+    Refuse(String),
+    /// `warn`: admit it with this admission warning.
+    Warn(String),
+    /// `audit`: admit it and record this as the audit annotation `mcp-guard.dev/unapproved-images`.
+    Record(String),
+}
+
+/// The pod and what the webhook knows about its namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub pod: &'a Value,
+    pub namespace: &'a str,
+    pub namespace_annotations: &'a BTreeMap<String, String>,
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    pub own_namespace: &'a str,
+}
+
+/// Checks `subject` against `catalog` (`None`: not known, e.g. the CRD is not installed) in its
+/// namespace's mode (`default` where the namespace has no label).
+pub fn assess(catalog: Option<&Catalog>, subject: Subject<'_>, default: Mode) -> Verdict {
+    if !applies(
+        subject.pod,
+        subject.namespace,
+        subject.namespace_annotations,
+        subject.own_namespace,
+    ) {
+        return Verdict::Pass;
+    }
+    let (mode, label_problem) = match mode(subject.namespace_labels, default) {
+        Ok(m) => (m, None),
+        Err(e) => (Mode::Enforce, Some(e)),
+    };
+    if mode == Mode::Disabled {
+        return Verdict::Pass;
+    }
+    let message = match catalog {
+        None => format!(
+            "mcp-guard: the catalog of approved servers is not available (is the ApprovedServer \
+             CRD installed?), so the images of this pod in namespace {:?} cannot be checked; see \
+             docs/registry.md",
+            subject.namespace
+        ),
+        Some(c) => match check(c, subject.pod, subject.namespace) {
+            None => return Verdict::Pass,
+            Some(f) => f.message(),
+        },
+    };
+    let message = match label_problem {
+        Some(p) => format!("{message} ({p})"),
+        None => message,
+    };
+    match mode {
+        Mode::Enforce => Verdict::Refuse(message),
+        Mode::Warn => Verdict::Warn(message),
+        Mode::Audit => Verdict::Record(message),
+        Mode::Disabled => Verdict::Pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn catalog() -> Catalog {
+        Catalog::from_documents(
+            "\
+apiVersion: mcp-guard.dev/v1alpha1
+kind: ApprovedServer
+metadata: {name: tickets}
+spec:
+  name: io.example/tickets
+  images:
+  - {repository: registry.example.com:5000/mcp/tickets, tag: \"1.*\"}
+  namespaces: [tickets]
+---
+apiVersion: mcp-guard.dev/v1alpha1
+kind: ApprovedServer
+metadata: {name: git}
+spec:
+  name: io.example/git
+  images:
+  - {repository: example.com/git, digest: \"sha256:aa\"}
+",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn images_match_by_repository_tag_pattern_and_digest() {
+        let c = catalog();
+        assert!(c.approves("registry.example.com:5000/mcp/tickets:1.4", "tickets"));
+        assert!(!c.approves("registry.example.com:5000/mcp/tickets:2.0", "tickets"));
+        assert!(!c.approves("registry.example.com:5000/mcp/tickets:1.4", "other"));
+        assert!(!c.approves("registry.example.com:5000/mcp/tickets", "tickets"));
+        assert!(c.approves("example.com/git@sha256:aa", "anywhere"));
+        assert!(c.approves("example.com/git:v2@sha256:aa", "anywhere"));
+        assert!(!c.approves("example.com/git:v2", "anywhere"));
+        assert!(!c.approves("example.com/gitx@sha256:aa", "anywhere"));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("1.*", "1.4.2"));
+        assert!(glob("*", ""));
+        assert!(glob("v*-alpine", "v1.2-alpine"));
+        assert!(!glob("v*-alpine", "v1.2-alpine3"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+        assert!(!glob("a*a", "a"));
+    }
+
+    #[test]
+    fn the_finding_names_each_unapproved_image_and_what_to_add() {
+        let pod = json!({"spec": {
+            "initContainers": [{"name": "init", "image": "busybox:1"}],
+            "containers": [
+                {"name": "server", "image": "registry.example.com:5000/mcp/tickets:1.4"},
+                {"name": "proxy", "image": "example.com/proxy:3"},
+            ],
+        }});
+        assert_eq!(
+            check(&catalog(), &pod, "tickets").map(|f| f.images),
+            Some(vec![
+                "example.com/proxy:3".to_string(),
+                "busybox:1".to_string()
+            ])
+        );
+        let f = check(&catalog(), &pod, "other").unwrap();
+        let m = f.message();
+        assert!(
+            m.contains("\"registry.example.com:5000/mcp/tickets:1.4\"")
+                && m.contains("namespace \"other\""),
+            "{m}"
+        );
+        assert!(
+            m.contains("repository: registry.example.com:5000/mcp/tickets"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn modes_come_from_the_namespace_label() {
+        let mut labels = BTreeMap::new();
+        assert_eq!(mode(&labels, Mode::Warn), Ok(Mode::Warn));
+        labels.insert(MODE_LABEL.to_string(), "enforce".to_string());
+        assert_eq!(mode(&labels, Mode::Warn), Ok(Mode::Enforce));
+        labels.insert(MODE_LABEL.to_string(), "strict".to_string());
+        assert!(
+            mode(&labels, Mode::Warn)
+                .unwrap_err()
+                .contains("\"strict\"")
+        );
+    }
+
+    #[test]
+    fn each_mode_gives_its_verdict_and_approval_lets_the_pod_in() {
+        let pod = json!({
+            "metadata": {"annotations": {"mcp-guard.dev/inject": "enabled"}},
+            "spec": {"containers": [{"name": "server", "image": "example.com/rogue:1"}]},
+        });
+        let none = BTreeMap::new();
+        let subject = |labels: &'static [(&str, &str)]| -> BTreeMap<String, String> {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let run = |c: Option<&Catalog>, labels: &BTreeMap<String, String>, default| {
+            assess(
+                c,
+                Subject {
+                    pod: &pod,
+                    namespace: "tickets",
+                    namespace_annotations: &none,
+                    namespace_labels: labels,
+                    own_namespace: "mcp-guard",
+                },
+                default,
+            )
+        };
+        let c = catalog();
+        assert!(
+            matches!(run(Some(&c), &none, Mode::Warn), Verdict::Warn(m) if m.contains("example.com/rogue:1"))
+        );
+        let enforce = subject(&[(MODE_LABEL, "enforce")]);
+        assert!(matches!(
+            run(Some(&c), &enforce, Mode::Warn),
+            Verdict::Refuse(_)
+        ));
+        let audit = subject(&[(MODE_LABEL, "audit")]);
+        assert!(matches!(
+            run(Some(&c), &audit, Mode::Warn),
+            Verdict::Record(_)
+        ));
+        let off = subject(&[(MODE_LABEL, "disabled")]);
+        assert_eq!(run(Some(&c), &off, Mode::Enforce), Verdict::Pass);
+        let bad = subject(&[(MODE_LABEL, "strict")]);
+        assert!(
+            matches!(run(Some(&c), &bad, Mode::Warn), Verdict::Refuse(m) if m.contains("\"strict\""))
+        );
+        assert!(
+            matches!(run(None, &enforce, Mode::Warn), Verdict::Refuse(m) if m.contains("not available"))
+        );
+        let mut approved = c.clone();
+        approved.entries.push(Entry {
+            object: "rogue".into(),
+            spec: ApprovedServerSpec {
+                name: "io.example/rogue".into(),
+                images: vec![ImageRule {
+                    repository: "example.com/rogue".into(),
+                    ..ImageRule::default()
+                }],
+                ..ApprovedServerSpec::default()
+            },
+        });
+        assert_eq!(run(Some(&approved), &enforce, Mode::Warn), Verdict::Pass);
+        // A pod that neither opts in nor declares itself a server is not checked.
+        let plain =
+            json!({"spec": {"containers": [{"name": "x", "image": "example.com/rogue:1"}]}});
+        assert!(!applies(&plain, "tickets", &none, "mcp-guard"));
+        let labelled =
+            json!({"metadata": {"labels": {SERVER_LABEL: "true"}}, "spec": plain["spec"]});
+        assert!(applies(&labelled, "tickets", &none, "mcp-guard"));
+    }
+
+    #[test]
+    fn an_invalid_entry_is_named() {
+        let e =
+            Catalog::from_documents("kind: ApprovedServer\nmetadata: {name: x}\nspec: {name: y}\n")
+                .unwrap_err();
+        assert!(
+            e.contains("ApprovedServer \"x\"") && e.contains("images"),
+            "{e}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
 # Example mcp-guard policy: who may call which tool of which MCP server.
-# Input schema: docs/policy.md (mcp-guard.dev/policy-input/v1).
+# Input schema: docs/policy.md (mcp-guard.dev/policy-input/v2).
 package mcp.authz
 
 import rego.v1
@@ -23,8 +23,9 @@ allow if {
 	input.tool.annotations.readOnlyHint == true
 }
 
-# Everyone may read prompts and resources.
-allow if input.request.method in {"prompts/get", "resources/read"}
+# Everyone may read prompts and resources, and complete their arguments (a completion of an
+# item the caller cannot see is answered as a missing item whatever this says).
+allow if input.request.method in {"prompts/get", "resources/read", "completion/complete"}
 
 # Argument constraint: queries are capped, whoever asks.
 deny contains msg if {

@@ -14,6 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mcp_guard_policy::bundle::Bundle;
 use mcp_guard_policy::engine::CompiledBundle;
 use mcp_guard_policy::input;
+use mcp_guard_policy::mcp::List;
 use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport, Verdict};
 use mcp_guard_sidecar::metrics::Metrics;
 use mcp_guard_sidecar::policy::{PolicyConfig, PolicyInterceptor, PolicyStore};
@@ -98,7 +99,7 @@ fn bench_first_listings(
         b.iter_batched(
             || (make(), list.clone()),
             |(interceptor, mut result)| {
-                interceptor.filter_list(ctx, "tools/list", &mut result);
+                interceptor.filter_list(ctx, List::Tools, &mut result);
                 // Returned, so the interceptor (which lives as long as the sidecar) is dropped
                 // outside the measurement.
                 black_box((interceptor, result))
@@ -110,11 +111,11 @@ fn bench_first_listings(
         b.iter_batched(
             || {
                 let interceptor = make();
-                interceptor.filter_list(other, "tools/list", &mut list.clone());
+                interceptor.filter_list(other, List::Tools, &mut list.clone());
                 (interceptor, list.clone())
             },
             |(interceptor, mut result)| {
-                interceptor.filter_list(ctx, "tools/list", &mut result);
+                interceptor.filter_list(ctx, List::Tools, &mut result);
                 // Returned, so the interceptor (which lives as long as the sidecar) is dropped
                 // outside the measurement.
                 black_box((interceptor, result))
@@ -176,7 +177,7 @@ fn filtering(c: &mut Criterion) {
 
     // The request path of one tools/call: input frame (caller converted once per token) + VM.
     let warm = new_interceptor();
-    warm.filter_list(&ctx, "tools/list", &mut list.clone());
+    warm.filter_list(&ctx, List::Tools, &mut list.clone());
     let call = |tool: &str| {
         let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
                           "params":{"name": tool, "arguments":{"limit":10,"table":"orders"}}});
@@ -215,7 +216,7 @@ fn filtering(c: &mut Criterion) {
         b.iter_batched(
             || list.clone(),
             |mut result| {
-                warm.filter_list(&ctx, "tools/list", &mut result);
+                warm.filter_list(&ctx, List::Tools, &mut result);
                 black_box(result)
             },
             criterion::BatchSize::LargeInput,
@@ -271,12 +272,12 @@ fn filtering(c: &mut Criterion) {
         let (mut per_item, mut batch) = (list.clone(), list.clone());
         PolicyInterceptor::new(&cfg, Arc::clone(&store), Arc::clone(&metrics)).filter_list(
             &caller_ctx,
-            "tools/list",
+            List::Tools,
             &mut per_item,
         );
         PolicyInterceptor::new(&cfg, Arc::clone(&batch_store), Arc::clone(&metrics)).filter_list(
             &caller_ctx,
-            "tools/list",
+            List::Tools,
             &mut batch,
         );
         assert_eq!(

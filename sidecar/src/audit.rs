@@ -33,21 +33,16 @@ use crate::jsonrpc::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::policy::Enforcement;
 use crate::telemetry::{SpanRecord, Telemetry, TraceContext, parse_traceparent};
+use mcp_guard_policy::mcp::{Class, ItemKind, Method};
 
 /// The schema every line names.
 pub const SCHEMA: &str = "mcp-guard.audit/v1";
 
-/// The methods audited: the governed ones and the lists.
-pub const AUDITED: [&str; 8] = [
-    "tools/call",
-    "prompts/get",
-    "resources/read",
-    "resources/subscribe",
-    "tools/list",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-];
+/// Whether requests of `method` are audited: every method but the plumbing ones (the decided
+/// methods and the lists).
+pub fn audited(method: Method) -> bool {
+    method.class() != Class::Plumbing
+}
 
 /// How much of the answer is kept to tell a JSON-RPC error from a result.
 const ANSWER_CAPTURE_BYTES: usize = 64 * 1024;
@@ -448,9 +443,7 @@ impl Recording {
         index: usize,
         msg: &Message,
     ) -> Verdict {
-        let audited = self.auditor.is_some()
-            && msg.kind == Kind::Request
-            && msg.method().is_some_and(|m| AUDITED.contains(&m));
+        let audited = self.auditor.is_some() && msg.kind == Kind::Request && audited(msg.mcp);
         if !audited {
             return interceptor.check(ctx, msg);
         }
@@ -667,8 +660,44 @@ struct ParamsView<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow)]
     uri: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "taskId")]
+    task_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "ref")]
+    reference: Option<RefView<'a>>,
     #[serde(borrow)]
     arguments: Option<&'a RawValue>,
+}
+
+/// A completion's `ref`.
+#[derive(Deserialize)]
+struct RefView<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uri: Option<Cow<'a, str>>,
+}
+
+impl mcp_guard_policy::mcp::Params for ParamsView<'_> {
+    fn field(&self, key: &str) -> Option<&str> {
+        match key {
+            "name" => self.name.as_deref(),
+            "uri" => self.uri.as_deref(),
+            "taskId" => self.task_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn ref_field(&self, key: &str) -> Option<&str> {
+        let r = self.reference.as_ref()?;
+        match key {
+            "type" => r.kind.as_deref(),
+            "name" => r.name.as_deref(),
+            "uri" => r.uri.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -703,7 +732,13 @@ struct Line<'a> {
     session: Option<&'a str>,
     request_id: Option<&'a RawValue>,
     method: &'a str,
+    /// The method, parsed.
+    #[serde(skip)]
+    mcp: Method,
     target: Option<&'a str>,
+    /// What `target` names.
+    #[serde(skip)]
+    target_kind: Option<ItemKind>,
     arguments: Option<Cow<'a, RawValue>>,
     arguments_bytes: usize,
     arguments_truncated: bool,
@@ -844,11 +879,9 @@ impl Render {
         buf: &mut Vec<u8>,
     ) {
         let method = req.method.as_deref().unwrap_or_default();
-        let target = req.params.as_ref().and_then(|p| match method {
-            "tools/call" | "prompts/get" => p.name.as_deref(),
-            "resources/read" | "resources/subscribe" => p.uri.as_deref(),
-            _ => None,
-        });
+        let mcp = Method::parse(method);
+        let item = mcp.item(req.params.as_ref());
+        let target = item.map(|i| i.name);
         let raw_args = req.params.as_ref().and_then(|p| p.arguments);
         let (arguments, arguments_bytes, arguments_truncated, redacted) =
             self.arguments(raw_args, &ev.note.redact);
@@ -890,7 +923,9 @@ impl Render {
             session: r.session.as_deref(),
             request_id: req.id,
             method,
+            mcp,
             target,
+            target_kind: item.map(|i| i.kind),
             arguments,
             arguments_bytes,
             arguments_truncated,
@@ -920,7 +955,7 @@ impl Render {
             (false, true) => "shadow_deny",
             (false, false) => "deny",
         };
-        let tool = target.filter(|_| line.method == "tools/call");
+        let tool = target.filter(|_| line.mcp == Method::ToolsCall);
         self.metrics.record_call(
             line.method,
             tool,
@@ -993,15 +1028,16 @@ fn span_of(r: &Record, line: &Line<'_>, trace: TraceContext, span_id: u64) -> Sp
     };
     let mut attributes = Vec::with_capacity(16);
     attributes.push(KeyValue::new("mcp.method.name", line.method.to_owned()));
-    if let Some(t) = line.target {
-        let key = match line.method {
-            "tools/call" => "gen_ai.tool.name",
-            "prompts/get" => "gen_ai.prompt.name",
-            _ => "mcp.resource.uri",
+    if let (Some(t), Some(kind)) = (line.target, line.target_kind) {
+        let key = match kind {
+            ItemKind::Tool => "gen_ai.tool.name",
+            ItemKind::Prompt => "gen_ai.prompt.name",
+            ItemKind::Resource | ItemKind::ResourceTemplate => "mcp.resource.uri",
+            ItemKind::Task => "mcp.task.id",
         };
         attributes.push(KeyValue::new(key, t.to_owned()));
     }
-    if line.method == "tools/call" {
+    if line.mcp == Method::ToolsCall {
         attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
     }
     if let Some(s) = line.session {

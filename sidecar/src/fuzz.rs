@@ -19,6 +19,7 @@ use crate::intercept::{Interceptor, StaticToolFilter, Transport};
 use crate::jsonrpc::{Message, Payload};
 use crate::proxy::rewrite::Rewriter;
 use crate::sse::EventSplitter;
+use mcp_guard_policy::mcp::List;
 
 /// The tool every rewriting target hides.
 pub const HIDDEN: &str = "secret";
@@ -30,7 +31,7 @@ pub fn jsonrpc(data: &[u8]) {
     };
     for m in payload.messages() {
         let _ = (m.method(), m.id(), m.params(), m.result());
-        let _ = (m.target(), m.meta_protocol_version());
+        let _ = (m.target(), m.mirrored_name(), m.meta_protocol_version());
         let again = Message::from_value(m.clone().into_value());
         assert_eq!(again.map(|a| a.kind).ok(), Some(m.kind));
     }
@@ -94,7 +95,7 @@ pub fn sse_split(data: &[u8]) {
     assert_eq!(joined, expected);
 }
 
-fn hiding_rewriter(sniff: bool, pending: Vec<(String, &'static str)>) -> Rewriter {
+fn hiding_rewriter(sniff: bool, pending: Vec<(String, List)>) -> Rewriter {
     let filter: Arc<dyn Interceptor> = Arc::new(StaticToolFilter::new(&[], &[HIDDEN.to_owned()]));
     Rewriter::new(
         filter,
@@ -194,7 +195,7 @@ pub fn sse_rewrite(data: &[u8]) {
 
 /// A JSON answer to a `tools/list` the client sent with id 1.
 pub fn json_rewrite(data: &[u8]) {
-    let mut rewriter = hiding_rewriter(false, vec![("1".to_owned(), "tools/list")]);
+    let mut rewriter = hiding_rewriter(false, vec![("1".to_owned(), List::Tools)]);
     let out = rewriter.rewrite_json(data);
     let sent = out.as_deref().unwrap_or(data);
     if let Ok(v) = serde_json::from_slice::<Value>(sent) {

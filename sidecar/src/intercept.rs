@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::identity::Identity;
 use crate::jsonrpc::{self, Message};
+use mcp_guard_policy::mcp::{List, Method};
 
 /// Which MCP transport a message arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,34 +80,47 @@ pub struct DecisionNote {
     pub shadow_denied: bool,
     /// Argument paths (`arguments.password`) the policy asks the audit trail to redact.
     pub redact: Vec<String>,
+    /// What refused: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`; `None` when
+    /// nothing did.
+    pub source: Option<&'static str>,
 }
 
-/// The list methods whose results are filtered item by item.
-pub const LIST_METHODS: [&str; 4] = [
-    "tools/list",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-];
+/// What filtering one list answer did, for the audit trail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filtered {
+    /// The names (URIs for resources) of the items hidden from this caller; in shadow mode,
+    /// the items that would have been hidden (they stay in the answer).
+    pub hidden: Vec<String>,
+    /// Whether items were removed from the answer (not so in shadow mode).
+    pub removed: bool,
+    /// The hash of the policy bundle that decided, when one did.
+    pub policy_hash: Option<std::sync::Arc<str>>,
+    /// What hid them: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`.
+    pub sources: Vec<&'static str>,
+}
 
-/// The field of a list result that holds its items.
-pub fn list_field(method: &str) -> Option<&'static str> {
-    match method {
-        "tools/list" => Some("tools"),
-        "prompts/list" => Some("prompts"),
-        "resources/list" => Some("resources"),
-        "resources/templates/list" => Some("resourceTemplates"),
-        _ => None,
+impl Filtered {
+    /// Adds what another filter did to the same answer.
+    pub fn merge(&mut self, other: Filtered) {
+        self.hidden.extend(other.hidden);
+        self.removed |= other.removed;
+        if other.policy_hash.is_some() {
+            self.policy_hash = other.policy_hash;
+        }
+        for s in other.sources {
+            if !self.sources.contains(&s) {
+                self.sources.push(s);
+            }
+        }
     }
 }
 
-/// Guesses the list method of a result by its shape; used for answers whose request the proxy
-/// did not see (a resumed stream), so that nothing hidden slips through unfiltered.
-pub fn list_method_by_shape(result: &Value) -> Option<&'static str> {
-    let obj = result.as_object()?;
-    LIST_METHODS
-        .into_iter()
-        .find(|m| list_field(m).is_some_and(|f| obj.get(f).is_some_and(Value::is_array)))
+/// The name of a list item (its `name`, or its `uri` / `uriTemplate`), as the audit records it.
+pub fn item_name(list: List, item: &Value) -> String {
+    item.get(list.item_field())
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)")
+        .to_owned()
 }
 
 /// Decides on client messages and rewrites list results.
@@ -119,12 +133,11 @@ pub trait Interceptor: Send + Sync + 'static {
         self.check(ctx, msg)
     }
 
-    /// Whether answers to `method` must be seen (and possibly rewritten) by [`Self::filter_list`].
-    fn rewrites(&self, method: &str) -> bool;
+    /// Whether answers to `list` must be seen (and possibly rewritten) by [`Self::filter_list`].
+    fn rewrites(&self, list: List) -> bool;
 
-    /// Removes from a list `result` the items this caller may not see. Returns whether anything
-    /// was removed.
-    fn filter_list(&self, ctx: &Context<'_>, method: &str, result: &mut Value) -> bool;
+    /// Removes from a list `result` the items this caller may not see, and says which.
+    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered;
 }
 
 /// Several interceptors in a row: a message passes only if every one allows it, and every one
@@ -152,14 +165,16 @@ impl Interceptor for Chain {
         Verdict::Allow
     }
 
-    fn rewrites(&self, method: &str) -> bool {
-        self.0.iter().any(|i| i.rewrites(method))
+    fn rewrites(&self, list: List) -> bool {
+        self.0.iter().any(|i| i.rewrites(list))
     }
 
-    fn filter_list(&self, ctx: &Context<'_>, method: &str, result: &mut Value) -> bool {
-        self.0.iter().fold(false, |changed, i| {
-            i.filter_list(ctx, method, result) | changed
-        })
+    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
+        let mut all = Filtered::default();
+        for i in &self.0 {
+            all.merge(i.filter_list(ctx, list, result));
+        }
+        all
     }
 }
 
@@ -188,50 +203,82 @@ impl StaticToolFilter {
     }
 
     pub fn visible(&self, tool: &str) -> bool {
-        !self.deny.contains(tool) && self.allow.as_ref().is_none_or(|a| a.contains(tool))
+        self.hidden_by(tool).is_none()
+    }
+
+    /// The flag that hides `tool`, if one does.
+    pub fn hidden_by(&self, tool: &str) -> Option<&'static str> {
+        if self.deny.contains(tool) {
+            return Some("--deny-tools");
+        }
+        if self.allow.as_ref().is_some_and(|a| !a.contains(tool)) {
+            return Some("--allow-tools");
+        }
+        None
     }
 }
 
 impl Interceptor for StaticToolFilter {
-    fn check(&self, _ctx: &Context<'_>, msg: &Message) -> Verdict {
-        if msg.method() != Some("tools/call") {
+    fn check(&self, ctx: &Context<'_>, msg: &Message) -> Verdict {
+        self.check_noted(ctx, msg, &mut DecisionNote::default())
+    }
+
+    fn check_noted(&self, _ctx: &Context<'_>, msg: &Message, note: &mut DecisionNote) -> Verdict {
+        if msg.mcp != Method::ToolsCall {
             return Verdict::Allow;
         }
-        match msg.target() {
-            Some(tool) if self.visible(tool) => Verdict::Allow,
-            // A hidden tool does not exist for this caller: answer as MCP answers an unknown tool.
-            Some(tool) => Verdict::Deny {
-                code: jsonrpc::code::INVALID_PARAMS,
-                message: format!("Unknown tool: {tool}"),
-                data: None,
-            },
-            None => Verdict::Deny {
+        let Some(tool) = msg.target() else {
+            note.source = Some("mcp-guard");
+            return Verdict::Deny {
                 code: jsonrpc::code::INVALID_PARAMS,
                 message: "tools/call without a tool name".into(),
                 data: None,
-            },
+            };
+        };
+        match self.hidden_by(tool) {
+            None => Verdict::Allow,
+            // A hidden tool does not exist for this caller: answer as MCP answers an unknown tool.
+            Some(flag) => {
+                note.source = Some(flag);
+                Verdict::Deny {
+                    code: jsonrpc::code::INVALID_PARAMS,
+                    message: format!("Unknown tool: {tool}"),
+                    data: None,
+                }
+            }
         }
     }
 
-    fn rewrites(&self, method: &str) -> bool {
-        method == "tools/list"
+    fn rewrites(&self, list: List) -> bool {
+        list == List::Tools
     }
 
-    fn filter_list(&self, _ctx: &Context<'_>, method: &str, result: &mut Value) -> bool {
-        if method != "tools/list" {
-            return false;
+    fn filter_list(&self, _ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
+        let mut out = Filtered::default();
+        if list != List::Tools {
+            return out;
         }
         let Some(items) = result.get_mut("tools").and_then(Value::as_array_mut) else {
-            return false;
+            return out;
         };
-        let before = items.len();
         // An item without a readable name cannot be judged: fail closed and drop it.
         items.retain(|t| {
-            t.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| self.visible(n))
+            let name = t.get("name").and_then(Value::as_str);
+            let by = match name {
+                Some(n) => self.hidden_by(n),
+                None => Some("mcp-guard"),
+            };
+            let Some(by) = by else {
+                return true;
+            };
+            out.hidden.push(item_name(List::Tools, t));
+            if !out.sources.contains(&by) {
+                out.sources.push(by);
+            }
+            false
         });
-        items.len() != before
+        out.removed = !out.hidden.is_empty();
+        out
     }
 }
 
@@ -272,20 +319,21 @@ mod tests {
         assert!(!f.visible("add"));
         let mut r =
             json!({"tools":[{"name":"echo"},{"name":"add"},{"title":"no name"}],"nextCursor":"c"});
-        assert!(f.filter_list(&CTX, "tools/list", &mut r));
+        let f = f.filter_list(&CTX, List::Tools, &mut r);
+        assert!(f.removed);
+        assert_eq!(f.hidden, ["add", "(unnamed)"]);
+        assert_eq!(f.sources, ["--allow-tools", "mcp-guard"]);
         assert_eq!(r, json!({"tools":[{"name":"echo"}],"nextCursor":"c"}));
     }
 
     #[test]
-    fn shape() {
-        assert_eq!(
-            list_method_by_shape(&json!({"tools": []})),
-            Some("tools/list")
-        );
-        assert_eq!(
-            list_method_by_shape(&json!({"resourceTemplates": []})),
-            Some("resources/templates/list")
-        );
-        assert_eq!(list_method_by_shape(&json!({"content": []})), None);
+    fn static_denials_name_their_flag() {
+        let f = StaticToolFilter::new(&["echo".into()], &["rm".into()]);
+        let mut note = DecisionNote::default();
+        assert_ne!(f.check_noted(&CTX, &call("rm"), &mut note), Verdict::Allow);
+        assert_eq!(note.source, Some("--deny-tools"));
+        let mut note = DecisionNote::default();
+        assert_ne!(f.check_noted(&CTX, &call("add"), &mut note), Verdict::Allow);
+        assert_eq!(note.source, Some("--allow-tools"));
     }
 }

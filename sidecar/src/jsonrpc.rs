@@ -1,6 +1,7 @@
 //! The typed model of MCP's JSON-RPC messages: what the proxy needs to know of each message
 //! (kind, method, id, target name) without losing anything it forwards.
 
+use mcp_guard_policy::mcp::{Item, Method};
 use serde_json::{Map, Value};
 
 /// JSON-RPC error codes the sidecar answers with.
@@ -35,6 +36,8 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 pub struct Message {
     pub kind: Kind,
+    /// The MCP method, parsed once ([`Method::Other`] for a response or an unknown method).
+    pub mcp: Method,
     /// The full message object.
     pub raw: Map<String, Value>,
 }
@@ -111,12 +114,12 @@ impl Message {
             Some(Value::Null) if !raw.contains_key("method") => true,
             Some(_) => return Err("\"id\" must be a string or a number".into()),
         };
-        let kind = match raw.get("method") {
-            Some(Value::String(_)) if has_id => Kind::Request,
-            Some(Value::String(_)) => Kind::Notification,
+        let (kind, mcp) = match raw.get("method") {
+            Some(Value::String(m)) if has_id => (Kind::Request, Method::parse(m)),
+            Some(Value::String(m)) => (Kind::Notification, Method::parse(m)),
             Some(_) => return Err("\"method\" must be a string".into()),
             None if has_id && (raw.contains_key("result") || raw.contains_key("error")) => {
-                Kind::Response
+                (Kind::Response, Method::Other)
             }
             None => return Err("neither a request (\"method\") nor a response (\"result\" or \"error\" with \"id\")".into()),
         };
@@ -125,7 +128,7 @@ impl Message {
         {
             return Err("\"params\" must be an object or an array".into());
         }
-        Ok(Message { kind, raw })
+        Ok(Message { kind, mcp, raw })
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -144,15 +147,25 @@ impl Message {
         self.raw.get("result")
     }
 
-    /// The name the method acts on: the tool of `tools/call`, the prompt of `prompts/get`, the
-    /// URI of `resources/read` and `resources/(un)subscribe`. This is what `Mcp-Name` mirrors.
+    /// The item the message names (the tool of `tools/call`, a completion's prompt, a task),
+    /// as [`Method::item`] reads it.
+    pub fn item(&self) -> Option<Item<'_>> {
+        if self.kind == Kind::Response {
+            return None;
+        }
+        self.mcp.item(self.params())
+    }
+
+    /// The name of the item the message names; see [`Self::item`].
     pub fn target(&self) -> Option<&str> {
-        let key = match self.method()? {
-            "tools/call" | "prompts/get" => "name",
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
-            _ => return None,
-        };
-        self.params()?.get(key)?.as_str()
+        self.item().map(|i| i.name)
+    }
+
+    /// The value the MCP 2026-07-28 `Mcp-Name` header mirrors: `params.name`, `params.uri` or
+    /// `params.taskId`, by method.
+    pub fn mirrored_name(&self) -> Option<&str> {
+        let field = self.mcp.mirrored_field()?;
+        self.params()?.get(field)?.as_str()
     }
 
     /// The MCP protocol version a 2026-07-28 request carries in `params._meta`, if any.
@@ -225,6 +238,24 @@ mod tests {
         assert_eq!(p.messages()[0].target(), Some("p"));
         let l = parse(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})).unwrap();
         assert_eq!(l.messages()[0].target(), None);
+        assert_eq!(l.messages()[0].mcp, Method::ToolsList);
+        let c = parse(
+            json!({"jsonrpc":"2.0","id":1,"method":"completion/complete",
+            "params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":""}}}),
+        )
+        .unwrap();
+        assert_eq!(c.messages()[0].target(), Some("p"));
+        assert_eq!(
+            c.messages()[0].mirrored_name(),
+            None,
+            "Mcp-Name mirrors no ref"
+        );
+        let v = parse(json!({"jsonrpc":"2.0","id":1,"method":"vendor/x","params":{"name":"n"}}))
+            .unwrap();
+        assert_eq!(
+            (v.messages()[0].mcp, v.messages()[0].target()),
+            (Method::Other, None)
+        );
     }
 
     #[test]

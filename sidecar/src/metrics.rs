@@ -1,5 +1,6 @@
 //! Prometheus metrics of the request path, served on the admin port's `/metrics`.
 
+use mcp_guard_policy::mcp::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,43 +44,12 @@ struct RequestLabels {
     outcome: &'static str,
 }
 
-/// The MCP methods that get their own label value; anything else is `other`, so a client cannot
-/// blow up the metric's cardinality.
-const KNOWN_METHODS: [&str; 24] = [
-    "initialize",
-    "ping",
-    "server/discover",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/list",
-    "tasks/result",
-    "tasks/cancel",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-    "sampling/createMessage",
-    "elicitation/create",
-];
-
-/// The label value for a method name.
+/// The label value for a method name: the methods MCP defines ([`Method`]) get their own;
+/// anything else is `other`, so a client cannot blow up the metric's cardinality.
 pub fn method_label(method: Option<&str>) -> &'static str {
     match method {
         None => "none",
-        Some(m) => KNOWN_METHODS
-            .into_iter()
-            .find(|k| *k == m)
-            .unwrap_or("other"),
+        Some(m) => Method::parse(m).name().unwrap_or("other"),
     }
 }
 

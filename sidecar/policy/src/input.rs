@@ -1,5 +1,6 @@
-//! The input document a policy decides on: schema `mcp-guard.dev/policy-input/v1`, documented in
-//! `docs/policy.md`. Fields are only ever added within a version.
+//! The input document a policy decides on: schema `mcp-guard.dev/policy-input/v2`, documented in
+//! `docs/policy.md`. Fields are only ever added within a version; v2 is v1 with every method but
+//! the plumbing ones decided ([`crate::mcp`]), and `request.task`.
 //!
 //! The document is built directly as the policy engine's value type. The parts that stay the same
 //! for every decision of a request (the caller, the client, the server) are converted once per
@@ -12,10 +13,11 @@ use std::sync::LazyLock;
 use regorus::Value as RegoValue;
 use serde_json::{Map, Value, json};
 
+use crate::mcp::{Item, List};
 use crate::value::to_rego;
 
 /// The version string every input carries.
-pub const INPUT_VERSION: &str = "mcp-guard.dev/policy-input/v1";
+pub const INPUT_VERSION: &str = "mcp-guard.dev/policy-input/v2";
 
 /// The MCP server this sidecar governs (from the pod, through the downward API).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -99,18 +101,21 @@ struct Names {
     tools: RegoValue,
     prompt: RegoValue,
     uri: RegoValue,
+    task: RegoValue,
     input_version: RegoValue,
     anonymous: RegoValue,
 }
 
 impl Names {
-    /// The key `name` (`tool`, `tools`, `prompt`, `uri`: the keys that vary with the message).
+    /// The key `name` (`tool`, `tools`, `prompt`, `uri`, `task`: the keys that vary with the
+    /// message).
     fn key(&self, name: &str) -> RegoValue {
         match name {
             "tool" => self.tool.clone(),
             "tools" => self.tools.clone(),
             "prompt" => self.prompt.clone(),
             "uri" => self.uri.clone(),
+            "task" => self.task.clone(),
             other => RegoValue::from(other),
         }
     }
@@ -133,6 +138,7 @@ static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
     tools: RegoValue::from("tools"),
     prompt: RegoValue::from("prompt"),
     uri: RegoValue::from("uri"),
+    task: RegoValue::from("task"),
     input_version: RegoValue::from(INPUT_VERSION),
     anonymous: subject_value(None),
 });
@@ -231,35 +237,32 @@ impl Frame {
         r
     }
 
-    /// The input for a decision on one client message: its `method`, the item it names
-    /// (`target`) and its `params.arguments`. `tool` is the policy view of the server's own
-    /// definition of the tool the message names.
+    /// The input for a decision on one client message: its `method` (as the client wrote it, so
+    /// a vendor method reaches the policy by its name), the item it names and its
+    /// `params.arguments`. `tool` is the policy view of the server's own definition of the tool
+    /// the message names.
     pub fn message(
         &self,
         method: &str,
-        target: Option<&str>,
+        item: Option<Item<'_>>,
         arguments: Option<&Value>,
         tool: Option<RegoValue>,
     ) -> RegoValue {
         let arguments = arguments.map_or_else(RegoValue::new_object, to_rego);
-        let key = match method {
-            "tools/call" => Some("tool"),
-            "prompts/get" => Some("prompt"),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
-            _ => None,
-        };
-        let request = self.request(method, key, text(target), arguments);
+        let key = item.map(|i| i.kind.input_key());
+        let request = self.request(method, key, text(item.map(|i| i.name)), arguments);
         self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
     }
 
     /// The input deciding whether one item of a list answer is visible: the same as a call of
     /// that item with no arguments (`tools/call`, `prompts/get`, `resources/read`), with
     /// `request.list` naming the list.
-    pub fn list_item(&self, list_method: &str, item: &Value, tool: Option<RegoValue>) -> RegoValue {
-        let (method, key, field) = list_item_call(list_method);
-        let name = text(item.get(field).and_then(Value::as_str));
+    pub fn list_item(&self, list: List, item: &Value, tool: Option<RegoValue>) -> RegoValue {
+        let method = list.item_call().name().unwrap_or_default();
+        let key = list.item_kind().input_key();
+        let name = text(item.get(list.item_field()).and_then(Value::as_str));
         let mut request = self.request(method, Some(key), name, RegoValue::new_object());
-        request.insert(NAMES.list.clone(), RegoValue::from(list_method));
+        request.insert(NAMES.list.clone(), RegoValue::from(list.as_str()));
         self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
     }
 
@@ -273,16 +276,6 @@ impl Frame {
             RegoValue::from(request),
             Some(("tools", RegoValue::from(tools))),
         )
-    }
-}
-
-/// The call a list item stands for: (method, request key, item field naming it).
-pub fn list_item_call(list_method: &str) -> (&'static str, &'static str, &'static str) {
-    match list_method {
-        "tools/list" => ("tools/call", "tool", "name"),
-        "prompts/list" => ("prompts/get", "prompt", "name"),
-        "resources/list" => ("resources/read", "uri", "uri"),
-        _ => ("resources/read", "uri", "uriTemplate"),
     }
 }
 

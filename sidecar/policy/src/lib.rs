@@ -1,6 +1,7 @@
 //! mcp-guard's policy engine, shared by the sidecar (which enforces) and the webhook (which
 //! refuses and distributes bundles): a bundle read and hashed ([`bundle`]), compiled once and
-//! evaluated ([`engine`]), the input document it decides on ([`input`], with the server's tool
+//! evaluated ([`engine`]), the input document it decides on ([`input`], with the MCP vocabulary of
+//! [`mcp`] and the server's tool
 //! definitions from [`catalog`] and JSON converted by [`value`]), and the offline `policy test` /
 //! `policy eval` commands ([`offline`]). It knows nothing of HTTP, tokens or the proxy: the
 //! sidecar hands it plain values.
@@ -9,6 +10,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod engine;
 pub mod input;
+pub mod mcp;
 pub mod nesting;
 pub mod offline;
 pub mod value;

@@ -1,5 +1,6 @@
-//! Enforcing the policy at the interception point: governed methods are decided, list answers
-//! are filtered item by item, and a hidden item is answered as one that does not exist.
+//! Enforcing the policy at the interception point: every method but the plumbing ones is
+//! decided ([`mcp_guard_policy::mcp`] says which is which), list answers are filtered item by
+//! item, and a hidden item is answered as one that does not exist, on every method that names it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,21 +12,14 @@ use serde_json::{Value, json};
 use mcp_guard_policy::catalog::{ToolCatalog, View};
 use mcp_guard_policy::engine::{CompiledBundle, Decision};
 use mcp_guard_policy::input::{Frame, ServerInfo};
+use mcp_guard_policy::mcp::{Class, Item, List, Method};
 
 use super::config::{Enforcement, PolicyConfig};
 use super::store::PolicyStore;
 use crate::identity::Identity;
-use crate::intercept::{Context, DecisionNote, Interceptor, LIST_METHODS, Verdict, list_field};
+use crate::intercept::{Context, DecisionNote, Filtered, Interceptor, Verdict, item_name};
 use crate::jsonrpc::{Message, code};
 use crate::metrics::Metrics;
-
-/// The methods a policy decides on; every other method passes.
-pub const GOVERNED: [&str; 4] = [
-    "tools/call",
-    "prompts/get",
-    "resources/read",
-    "resources/subscribe",
-];
 
 /// Visibility decisions remembered at most; the cache starts over when full.
 const MAX_CACHED: usize = 100_000;
@@ -99,25 +93,26 @@ fn message_input(frame: &Frame, msg: &Message, tool: Option<RegoValue>) -> RegoV
     let arguments = msg.params().and_then(|p| p.get("arguments"));
     frame.message(
         msg.method().unwrap_or_default(),
-        msg.target(),
+        msg.item(),
         arguments,
         tool,
     )
 }
 
-/// The answer to a call of an item the caller cannot see: the one MCP servers give for an item
-/// that does not exist, so a hidden item is revealed by no path.
-fn not_found(method: &str, name: &str) -> Verdict {
-    let (code, message) = match method {
-        "tools/call" => (code::INVALID_PARAMS, format!("Unknown tool: {name}")),
-        "prompts/get" => (code::INVALID_PARAMS, format!("Unknown prompt: {name}")),
-        _ => (-32002, format!("Resource not found: {name}")),
-    };
+/// The answer to a request that names an item the caller cannot see: the one MCP servers give
+/// for an item that does not exist, so a hidden item is revealed by no path.
+fn not_found(item: Item<'_>) -> Verdict {
+    let (code, message) = item.kind.not_found(item.name);
     Verdict::Deny {
         code,
         message,
         data: None,
     }
+}
+
+/// The list item standing for `item` when its visibility is decided.
+fn list_item_of(list: List, name: &str) -> Value {
+    json!({ list.item_field(): name })
 }
 
 impl PolicyInterceptor {
@@ -176,7 +171,7 @@ impl PolicyInterceptor {
     }
 
     fn tool_view(&self, msg: &Message) -> Option<RegoValue> {
-        (msg.method() == Some("tools/call"))
+        (msg.mcp == Method::ToolsCall)
             .then(|| msg.target().and_then(|n| self.catalog.view(n)))
             .flatten()
             .map(|(view, _)| view)
@@ -199,7 +194,7 @@ impl PolicyInterceptor {
         }
         let visible = self.item_visible(
             bundle,
-            frame.list_item("tools/list", item, Some(view.clone())),
+            frame.list_item(List::Tools, item, Some(view.clone())),
         );
         self.visible_cache.lock().insert(key, visible);
         visible
@@ -211,11 +206,11 @@ impl PolicyInterceptor {
         &self,
         bundle: &CompiledBundle,
         frame: &Frame,
-        method: &str,
+        list: List,
         items: &[Value],
         views: &[View],
     ) -> Vec<bool> {
-        if method == "tools/list" {
+        if list == List::Tools {
             let frame_number = self.visible_cache.lock().frame(frame.key());
             return items
                 .iter()
@@ -225,8 +220,42 @@ impl PolicyInterceptor {
         }
         items
             .iter()
-            .map(|item| self.item_visible(bundle, frame.list_item(method, item, None)))
+            .map(|item| self.item_visible(bundle, frame.list_item(list, item, None)))
             .collect()
+    }
+
+    /// Whether the caller of `frame` may see `item` in its list, as the list's filter decides:
+    /// the bundle's `visible_tools` for a tool when it has one, else `visible` (or a call of the
+    /// item allowed). An item of no list (a task) counts as visible.
+    fn named_item_visible(
+        &self,
+        bundle: &CompiledBundle,
+        frame: &Frame,
+        item: Item<'_>,
+        tool: Option<RegoValue>,
+    ) -> bool {
+        let Some(list) = item.kind.list() else {
+            return true;
+        };
+        let entry = list_item_of(list, item.name);
+        if list == List::Tools && bundle.has_visible_tools {
+            let (view, _) = self.catalog.view_of(&entry);
+            return self
+                .visible_tools(bundle, frame, vec![view])
+                .contains(item.name);
+        }
+        self.item_visible(bundle, frame.list_item(list, &entry, tool))
+    }
+
+    /// A refusal: enforced, or in shadow mode noted and forwarded.
+    fn refuse(&self, method: &str, note: &mut DecisionNote, verdict: Verdict) -> Verdict {
+        note.source = Some("policy");
+        if self.mode == Enforcement::Shadow {
+            note.shadow_denied = true;
+            self.metrics.shadow_denied(Some(method));
+            return Verdict::Allow;
+        }
+        verdict
     }
 }
 
@@ -239,61 +268,62 @@ impl Interceptor for PolicyInterceptor {
         let Some(method) = msg.method() else {
             return Verdict::Allow;
         };
-        if !GOVERNED.contains(&method) {
+        // Plumbing passes; a list is decided item by item in its answer.
+        if msg.mcp.class() != Class::Governed {
             return Verdict::Allow;
         }
-        let name = msg.target().unwrap_or_default();
+        let item = msg.item();
+        let name = item.map(|i| i.name).unwrap_or_default();
         let Some(bundle) = self.store.current() else {
-            if self.mode == Enforcement::Shadow {
-                note.shadow_denied = true;
-                note.reasons = vec!["no policy loaded".into()];
-                tracing::warn!(method, name, "no policy loaded; forwarded (shadow)");
-                self.metrics.shadow_denied(Some(method));
-                return Verdict::Allow;
-            }
             note.reasons = vec!["no policy loaded".into()];
-            tracing::warn!(method, name, "no policy loaded; denied");
-            return Verdict::Deny {
-                code: code::DENIED,
-                message: "mcp-guard has no valid policy loaded; the request is refused".into(),
-                data: None,
-            };
+            tracing::warn!(
+                method,
+                name,
+                "no policy loaded; refused (forwarded in shadow mode)"
+            );
+            let v = self.refuse(
+                method,
+                note,
+                Verdict::Deny {
+                    code: code::DENIED,
+                    message: "mcp-guard has no valid policy loaded; the request is refused".into(),
+                    data: None,
+                },
+            );
+            note.source = Some("no policy loaded");
+            return v;
         };
         let frame = frame(ctx, &self.server);
-        let mut decision = self.decide(&bundle, message_input(&frame, msg, self.tool_view(msg)));
         note.policy_hash = Some(Arc::clone(&bundle.hash));
+        let subject = ctx.identity.map(|i| i.sub.as_str()).unwrap_or("anonymous");
+        // A method that names an item without being its call (a completion, a subscription)
+        // reaches only items the caller can see: a hidden one is answered as missing, whatever
+        // the policy says of the method.
+        if let Some(it) = item
+            && !msg.mcp.is_item_call()
+            && !self.named_item_visible(&bundle, &frame, it, None)
+        {
+            note.reasons = vec![format!("{name} is hidden from this caller")];
+            tracing::info!(method, name, subject, policy_hash = %bundle.hash, "names a hidden item; refused as missing");
+            return self.refuse(method, note, not_found(it));
+        }
+        let mut decision = self.decide(&bundle, message_input(&frame, msg, self.tool_view(msg)));
         note.redact = std::mem::take(&mut decision.redact);
         if decision.allowed() {
             return Verdict::Allow;
         }
-        let subject = ctx.identity.map(|i| i.sub.as_str()).unwrap_or("anonymous");
         note.reasons.clone_from(&decision.reasons);
         if self.mode == Enforcement::Shadow {
-            note.shadow_denied = true;
             tracing::info!(method, name, subject, reasons = ?decision.reasons, policy_hash = %bundle.hash, "would deny (shadow)");
-            self.metrics.shadow_denied(Some(method));
-            return Verdict::Allow;
-        }
-        tracing::info!(method, name, subject, reasons = ?decision.reasons, policy_hash = %bundle.hash, "denied by policy");
-        // A caller who cannot see the item is told it does not exist.
-        let list = match method {
-            "tools/call" => "tools/list",
-            "prompts/get" => "prompts/list",
-            _ => "resources/list",
-        };
-        let item = match method {
-            "tools/call" | "prompts/get" => json!({"name": name}),
-            _ => json!({"uri": name}),
-        };
-        let visible = if method == "tools/call" && bundle.has_visible_tools {
-            let (view, _) = self.catalog.view_of(&item);
-            self.visible_tools(&bundle, &frame, vec![view])
-                .contains(name)
         } else {
-            self.item_visible(&bundle, frame.list_item(list, &item, self.tool_view(msg)))
-        };
-        if !visible {
-            return not_found(method, name);
+            tracing::info!(method, name, subject, reasons = ?decision.reasons, policy_hash = %bundle.hash, "denied by policy");
+        }
+        // A caller who cannot see the item is told it does not exist.
+        if let Some(it) = item
+            && msg.mcp.is_item_call()
+            && !self.named_item_visible(&bundle, &frame, it, self.tool_view(msg))
+        {
+            return self.refuse(method, note, not_found(it));
         }
         let (message, data) = if self.hide_reasons {
             ("denied by policy".to_owned(), None)
@@ -307,25 +337,27 @@ impl Interceptor for PolicyInterceptor {
                 Some(json!({"reasons": decision.reasons, "policy": &*bundle.hash})),
             )
         };
-        Verdict::Deny {
-            code: code::DENIED,
-            message,
-            data,
-        }
+        self.refuse(
+            method,
+            note,
+            Verdict::Deny {
+                code: code::DENIED,
+                message,
+                data,
+            },
+        )
     }
 
-    fn rewrites(&self, method: &str) -> bool {
-        LIST_METHODS.contains(&method)
+    fn rewrites(&self, _list: List) -> bool {
+        true
     }
 
-    fn filter_list(&self, ctx: &Context<'_>, method: &str, result: &mut Value) -> bool {
-        let Some(field) = list_field(method) else {
-            return false;
+    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
+        let mut out = Filtered::default();
+        let Some(items) = result.get_mut(list.field()).and_then(Value::as_array_mut) else {
+            return out;
         };
-        let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
-            return false;
-        };
-        let views = if method == "tools/list" {
+        let views = if list == List::Tools {
             let recorded = self.catalog.record(items);
             if recorded.unpinned > 0 {
                 tracing::warn!(
@@ -342,16 +374,23 @@ impl Interceptor for PolicyInterceptor {
             Vec::new()
         };
         let Some(bundle) = self.store.current() else {
+            out.sources.push("no policy loaded");
+            out.hidden = items.iter().map(|i| item_name(list, i)).collect();
             if self.mode == Enforcement::Shadow {
-                return false;
+                return out;
             }
-            let hidden = items.len();
             items.clear();
-            tracing::warn!(method, hidden, "no policy loaded; list answered empty");
-            return hidden > 0;
+            out.removed = !out.hidden.is_empty();
+            tracing::warn!(
+                method = list.as_str(),
+                hidden = out.hidden.len(),
+                "no policy loaded; list answered empty"
+            );
+            return out;
         };
+        out.policy_hash = Some(Arc::clone(&bundle.hash));
         let frame = frame(ctx, &self.server);
-        let keep: Vec<bool> = if method == "tools/list" && bundle.has_visible_tools {
+        let keep: Vec<bool> = if list == List::Tools && bundle.has_visible_tools {
             let views = views.into_iter().map(|(view, _)| view).collect();
             let names = self.visible_tools(&bundle, &frame, views);
             items
@@ -363,19 +402,26 @@ impl Interceptor for PolicyInterceptor {
                 })
                 .collect()
         } else {
-            self.keep_items(&bundle, &frame, method, items, &views)
+            self.keep_items(&bundle, &frame, list, items, &views)
         };
-        let hidden = keep.iter().filter(|k| !**k).count();
-        if hidden == 0 {
-            return false;
+        out.hidden = items
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| !**k)
+            .map(|(i, _)| item_name(list, i))
+            .collect();
+        if out.hidden.is_empty() {
+            return out;
         }
+        out.sources.push("policy");
         if self.mode == Enforcement::Shadow {
-            tracing::info!(method, hidden, policy_hash = %bundle.hash, "would hide list items (shadow)");
-            return false;
+            tracing::info!(method = list.as_str(), hidden = out.hidden.len(), policy_hash = %bundle.hash, "would hide list items (shadow)");
+            return out;
         }
         let mut flags = keep.into_iter();
         items.retain(|_| flags.next().unwrap_or(false));
-        true
+        out.removed = true;
+        out
     }
 }
 
@@ -384,6 +430,7 @@ mod tests {
     use super::*;
     use crate::intercept::{ClientInfo, Transport};
     use crate::jsonrpc::Payload;
+    use crate::policy::PolicyStore;
 
     #[test]
     fn the_document_has_the_documented_shape() {
@@ -432,11 +479,168 @@ mod tests {
                 "tool": {"name": "run_query"},
             })
         );
-        let item = frame.list_item("prompts/list", &json!({"name": "greet"}), None);
+        let item = frame.list_item(List::Prompts, &json!({"name": "greet"}), None);
         let item: Value = serde_json::from_str(&item.to_json_str().unwrap()).unwrap();
         assert_eq!(item["request"]["method"], "prompts/get");
         assert_eq!(item["request"]["prompt"], "greet");
         assert_eq!(item["request"]["list"], "prompts/list");
+    }
+
+    /// A policy interceptor over a bundle of one module, in `mode`.
+    fn governed(rego: &str, mode: Enforcement) -> (PolicyInterceptor, std::path::PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mcp-guard-gov-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("authz.rego"), rego).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let store = PolicyStore::new(&dir, Arc::clone(&metrics));
+        assert!(store.reload().unwrap(), "the test bundle compiles");
+        let mut config = <PolicyConfig as clap::FromArgMatches>::from_arg_matches(
+            &<PolicyConfig as clap::Args>::augment_args(clap::Command::new("t"))
+                .get_matches_from(["t"]),
+        )
+        .unwrap();
+        config.enforcement = mode;
+        (PolicyInterceptor::new(&config, store, metrics), dir)
+    }
+
+    fn msg(body: Value) -> Message {
+        let Payload::Single(m) = Payload::parse(body.to_string().as_bytes()).unwrap() else {
+            unreachable!()
+        };
+        m
+    }
+
+    const ANON: Context<'static> = Context {
+        transport: Transport::StreamableHttp,
+        session_id: None,
+        identity: None,
+        client: None,
+    };
+
+    /// Completions and subscriptions are allowed as methods, `secret` prompts and `file:///x`
+    /// resources are hidden, `logging/setLevel` and vendor methods are not decided.
+    const GOVERNANCE: &str = r#"package mcp.authz
+import rego.v1
+allow if input.request.method in {"tools/call", "prompts/get", "resources/read",
+    "completion/complete", "resources/subscribe", "resources/unsubscribe", "tasks/get"}
+deny contains "hidden prompt" if input.request.prompt == "secret"
+deny contains "hidden resource" if startswith(input.request.uri, "file:///x")
+deny contains "no task t-9" if input.request.task == "t-9"
+"#;
+
+    fn error_of(v: &Verdict) -> (i64, String) {
+        match v {
+            Verdict::Allow => (0, "allowed".into()),
+            Verdict::Deny { code, message, .. } => (*code, message.clone()),
+        }
+    }
+
+    #[test]
+    fn every_method_but_plumbing_is_decided_and_undecided_ones_are_denied() {
+        let (p, dir) = governed(GOVERNANCE, Enforcement::Enforce);
+        let req = |method: &str, params: Value| {
+            msg(json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}))
+        };
+        for plumbing in ["initialize", "ping", "server/discover"] {
+            assert_eq!(p.check(&ANON, &req(plumbing, json!({}))), Verdict::Allow);
+        }
+        let note = msg(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+        assert_eq!(p.check(&ANON, &note), Verdict::Allow);
+        // Lists pass: their items are decided in the answer.
+        assert_eq!(
+            p.check(&ANON, &req("resources/templates/list", json!({}))),
+            Verdict::Allow
+        );
+        for undecided in [
+            "logging/setLevel",
+            "vendor/secret",
+            "tasks/list",
+            "subscriptions/listen",
+        ] {
+            let mut n = DecisionNote::default();
+            let v = p.check_noted(&ANON, &req(undecided, json!({"level": "debug"})), &mut n);
+            assert_eq!(error_of(&v).0, code::DENIED, "{undecided}");
+            assert_eq!(n.source, Some("policy"), "{undecided}");
+            assert!(n.policy_hash.is_some());
+        }
+        let unknown_note = msg(json!({"jsonrpc":"2.0","method":"notifications/vendor"}));
+        assert_ne!(p.check(&ANON, &unknown_note), Verdict::Allow);
+
+        // A completion naming a hidden prompt or resource is answered as a request for it.
+        let get = p.check(&ANON, &req("prompts/get", json!({"name": "secret"})));
+        let complete = p.check(&ANON, &req("completion/complete", json!({
+            "ref": {"type": "ref/prompt", "name": "secret"}, "argument": {"name": "a", "value": ""}})));
+        assert_eq!(error_of(&complete), error_of(&get));
+        assert_eq!(error_of(&get), (-32602, "Unknown prompt: secret".into()));
+        let visible = req(
+            "completion/complete",
+            json!({
+            "ref": {"type": "ref/prompt", "name": "greet"}, "argument": {"name": "a", "value": ""}}),
+        );
+        assert_eq!(p.check(&ANON, &visible), Verdict::Allow);
+        let read = p.check(
+            &ANON,
+            &req("resources/read", json!({"uri": "file:///x/{id}"})),
+        );
+        let complete = p.check(&ANON, &req("completion/complete", json!({
+            "ref": {"type": "ref/resource", "uri": "file:///x/{id}"}, "argument": {"name": "id", "value": ""}})));
+        assert_eq!(error_of(&complete), error_of(&read));
+        assert_eq!(error_of(&read).0, -32002);
+        let unsub = p.check(
+            &ANON,
+            &req("resources/unsubscribe", json!({"uri": "file:///x/1"})),
+        );
+        assert_eq!(
+            error_of(&unsub),
+            (-32002, "Resource not found: file:///x/1".into())
+        );
+        // A task is decided by its id.
+        assert_eq!(
+            p.check(&ANON, &req("tasks/get", json!({"taskId": "t-1"}))),
+            Verdict::Allow
+        );
+        assert_eq!(
+            error_of(&p.check(&ANON, &req("tasks/get", json!({"taskId": "t-9"})))).0,
+            code::DENIED
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn shadow_forwards_what_it_would_refuse_and_says_so() {
+        let (p, dir) = governed(GOVERNANCE, Enforcement::Shadow);
+        let m = msg(
+            json!({"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{
+            "ref": {"type": "ref/prompt", "name": "secret"}, "argument": {"name": "a", "value": ""}}}),
+        );
+        let mut n = DecisionNote::default();
+        assert_eq!(p.check_noted(&ANON, &m, &mut n), Verdict::Allow);
+        assert!(n.shadow_denied);
+        let mut list = json!({"prompts": [{"name": "secret"}, {"name": "greet"}]});
+        let f = p.filter_list(&ANON, List::Prompts, &mut list);
+        assert_eq!(
+            (f.hidden.as_slice(), f.removed),
+            (&["secret".to_owned()][..], false)
+        );
+        assert_eq!(list["prompts"].as_array().map(Vec::len), Some(2));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn filtering_names_what_it_hid_under_which_bundle() {
+        let (p, dir) = governed(GOVERNANCE, Enforcement::Enforce);
+        let mut list = json!({"resourceTemplates": [{"uriTemplate": "file:///x/{id}"}, {"uriTemplate": "note://{n}"}]});
+        let f = p.filter_list(&ANON, List::ResourceTemplates, &mut list);
+        assert_eq!(f.hidden, ["file:///x/{id}"]);
+        assert!(f.removed && f.policy_hash.is_some());
+        assert_eq!(f.sources, ["policy"]);
+        assert_eq!(
+            list,
+            json!({"resourceTemplates": [{"uriTemplate": "note://{n}"}]})
+        );
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

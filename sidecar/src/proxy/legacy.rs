@@ -11,6 +11,8 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
+use mcp_guard_policy::mcp::List;
+
 use super::clients::Owner;
 use super::rewrite::{EndpointHook, PendingRequests};
 use crate::identity::Identity;
@@ -23,7 +25,7 @@ const MAX_PENDING: usize = 10_000;
 
 /// One open GET stream.
 pub struct Session {
-    pending: Mutex<HashMap<String, &'static str>>,
+    pending: Mutex<HashMap<String, List>>,
     inject: mpsc::Sender<Bytes>,
     /// The verified caller who opened the stream; only they may post to it.
     owner: Option<Owner>,
@@ -36,7 +38,7 @@ impl Session {
     }
 
     /// Notes that the answer to request `id` must be rewritten as an answer to `method`.
-    pub fn expect(&self, id: String, method: &'static str) {
+    pub fn expect(&self, id: String, method: List) {
         let mut p = self.pending.lock();
         if p.len() >= MAX_PENDING {
             p.clear();
@@ -53,7 +55,7 @@ impl Session {
 struct SharedPending(Arc<Session>);
 
 impl PendingRequests for SharedPending {
-    fn take(&mut self, id: &str) -> Option<&'static str> {
+    fn take(&mut self, id: &str) -> Option<List> {
         self.0.pending.lock().remove(id)
     }
     fn is_empty(&self) -> bool {
@@ -193,8 +195,8 @@ mod tests {
         assert_eq!((s.hook)("/message?sessionId=9"), "/message?sessionId=9");
         assert!(sessions.is_message_path("/message"));
         let sess = sessions.get("/message?sessionId=9").unwrap();
-        sess.expect("1".into(), "tools/list");
-        assert_eq!(s.pending.take("1"), Some("tools/list"));
+        sess.expect("1".into(), List::Tools);
+        assert_eq!(s.pending.take("1"), Some(List::Tools));
         drop(s.guard);
         assert!(sessions.get("/message?sessionId=9").is_none());
     }

@@ -21,6 +21,7 @@ use crate::jsonrpc::{self, Kind, Payload, code, id_key};
 use crate::metrics::{Metrics, Outcome};
 use crate::sse;
 use crate::upstream::{Upstream, UpstreamError, strip_hop_by_hop};
+use mcp_guard_policy::mcp::{self, Class, List};
 use rewrite::{BoxError, Rewriter, SseRewriteBody};
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -108,10 +109,10 @@ fn check_mirrored_headers(headers: &HeaderMap, payload: &Payload) -> Result<(), 
             .to_str()
             .map_err(|_| "the Mcp-Name header is not visible ASCII".to_owned())?;
         let v = decode_header_value(raw)?;
-        if Some(v.as_ref()) != msg.target() {
+        if Some(v.as_ref()) != msg.mirrored_name() {
             return Err(format!(
                 "the Mcp-Name header {v:?} does not match the body's name {:?}",
-                msg.target().unwrap_or("(none)")
+                msg.mirrored_name().unwrap_or("(none)")
             ));
         }
     }
@@ -143,7 +144,7 @@ struct Checked {
     /// Answers to denied requests.
     denied: Vec<Value>,
     /// Requests whose answers must be rewritten.
-    pending: Vec<(String, &'static str)>,
+    pending: Vec<(String, List)>,
     /// Per message: whether it goes on to the server.
     keep: Vec<bool>,
     /// How many messages remain to forward.
@@ -301,13 +302,10 @@ impl Proxy {
             };
             match (&verdict, m.kind) {
                 (Verdict::Allow, Kind::Request) => {
-                    if let (Some(method), Some(id)) = (m.method(), m.id())
-                        && interceptor.rewrites(method)
-                        && let Some(method) = crate::intercept::LIST_METHODS
-                            .into_iter()
-                            .find(|l| *l == method)
+                    if let (Class::List(list), Some(id)) = (m.mcp.class(), m.id())
+                        && interceptor.rewrites(list)
                     {
-                        pending.push((id_key(id), method));
+                        pending.push((id_key(id), list));
                     }
                     keep.push(true);
                 }
@@ -453,8 +451,8 @@ impl Proxy {
 
         if let Some(session) = &legacy_session {
             // Answers on the older transport travel on the GET stream, the sidecar's own too.
-            for (id, method) in &checked.pending {
-                session.expect(id.clone(), method);
+            for (id, list) in &checked.pending {
+                session.expect(id.clone(), *list);
             }
             for err in &checked.denied {
                 if !session
@@ -507,7 +505,7 @@ impl Proxy {
         };
         self.record(&payload, Outcome::Ok, Some(&checked.keep), start);
         if let (Some(c), Payload::Single(m)) = (&client, &payload)
-            && m.method() == Some("initialize")
+            && m.mcp == mcp::Method::Initialize
             && let Some(sid) = resp
                 .headers()
                 .get(SESSION_HEADER)

@@ -12,22 +12,23 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::identity::Identity;
-use crate::intercept::{self, Context, Interceptor, Transport};
+use crate::intercept::{Context, Interceptor, Transport};
 use crate::jsonrpc::{self, code, id_key};
 use crate::sse::{self, EventSplitter};
+use mcp_guard_policy::mcp::List;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where the method of an answered request is looked up.
 pub trait PendingRequests: Send {
     /// Takes the method of the request with this id, if it awaits an answer that is rewritten.
-    fn take(&mut self, id: &str) -> Option<&'static str>;
+    fn take(&mut self, id: &str) -> Option<List>;
     fn is_empty(&self) -> bool;
 }
 
 /// The requests of one POST whose answers are rewritten (usually none or one).
-impl PendingRequests for Vec<(String, &'static str)> {
-    fn take(&mut self, id: &str) -> Option<&'static str> {
+impl PendingRequests for Vec<(String, List)> {
+    fn take(&mut self, id: &str) -> Option<List> {
         let i = self.iter().position(|(k, _)| k == id)?;
         Some(self.swap_remove(i).1)
     }
@@ -101,7 +102,7 @@ impl Rewriter {
         // mislabels an answer must not carry a hidden item past the filter.
         let method = match (known, obj.get("result")) {
             (Some(m), _) => Some(m),
-            (None, Some(r)) => intercept::list_method_by_shape(r),
+            (None, Some(r)) => List::by_shape(r),
             _ => None,
         };
         let Some(method) = method else {
@@ -114,7 +115,7 @@ impl Rewriter {
             client: None,
         };
         match obj.get_mut("result") {
-            Some(result) => self.interceptor.filter_list(&ctx, method, result),
+            Some(result) => self.interceptor.filter_list(&ctx, method, result).removed,
             None => false,
         }
     }
@@ -298,7 +299,7 @@ mod tests {
 
     /// The rewriter of a POST that sent `tools/list` as id 1.
     fn list_request_rewriter() -> Rewriter {
-        let pending: Vec<(String, &'static str)> = vec![("1".into(), "tools/list")];
+        let pending: Vec<(String, List)> = vec![("1".into(), List::Tools)];
         Rewriter::new(
             filter(),
             Transport::StreamableHttp,

@@ -27,6 +27,10 @@ allow if {
 # item the caller cannot see is answered as a missing item whatever this says).
 allow if input.request.method in {"prompts/get", "resources/read", "completion/complete"}
 
+# Every method is decided (policy input v2): let clients set their log level, which the MCP
+# Inspector does on connect.
+allow if input.request.method == "logging/setLevel"
+
 # Argument constraint: queries are capped, whoever asks.
 deny contains msg if {
 	input.request.tool == "run_query"

@@ -53,6 +53,11 @@ pub struct ProxyConfig {
     #[arg(long, env = env::MAX_LIST_BYTES, default_value_t = 16 * 1024 * 1024)]
     pub max_list_bytes: usize,
 
+    /// Sessions whose owner and client the sidecar remembers; past it the oldest is evicted
+    /// (and refused afterwards with a 404 that tells the client to initialize again).
+    #[arg(long, env = env::MAX_SESSIONS, default_value_t = 50_000)]
+    pub max_sessions: usize,
+
     /// Time a client has to send its request headers.
     #[arg(long, env = env::HEADER_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,

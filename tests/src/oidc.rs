@@ -342,9 +342,10 @@ pub fn unsigned(header: &Value, claims: &Value, signature: &str) -> String {
     )
 }
 
-/// Initializes a session at `url` with `token`, calls the identity server's `whoami` tool, and
-/// returns the request headers the server saw on that call. Panics on any refusal.
-pub async fn whoami(url: &str, token: &str) -> Value {
+/// Opens a session at `url` as the bearer of `token` (`initialize`, then
+/// `notifications/initialized`); returns the session id (empty for a session-less server).
+/// Panics on any refusal.
+pub async fn open_session(url: &str, token: &str) -> String {
     let auth = format!("Bearer {token}");
     let init = crate::post(
         url,
@@ -370,6 +371,19 @@ pub async fn whoami(url: &str, token: &str) -> Value {
         "initialized: {}",
         ack.body
     );
+    sid
+}
+
+/// Initializes a session at `url` with `token`, calls the identity server's `whoami` tool, and
+/// returns the request headers the server saw on that call. Panics on any refusal.
+pub async fn whoami(url: &str, token: &str) -> Value {
+    let auth = format!("Bearer {token}");
+    let sid = open_session(url, token).await;
+    let h = [
+        ("authorization", auth.as_str()),
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", crate::PROTOCOL_2025),
+    ];
     let call = crate::post(
         url,
         &crate::call_body(1, "whoami", serde_json::json!({})),

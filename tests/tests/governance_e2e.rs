@@ -4,7 +4,11 @@
 //!   that name a hidden item without being its call (a completion, an unsubscription) are
 //!   answered as for a missing item, and the methods no policy rule decides
 //!   (`logging/setLevel`, the tasks extension, a vendor's method) are denied;
+//! - session ownership never lapses, against the PyPI `mcp` server and a real OpenID provider:
+//!   past the session table's capacity the oldest session alone is evicted, and refused to
+//!   everyone afterwards, while the server would still let another caller use it.
 
+use mcp_guard_tests::oidc::{Provider, RESOURCE, gen_key, open_session};
 use mcp_guard_tests::*;
 use serde_json::{Value, json};
 
@@ -228,4 +232,75 @@ async fn every_request_is_decided_and_hidden_items_stay_hidden() {
         "the refusals are logged:\n{}",
         tail(&logs, 4000)
     );
+}
+
+/// `tools/list` in session `sid` as the bearer of `token` (no token: straight to the server).
+async fn list_in(url: &str, sid: &str, token: Option<&str>) -> McpResponse {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("mcp-session-id", sid),
+        ("mcp-protocol-version", PROTOCOL_2025),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    post(url, &list_body(1), &headers).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_capacity_the_oldest_session_is_evicted_alone_and_never_taken_over() {
+    let dir = TempDir::new("sessions");
+    let key = gen_key(dir.path(), "k1");
+    let provider = Provider::start(&[&key]);
+    let py = PyServer::start(PyAnswers::Json);
+    let issuer = provider.issuer();
+    let mut sc = Sidecar::start(
+        py.port,
+        &[
+            "--issuer",
+            &issuer,
+            "--resource-uri",
+            RESOURCE,
+            "--max-sessions",
+            "2",
+        ],
+    );
+    let url = sc.url("/mcp");
+    let direct = format!("http://127.0.0.1:{}/mcp", py.port);
+    let admin = provider.admin_token().await;
+    let reader = provider.reader_token().await;
+
+    let a = open_session(&url, &admin).await;
+    let b1 = open_session(&url, &reader).await;
+    // The table holds both: the admin's session is the admin's alone.
+    assert_eq!(list_in(&url, &a, Some(&admin)).await.status, 200);
+    let taken = list_in(&url, &a, Some(&reader)).await;
+    assert_eq!(taken.status, 404, "{}", taken.body);
+    assert!(taken.body.contains("session not found"), "{}", taken.body);
+
+    // A third session evicts the oldest (the admin's), and only it.
+    let b2 = open_session(&url, &reader).await;
+    for who in [&reader, &admin] {
+        let r = list_in(&url, &a, Some(who)).await;
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert!(
+            r.body.contains("session expired") && r.body.contains("at most 2 sessions"),
+            "an evicted session is refused with the reason: {}",
+            r.body
+        );
+    }
+    for sid in [&b1, &b2] {
+        let r = list_in(&url, sid, Some(&reader)).await;
+        assert_eq!(r.status, 200, "the other sessions stay: {}", r.body);
+    }
+    // The server itself still serves the evicted session to whoever names it: without
+    // mcp-guard's refusal, the reader would have taken over the admin's session.
+    let r = list_in(&direct, &a, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.expect_response(&json!(1)).get("result").is_some(),
+        "{}",
+        r.body
+    );
+    sc.assert_alive();
 }

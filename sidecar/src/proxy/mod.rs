@@ -173,7 +173,7 @@ impl Proxy {
                 upstream,
                 interceptor,
                 sessions: Arc::default(),
-                clients: clients::ClientTable::default(),
+                clients: clients::ClientTable::with_capacity(config.max_sessions),
                 metrics,
                 auth: std::sync::OnceLock::new(),
                 audit: std::sync::OnceLock::new(),
@@ -416,14 +416,14 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let identity = caller(&parts.extensions);
-        let taken = match (&legacy_session, &session_id) {
-            (Some(s), _) => !s.may_use(identity.as_deref()),
-            (None, Some(sid)) => !self.inner.clients.may_use(sid, identity.as_deref()),
-            (None, None) => false,
+        let refused = match (&legacy_session, &session_id) {
+            (Some(s), _) => (!s.may_use(identity.as_deref())).then_some(clients::Refusal::NotOwner),
+            (None, Some(sid)) => self.inner.clients.may_use(sid, identity.as_deref()).err(),
+            (None, None) => None,
         };
-        if taken {
+        if let Some(refusal) = refused {
             self.record(&payload, Outcome::Denied, None, start);
-            return session_not_found(single_id.as_ref());
+            return self.session_refused(refusal, single_id.as_ref());
         }
         let client = self
             .inner
@@ -601,8 +601,8 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if let Some(sid) = &session {
-            if !self.inner.clients.may_use(sid, identity.as_deref()) {
-                return session_not_found(None);
+            if let Err(refusal) = self.inner.clients.may_use(sid, identity.as_deref()) {
+                return self.session_refused(refusal, None);
             }
             if parts.method == Method::DELETE {
                 self.inner.clients.forget(sid);
@@ -678,16 +678,23 @@ impl Proxy {
     }
 }
 
-/// The answer to a request for a session its caller does not own: the one servers give for a
-/// session that does not exist, so nothing about another caller's session is revealed.
-fn session_not_found(id: Option<&Value>) -> Response<Body> {
-    tracing::warn!("refused a session opened by another caller");
-    error(
-        StatusCode::NOT_FOUND,
-        id,
-        code::INVALID_REQUEST,
-        "session not found",
-    )
+impl Proxy {
+    /// The answer to a request for a session its caller may not use: 404, which tells an MCP
+    /// client to initialize a new session. A session of another caller gets the answer servers
+    /// give for a session that does not exist, so nothing about it is revealed; an evicted one
+    /// is told why.
+    fn session_refused(&self, refusal: clients::Refusal, id: Option<&Value>) -> Response<Body> {
+        match refusal {
+            clients::Refusal::NotOwner => {
+                tracing::warn!("refused a session opened by another caller")
+            }
+            clients::Refusal::Evicted => {
+                tracing::info!("refused a session evicted from the full session table")
+            }
+        }
+        let msg = refusal.message(self.inner.clients.capacity());
+        error(StatusCode::NOT_FOUND, id, code::INVALID_REQUEST, &msg)
+    }
 }
 
 /// The verified caller [`crate::auth::Authenticator::admit`] left in the request's extensions.

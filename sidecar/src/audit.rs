@@ -28,7 +28,9 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::identity::Identity;
-use crate::intercept::{ClientInfo, Context, DecisionNote, Interceptor, Transport, Verdict};
+use crate::intercept::{
+    ClientInfo, Context, DecisionNote, Filtered, Interceptor, Transport, Verdict,
+};
 use crate::jsonrpc::{Kind, Message};
 use crate::metrics::Metrics;
 use crate::policy::Enforcement;
@@ -37,6 +39,11 @@ use mcp_guard_policy::mcp::{Class, ItemKind, Method};
 
 /// The schema every line names.
 pub const SCHEMA: &str = "mcp-guard.audit/v1";
+
+/// What filtering did to each list answer of a request, by the request's id key
+/// ([`crate::jsonrpc::id_key`]): filled by the rewriter as the answer streams, read by the
+/// writer when the record is rendered.
+pub type ListNotes = Arc<parking_lot::Mutex<Vec<(String, Filtered)>>>;
 
 /// Whether requests of `method` are audited: every method but the plumbing ones (the decided
 /// methods and the lists).
@@ -385,6 +392,8 @@ struct Record {
     /// The request's trace context (the caller's trace id even when OpenTelemetry is off).
     trace: Option<TraceContext>,
     events: Vec<Event>,
+    /// What the filtering of list answers did, when the request listed.
+    lists: Option<ListNotes>,
     end: End,
 }
 
@@ -484,6 +493,7 @@ impl Recording {
                 client: self.client.take(),
                 trace,
                 events: Vec::with_capacity(1),
+                lists: None,
                 end: End::NotForwarded,
             })
         });
@@ -496,6 +506,15 @@ impl Recording {
             policy,
         });
         verdict
+    }
+
+    /// Where the rewriter notes what it hides from the lists this request asks for; `None`
+    /// when nothing of the request is audited.
+    pub fn list_notes(&mut self) -> Option<ListNotes> {
+        let record = self.state.as_mut()?;
+        Some(Arc::clone(
+            record.lists.get_or_insert_with(ListNotes::default),
+        ))
     }
 
     /// Whether anything of this request is audited.
@@ -743,6 +762,8 @@ struct Line<'a> {
     arguments_bytes: usize,
     arguments_truncated: bool,
     redacted: Vec<&'a str>,
+    /// List methods: the items hidden from the caller (would be hidden, in shadow mode).
+    hidden: Option<Vec<String>>,
     decision: DecisionOut<'a>,
     outcome: &'static str,
     status: Option<u16>,
@@ -773,6 +794,9 @@ struct DecisionOut<'a> {
     mode: &'static str,
     reasons: Cow<'a, [String]>,
     policy: Option<&'a str>,
+    /// What refused or hid: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`,
+    /// `mcp-guard`; `null` when nothing did.
+    source: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -902,6 +926,20 @@ impl Render {
         let identity = r.identity.as_deref();
         let client = r.client.as_deref();
         let trace_id = r.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
+        let listed = match mcp.class() {
+            Class::List(_) => Some(list_note(r, req.id)),
+            _ => None,
+        };
+        let (policy, source) = match &listed {
+            Some(f) => (
+                f.policy_hash.as_deref(),
+                (!f.sources.is_empty()).then(|| f.sources.join(", ")),
+            ),
+            None => (
+                ev.note.policy_hash.as_deref(),
+                ev.note.source.map(str::to_owned),
+            ),
+        };
         let line = Line {
             schema: SCHEMA,
             time: crate::time::rfc3339(r.time, true),
@@ -930,12 +968,14 @@ impl Render {
             arguments_bytes,
             arguments_truncated,
             redacted,
+            hidden: listed.as_ref().map(|f| f.hidden.clone()),
             decision: DecisionOut {
                 allowed: !ev.denied && !ev.note.shadow_denied,
                 forwarded: !ev.denied,
                 mode,
                 reasons,
-                policy: ev.note.policy_hash.as_deref(),
+                policy,
+                source,
             },
             outcome,
             status,
@@ -1017,6 +1057,25 @@ impl Render {
         }
         (Some(out), len, false, redacted)
     }
+}
+
+/// What the filtering of the answer to list request `id` did (empty when the answer was not
+/// seen: the client left, or it travelled on the older transport's event stream).
+fn list_note(r: &Record, id: Option<&RawValue>) -> Filtered {
+    let mut all = Filtered::default();
+    let (Some(notes), Some(id)) = (&r.lists, id) else {
+        return all;
+    };
+    let Ok(id) = serde_json::from_str::<Value>(id.get()) else {
+        return all;
+    };
+    let key = crate::jsonrpc::id_key(&id);
+    for (k, f) in notes.lock().iter() {
+        if *k == key {
+            all.merge(f.clone());
+        }
+    }
+    all
 }
 
 /// The server span of one audited message, from its audit line.
@@ -1245,6 +1304,7 @@ mod tests {
             })),
             trace: None,
             events,
+            lists: None,
             end,
         }
     }
@@ -1322,7 +1382,7 @@ mod tests {
         );
         assert_eq!(
             l["decision"],
-            json!({"allowed":true,"forwarded":true,"mode":"enforce","reasons":[],"policy":"sha256:abc"})
+            json!({"allowed":true,"forwarded":true,"mode":"enforce","reasons":[],"policy":"sha256:abc","source":null})
         );
         assert_eq!(
             (l["outcome"].as_str(), l["status"].as_u64()),
@@ -1349,6 +1409,7 @@ mod tests {
             reasons: vec!["no reading".into()],
             shadow_denied: true,
             policy_hash: Some("sha256:1".into()),
+            source: Some("policy"),
             ..DecisionNote::default()
         };
         let answer = json!([
@@ -1380,7 +1441,7 @@ mod tests {
         assert_eq!(l[2]["outcome"], "ok");
         assert_eq!(
             l[2]["decision"],
-            json!({"allowed":false,"forwarded":true,"mode":"shadow","reasons":["no reading"],"policy":"sha256:1"})
+            json!({"allowed":false,"forwarded":true,"mode":"shadow","reasons":["no reading"],"policy":"sha256:1","source":"policy"})
         );
     }
 

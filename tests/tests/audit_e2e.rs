@@ -344,7 +344,8 @@ async fn shadow_mode_records_the_would_be_denial() {
         json!({
             "allowed": false, "forwarded": true, "mode": "shadow",
             "reasons": ["delete_everything is never allowed"],
-            "policy": l["decision"]["policy"].clone()
+            "policy": l["decision"]["policy"].clone(),
+            "source": "policy"
         }),
         "{l}"
     );

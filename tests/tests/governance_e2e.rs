@@ -90,15 +90,22 @@ fn names(list: &Value, field: &str, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// server-everything behind a sidecar deciding with `policy` (a bundle of one module) and
+/// `extra` flags. The directory holds the bundle; keep it while the sidecar runs.
+fn governed_everything(policy: &str, extra: &[&str]) -> (Everything, TempDir, Sidecar) {
+    let ev = Everything::start(EverythingTransport::StreamableHttp);
+    let dir = TempDir::new("governed");
+    std::fs::write(dir.path().join("authz.rego"), policy).expect("write the policy");
+    let policy_dir = dir.path().display().to_string();
+    let mut args = vec!["--policy-dir", policy_dir.as_str()];
+    args.extend_from_slice(extra);
+    let sc = Sidecar::start(ev.port, &args);
+    (ev, dir, sc)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_decided_and_hidden_items_stay_hidden() {
-    let ev = Everything::start(EverythingTransport::StreamableHttp);
-    let dir = TempDir::new("governance");
-    std::fs::write(dir.path().join("authz.rego"), POLICY).expect("write the policy");
-    let mut sc = Sidecar::start(
-        ev.port,
-        &["--policy-dir", &dir.path().display().to_string()],
-    );
+    let (ev, _dir, mut sc) = governed_everything(POLICY, &[]);
 
     // Without mcp-guard, the server answers every one of these.
     let direct =
@@ -302,5 +309,228 @@ async fn past_capacity_the_oldest_session_is_evicted_alone_and_never_taken_over(
         "{}",
         r.body
     );
+    sc.assert_alive();
+}
+
+/// The fields docs/audit.md promises on every line, read from its table ("## The line"), with
+/// the sub-fields the table names for `subject`, `client`, `server`, `decision`, `duration_us`.
+fn promised_fields() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(workspace_root().join("docs/audit.md")).expect("docs/audit.md");
+    let table = doc
+        .split("## The line")
+        .nth(1)
+        .expect("a section named The line");
+    let mut fields = Vec::new();
+    for row in table.lines().take_while(|l| !l.starts_with("## ")) {
+        let Some(first) = row.strip_prefix("| ").and_then(|r| r.split(" | ").next()) else {
+            continue;
+        };
+        for name in first.split('`').skip(1).step_by(2) {
+            if name != "field" && !name.contains(' ') {
+                fields.push(name.to_owned());
+            }
+        }
+    }
+    fields
+}
+
+/// The value at a documented field name (`decision.allowed`, `arguments_bytes`); `decision`'s
+/// and `duration_us`'s sub-fields are named on their own rows as `decision.X`.
+fn field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
+    name.split('.').try_fold(line, |v, k| v.get(k))
+}
+
+const AUDIT_POLICY: &str = r#"package mcp.authz
+import rego.v1
+
+default allow := false
+
+allow if input.request.method in {"tools/call", "prompts/get", "resources/read", "completion/complete"}
+
+deny contains "get-sum: a must be below 100" if {
+	input.request.tool == "get-sum"
+	input.request.arguments.a >= 100
+}
+
+deny contains "toggle tools are hidden" if startswith(input.request.tool, "toggle-")
+
+deny contains "completable-prompt is hidden" if input.request.prompt == "completable-prompt"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_of_every_kind_carry_what_the_docs_promise() {
+    let (ev, _dir, mut sc) = governed_everything(AUDIT_POLICY, &["--deny-tools", "get-env"]);
+    // Without mcp-guard the server lists and runs every tool named below.
+    let direct =
+        Session::initialize(&format!("http://127.0.0.1:{}/mcp", ev.port), PROTOCOL_2025).await;
+    let all = result(&ask(&direct, 1, &list_body(1)).await, "direct tools/list");
+    let all = names(&all, "tools", "name");
+    for t in ["get-env", "toggle-simulated-logging", "get-sum", "echo"] {
+        assert!(all.contains(&t.to_owned()), "{t} in {all:?}");
+    }
+    let r = ask(
+        &direct,
+        2,
+        &call_body(2, "get-sum", json!({"a": 500, "b": 1})),
+    )
+    .await;
+    assert!(
+        result(&r, "direct get-sum")["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("501"),
+        "{r}"
+    );
+
+    let s = Session::initialize(&sc.url("/mcp"), PROTOCOL_2025).await;
+    let requests = [
+        (
+            "allowed call",
+            call_body(10, "echo", json!({"message": "hi"})),
+        ),
+        (
+            "denied by policy",
+            call_body(11, "get-sum", json!({"a": 500, "b": 1})),
+        ),
+        (
+            "hidden by policy",
+            call_body(12, "toggle-simulated-logging", json!({})),
+        ),
+        (
+            "hidden by --deny-tools",
+            call_body(13, "get-env", json!({})),
+        ),
+        ("filtered list", list_body(14)),
+        (
+            "list with nothing hidden",
+            rpc(15, "resources/list", json!({})),
+        ),
+        (
+            "undecided method",
+            rpc(16, "logging/setLevel", json!({"level": "debug"})),
+        ),
+        (
+            "completion of a hidden prompt",
+            complete_prompt(17, HIDDEN_PROMPT),
+        ),
+    ];
+    for (id, (what, body)) in (10..).zip(&requests) {
+        let answer = ask(&s, id, body).await;
+        assert!(
+            answer.get("result").is_some() || answer.get("error").is_some(),
+            "{what}: {answer}"
+        );
+    }
+
+    // One line per request, each with every promised field.
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = sc
+            .proc
+            .stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["schema"] == "mcp-guard.audit/v1"
+                    && v["request_id"].as_i64().is_some_and(|i| i >= 10)
+            })
+            .collect::<Vec<_>>();
+        if lines.len() >= requests.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines.len(), requests.len(), "{lines:#?}");
+    let promised = promised_fields();
+    for required in [
+        "hidden",
+        "decision.source",
+        "decision.policy",
+        "duration_us",
+    ] {
+        assert!(
+            promised.iter().any(|f| f == required),
+            "docs/audit.md names {required}: {promised:?}"
+        );
+    }
+    let by_id = |id: i64| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"))
+    };
+    for (id, (what, _)) in (10..).zip(&requests) {
+        let l = by_id(id);
+        for f in &promised {
+            assert!(field(l, f).is_some(), "{what}: field {f} missing from {l}");
+        }
+    }
+    let policy_hash = by_id(10)["decision"]["policy"].clone();
+    assert!(
+        policy_hash
+            .as_str()
+            .is_some_and(|h| h.starts_with("sha256:")),
+        "{policy_hash}"
+    );
+    let check = |id: i64, outcome: &str, source: Value, target: Value| {
+        let l = by_id(id);
+        assert_eq!(
+            (&l["outcome"], &l["decision"]["source"], &l["target"]),
+            (&json!(outcome), &source, &target),
+            "{l}"
+        );
+    };
+    check(10, "ok", Value::Null, json!("echo"));
+    check(11, "denied", json!("policy"), json!("get-sum"));
+    assert_eq!(
+        by_id(11)["decision"]["reasons"],
+        json!(["get-sum: a must be below 100"])
+    );
+    assert_eq!(by_id(11)["decision"]["policy"], policy_hash);
+    check(
+        12,
+        "denied",
+        json!("policy"),
+        json!("toggle-simulated-logging"),
+    );
+    assert_eq!(by_id(12)["error_code"], -32602);
+    check(13, "denied", json!("--deny-tools"), json!("get-env"));
+    assert_eq!(
+        by_id(13)["decision"]["reasons"],
+        json!(["Unknown tool: get-env"])
+    );
+    check(16, "denied", json!("policy"), Value::Null);
+    assert_eq!(by_id(16)["error_code"], -32003);
+    check(17, "denied", json!("policy"), json!(HIDDEN_PROMPT));
+    assert_eq!(by_id(17)["error_code"], -32602);
+
+    // List records: the bundle that filtered, and what was hidden, by whom.
+    let list = by_id(14);
+    assert_eq!(list["decision"]["policy"], policy_hash, "{list}");
+    let mut hidden: Vec<String> =
+        serde_json::from_value(list["hidden"].clone()).expect("hidden names");
+    hidden.sort();
+    assert_eq!(
+        hidden,
+        [
+            "get-env",
+            "toggle-simulated-logging",
+            "toggle-subscriber-updates"
+        ],
+        "{list}"
+    );
+    let source = list["decision"]["source"].as_str().unwrap_or_default();
+    assert!(
+        source.contains("--deny-tools") && source.contains("policy"),
+        "{list}"
+    );
+    let quiet = by_id(15);
+    assert_eq!(
+        (&quiet["hidden"], &quiet["decision"]["policy"]),
+        (&json!([]), &policy_hash),
+        "{quiet}"
+    );
+    assert_eq!(by_id(10)["hidden"], Value::Null);
     sc.assert_alive();
 }

@@ -520,6 +520,11 @@ impl Proxy {
         } else {
             checked.denied
         };
+        let notes = if checked.pending.is_empty() {
+            None
+        } else {
+            audit.list_notes()
+        };
         let rewriter = Rewriter::new(
             Arc::clone(&self.inner.interceptor),
             transport,
@@ -527,7 +532,8 @@ impl Proxy {
             Box::new(checked.pending),
             false,
         )
-        .with_identity(identity);
+        .with_identity(identity)
+        .with_audit(notes);
         audit.wrap(self.answer(resp, rewriter, denied).await)
     }
 

@@ -53,6 +53,8 @@ pub struct Rewriter {
     /// request was not seen are recognised by their shape.
     sniff: bool,
     endpoint: Option<EndpointHook>,
+    /// Where what each list filtering did is noted for the audit trail, by request id.
+    audit: Option<crate::audit::ListNotes>,
 }
 
 impl Rewriter {
@@ -71,7 +73,14 @@ impl Rewriter {
             pending,
             sniff,
             endpoint: None,
+            audit: None,
         }
+    }
+
+    /// Notes what each list filtering does in `notes` (the audit record of the request).
+    pub fn with_audit(mut self, notes: Option<crate::audit::ListNotes>) -> Self {
+        self.audit = notes;
+        self
     }
 
     pub fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Self {
@@ -114,10 +123,15 @@ impl Rewriter {
             identity: self.identity.as_deref(),
             client: None,
         };
-        match obj.get_mut("result") {
-            Some(result) => self.interceptor.filter_list(&ctx, method, result).removed,
-            None => false,
+        let Some(result) = obj.get_mut("result") else {
+            return false;
+        };
+        let filtered = self.interceptor.filter_list(&ctx, method, result);
+        let removed = filtered.removed;
+        if let (Some(notes), Some(id)) = (&self.audit, obj.get("id")) {
+            notes.lock().push((id_key(id), filtered));
         }
+        removed
     }
 
     /// Rewrites a JSON body (one message or a batch). `None` when nothing changed.

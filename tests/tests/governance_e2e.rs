@@ -534,3 +534,69 @@ async fn audit_records_of_every_kind_carry_what_the_docs_promise() {
     assert_eq!(by_id(10)["hidden"], Value::Null);
     sc.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2025_03_26_client_batches_and_every_message_is_decided() {
+    const REVISION: &str = "2025-03-26";
+    let (ev, _dir, mut sc) = governed_everything(POLICY, &["--deny-tools", "get-env"]);
+    let batch = json!([
+        call_body(1, "echo", json!({"message": "in a batch"})),
+        call_body(2, "get-env", json!({})),
+        list_body(3),
+        complete_prompt(4, HIDDEN_PROMPT),
+        rpc(5, "logging/setLevel", json!({"level": "debug"})),
+        {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+    ]);
+
+    // The server negotiates 2025-03-26 and answers the whole batch, get-env and all.
+    let direct = Session::initialize(&format!("http://127.0.0.1:{}/mcp", ev.port), REVISION).await;
+    assert_eq!(direct.protocol, REVISION);
+    let d = direct.post(&batch).await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let env = result(d.expect_response(&json!(2)), "direct get-env");
+    assert!(env.to_string().contains("PATH"), "get-env ran: {env}");
+    assert!(
+        names(
+            &result(d.expect_response(&json!(3)), "direct list"),
+            "tools",
+            "name"
+        )
+        .contains(&"get-env".to_owned())
+    );
+    result(d.expect_response(&json!(4)), "direct completion");
+    result(d.expect_response(&json!(5)), "direct logging/setLevel");
+
+    // Through the sidecar each message of the batch is decided on its own.
+    let s = Session::initialize(&sc.url("/mcp"), REVISION).await;
+    assert_eq!(
+        s.protocol, REVISION,
+        "the sidecar passes the negotiation through"
+    );
+    let r = s.post(&batch).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let echo = result(r.expect_response(&json!(1)), "echo");
+    assert_eq!(echo["content"][0]["text"], "Echo: in a batch", "{echo}");
+    assert_eq!(
+        error(r.expect_response(&json!(2)), "get-env"),
+        (-32602, "Unknown tool: get-env".to_owned())
+    );
+    let tools = names(
+        &result(r.expect_response(&json!(3)), "tools/list"),
+        "tools",
+        "name",
+    );
+    assert!(
+        !tools.contains(&"get-env".to_owned()) && tools.contains(&"echo".to_owned()),
+        "{tools:?}"
+    );
+    assert_eq!(
+        error(r.expect_response(&json!(4)), "completion"),
+        (-32602, format!("Unknown prompt: {HIDDEN_PROMPT}"))
+    );
+    assert_eq!(
+        error(r.expect_response(&json!(5)), "logging/setLevel").0,
+        -32003
+    );
+    assert!(!r.body.contains("PATH"), "get-env never ran: {}", r.body);
+    sc.assert_alive();
+}

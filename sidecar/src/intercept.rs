@@ -97,6 +97,9 @@ pub struct Filtered {
     pub policy_hash: Option<std::sync::Arc<str>>,
     /// What hid them: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`.
     pub sources: Vec<&'static str>,
+    /// The result was marked `cacheScope: "private"` (MCP 2026-07-28): it was decided for this
+    /// caller, so no shared cache may serve it to another.
+    pub made_private: bool,
 }
 
 impl Filtered {
@@ -104,6 +107,7 @@ impl Filtered {
     pub fn merge(&mut self, other: Filtered) {
         self.hidden.extend(other.hidden);
         self.removed |= other.removed;
+        self.made_private |= other.made_private;
         if other.policy_hash.is_some() {
             self.policy_hash = other.policy_hash;
         }
@@ -112,6 +116,13 @@ impl Filtered {
                 self.sources.push(s);
             }
         }
+    }
+}
+
+impl Filtered {
+    /// Whether the result was changed and must be passed on re-serialized.
+    pub fn changed(&self) -> bool {
+        self.removed || self.made_private
     }
 }
 
@@ -138,6 +149,10 @@ pub trait Interceptor: Send + Sync + 'static {
 
     /// Removes from a list `result` the items this caller may not see, and says which.
     fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered;
+
+    /// The server created task `task_id` for a call of `tool` (a task-augmented `tools/call`):
+    /// later requests that name the task are decided with the tool they stem from.
+    fn task_created(&self, _task_id: &str, _tool: &str) {}
 }
 
 /// Several interceptors in a row: a message passes only if every one allows it, and every one
@@ -175,6 +190,12 @@ impl Interceptor for Chain {
             all.merge(i.filter_list(ctx, list, result));
         }
         all
+    }
+
+    fn task_created(&self, task_id: &str, tool: &str) {
+        for i in &self.0 {
+            i.task_created(task_id, tool);
+        }
     }
 }
 

@@ -168,6 +168,16 @@ impl Message {
         self.params()?.get(field)?.as_str()
     }
 
+    /// The tool of a task-augmented `tools/call` (one with `params.task`): its answer creates a
+    /// task rather than a result.
+    pub fn task_call(&self) -> Option<&str> {
+        if self.kind != Kind::Request || self.mcp != Method::ToolsCall {
+            return None;
+        }
+        self.params()?.get("task")?;
+        self.target()
+    }
+
     /// The MCP protocol version a 2026-07-28 request carries in `params._meta`, if any.
     pub fn meta_protocol_version(&self) -> Option<&str> {
         self.params()?

@@ -582,11 +582,16 @@ pub struct PyServer {
 impl PyServer {
     /// Starts it on a free port.
     pub fn start(answers: PyAnswers) -> PyServer {
+        Self::start_with(answers, &[])
+    }
+
+    /// Starts it on a free port with more of `server.py`'s flags (e.g. `--public-cache`).
+    pub fn start_with(answers: PyAnswers, extra: &[&str]) -> PyServer {
         let marker_dir = TempDir::new("py-markers");
         let marker = marker_dir.path().to_path_buf();
         start_on_free_port(
             "python mcp server",
-            |port| Self::spawn(answers, &marker, port),
+            |port| Self::spawn(answers, &marker, port, extra),
             |proc, port| wait_for_port(proc, port, START_TIMEOUT),
             |proc, port| PyServer {
                 proc,
@@ -600,7 +605,7 @@ impl PyServer {
     /// Starts it on a given port (e.g. to bring back an upstream the sidecar already points at).
     pub fn start_on(answers: PyAnswers, port: u16) -> PyServer {
         let marker_dir = TempDir::new("py-markers");
-        let mut proc = Self::spawn(answers, marker_dir.path(), port);
+        let mut proc = Self::spawn(answers, marker_dir.path(), port, &[]);
         if let Err(e) = wait_for_port(&mut proc, port, START_TIMEOUT) {
             panic!("python mcp server did not start on {port}: {e}");
         }
@@ -612,7 +617,7 @@ impl PyServer {
         }
     }
 
-    fn spawn(answers: PyAnswers, marker: &Path, port: u16) -> Proc {
+    fn spawn(answers: PyAnswers, marker: &Path, port: u16, extra: &[&str]) -> Proc {
         let p = peers();
         let mode = match answers {
             PyAnswers::Json => "--json-response",
@@ -628,6 +633,7 @@ impl PyServer {
                 .arg(mode)
                 .arg("--marker-dir")
                 .arg(marker)
+                .args(extra)
                 .env("PYTHONUNBUFFERED", "1"),
         )
     }

@@ -600,3 +600,125 @@ async fn a_2025_03_26_client_batches_and_every_message_is_decided() {
     assert!(!r.body.contains("PATH"), "get-env never ran: {}", r.body);
     sc.assert_alive();
 }
+
+/// `secret_tool` is hidden by policy; every other tool and every resource is allowed.
+const HIDE_SECRET: &str = r#"package mcp.authz
+import rego.v1
+default allow := false
+allow if input.request.method == "resources/read"
+allow if {
+	input.request.method == "tools/call"
+	input.request.tool != "secret_tool"
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_decided_per_caller_is_never_passed_on_as_public() {
+    let py = PyServer::start_with(PyAnswers::Json, &["--stateless", "--public-cache"]);
+    let dir = TempDir::new("cache-scope");
+    std::fs::write(dir.path().join("authz.rego"), HIDE_SECRET).expect("write the policy");
+    let mut sc = Sidecar::start(
+        py.port,
+        &["--policy-dir", &dir.path().display().to_string()],
+    );
+    let list = |url: String, id: i64, method: &'static str| async move {
+        let body = with_meta_2026(rpc(id, method, json!({})));
+        let r = post(
+            &url,
+            &body,
+            &[
+                ("mcp-protocol-version", PROTOCOL_2026),
+                ("mcp-method", method),
+            ],
+        )
+        .await;
+        result(r.expect_response(&json!(id)), method)
+    };
+
+    // The server says every list is the same for every caller, and lists secret_tool.
+    let direct = format!("http://127.0.0.1:{}/mcp", py.port);
+    let tools = list(direct.clone(), 1, "tools/list").await;
+    assert_eq!(tools["cacheScope"], "public", "{tools}");
+    assert!(names(&tools, "tools", "name").contains(&"secret_tool".to_owned()));
+    let resources = list(direct, 2, "resources/list").await;
+    assert_eq!(resources["cacheScope"], "public", "{resources}");
+
+    // Through mcp-guard the lists are this caller's view: a shared cache must not serve them to
+    // another caller, whether or not anything was hidden from this one.
+    let tools = list(sc.url("/mcp"), 3, "tools/list").await;
+    assert!(
+        !names(&tools, "tools", "name").contains(&"secret_tool".to_owned()),
+        "{tools}"
+    );
+    assert_eq!(tools["cacheScope"], "private", "{tools}");
+    assert_eq!(
+        tools["ttlMs"], 60000,
+        "the freshness hint itself passes: {tools}"
+    );
+    let resources = list(sc.url("/mcp"), 4, "resources/list").await;
+    assert_eq!(
+        names(&resources, "resources", "uri").len(),
+        2,
+        "{resources}"
+    );
+    assert_eq!(resources["cacheScope"], "private", "{resources}");
+    sc.assert_alive();
+}
+
+/// Research tasks may be created and polled, but their results are not for this caller: a rule
+/// that can only hold when the task's originating tool reaches the policy.
+const TASKS: &str = r#"package mcp.authz
+import rego.v1
+allow if input.request.method in {"tools/call", "tasks/get", "tasks/result"}
+deny contains "research results are not for this caller" if {
+	input.request.method == "tasks/result"
+	input.request.tool == "simulate-research-query"
+}
+"#;
+
+/// Creates a research task in session `s` (request `id`); returns its id.
+async fn research_task(s: &Session, id: i64) -> String {
+    let body = rpc(
+        id,
+        "tools/call",
+        json!({"name": "simulate-research-query", "arguments": {"topic": "mcp"},
+               "task": {"ttl": 60000}}),
+    );
+    let created = result(&ask(s, id, &body).await, "task-augmented call");
+    match created["task"]["taskId"].as_str() {
+        Some(t) => t.to_owned(),
+        None => panic!("no task created: {created}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_decided_with_the_tool_that_created_it() {
+    let (ev, _dir, mut sc) = governed_everything(TASKS, &[]);
+    const REVISION: &str = "2025-11-25";
+
+    // Directly, the server hands the research results to whoever asks for the task.
+    let direct = Session::initialize(&format!("http://127.0.0.1:{}/mcp", ev.port), REVISION).await;
+    let task = research_task(&direct, 1).await;
+    let got = ask(&direct, 2, &rpc(2, "tasks/result", json!({"taskId": task}))).await;
+    assert!(got.get("result").is_some(), "direct tasks/result: {got}");
+
+    // Through mcp-guard the task is created and polled, and its results are refused by the
+    // rule on the tool that created it.
+    let s = Session::initialize(&sc.url("/mcp"), REVISION).await;
+    let task = research_task(&s, 1).await;
+    let polled = ask(&s, 2, &rpc(2, "tasks/get", json!({"taskId": task}))).await;
+    assert_eq!(
+        result(&polled, "tasks/get")["taskId"],
+        task.as_str(),
+        "{polled}"
+    );
+    let refused = ask(&s, 3, &rpc(3, "tasks/result", json!({"taskId": task}))).await;
+    assert_eq!(
+        error(&refused, "tasks/result"),
+        (
+            -32003,
+            "denied by policy: research results are not for this caller".to_owned()
+        )
+    );
+    sc.assert_alive();
+}

@@ -248,9 +248,25 @@ impl Frame {
         arguments: Option<&Value>,
         tool: Option<RegoValue>,
     ) -> RegoValue {
+        self.message_from(method, item, None, arguments, tool)
+    }
+
+    /// As [`Self::message`], for a request about a task the server created for a call of
+    /// `origin_tool` (`tasks/get`, `tasks/result`, ...): `request.tool` names that tool.
+    pub fn message_from(
+        &self,
+        method: &str,
+        item: Option<Item<'_>>,
+        origin_tool: Option<&str>,
+        arguments: Option<&Value>,
+        tool: Option<RegoValue>,
+    ) -> RegoValue {
         let arguments = arguments.map_or_else(RegoValue::new_object, to_rego);
         let key = item.map(|i| i.kind.input_key());
-        let request = self.request(method, key, text(item.map(|i| i.name)), arguments);
+        let mut request = self.request(method, key, text(item.map(|i| i.name)), arguments);
+        if let Some(t) = origin_tool {
+            request.insert(NAMES.tool.clone(), RegoValue::from(t));
+        }
         self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))
     }
 

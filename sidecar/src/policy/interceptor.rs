@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use mcp_guard_policy::catalog::{ToolCatalog, View};
 use mcp_guard_policy::engine::{CompiledBundle, Decision};
 use mcp_guard_policy::input::{Frame, ServerInfo};
-use mcp_guard_policy::mcp::{Class, Item, List, Method};
+use mcp_guard_policy::mcp::{Class, Item, ItemKind, List, Method};
 
 use super::config::{Enforcement, PolicyConfig};
 use super::store::PolicyStore;
@@ -20,6 +20,39 @@ use crate::identity::Identity;
 use crate::intercept::{Context, DecisionNote, Filtered, Interceptor, Verdict, item_name};
 use crate::jsonrpc::{Message, code};
 use crate::metrics::Metrics;
+
+/// Tasks whose originating tool is remembered at most; past it the oldest is forgotten (its
+/// requests are then decided by task id alone, as for a task created before the sidecar
+/// started).
+const MAX_TASKS: usize = 10_000;
+
+/// The tool each task was created by, as the server's answers to task-augmented calls said.
+#[derive(Default)]
+struct TaskOrigins {
+    tools: HashMap<String, Arc<str>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl TaskOrigins {
+    fn insert(&mut self, task: &str, tool: &str) {
+        if self
+            .tools
+            .insert(task.to_owned(), Arc::from(tool))
+            .is_none()
+        {
+            self.order.push_back(task.to_owned());
+        }
+        while self.order.len() > MAX_TASKS {
+            if let Some(old) = self.order.pop_front() {
+                self.tools.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, task: &str) -> Option<Arc<str>> {
+        self.tools.get(task).cloned()
+    }
+}
 
 /// Visibility decisions remembered at most; the cache starts over when full.
 const MAX_CACHED: usize = 100_000;
@@ -75,6 +108,7 @@ pub struct PolicyInterceptor {
     catalog: ToolCatalog,
     metrics: Arc<Metrics>,
     visible_cache: Mutex<VisibleCache>,
+    tasks: Mutex<TaskOrigins>,
 }
 
 /// The policy frame of a request: its caller, client, session and transport.
@@ -88,12 +122,19 @@ fn frame(ctx: &Context<'_>, server: &RegoValue) -> Frame {
     )
 }
 
-/// The input deciding on one client message, in `frame`.
-fn message_input(frame: &Frame, msg: &Message, tool: Option<RegoValue>) -> RegoValue {
+/// The input deciding on one client message, in `frame`; `origin` is the tool that created the
+/// task the message names, when known.
+fn message_input(
+    frame: &Frame,
+    msg: &Message,
+    origin: Option<&str>,
+    tool: Option<RegoValue>,
+) -> RegoValue {
     let arguments = msg.params().and_then(|p| p.get("arguments"));
-    frame.message(
+    frame.message_from(
         msg.method().unwrap_or_default(),
         msg.item(),
+        origin,
         arguments,
         tool,
     )
@@ -130,6 +171,7 @@ impl PolicyInterceptor {
             catalog: ToolCatalog::default(),
             metrics,
             visible_cache: Mutex::new(VisibleCache::default()),
+            tasks: Mutex::new(TaskOrigins::default()),
         }
     }
 
@@ -170,11 +212,14 @@ impl PolicyInterceptor {
             })
     }
 
-    fn tool_view(&self, msg: &Message) -> Option<RegoValue> {
-        (msg.mcp == Method::ToolsCall)
-            .then(|| msg.target().and_then(|n| self.catalog.view(n)))
-            .flatten()
-            .map(|(view, _)| view)
+    /// The server's definition of the tool a message is about: the one it calls, or the one
+    /// that created the task it names (`origin`).
+    fn tool_view(&self, msg: &Message, origin: Option<&str>) -> Option<RegoValue> {
+        let name = match msg.mcp {
+            Method::ToolsCall => msg.target(),
+            _ => origin,
+        }?;
+        self.catalog.view(name).map(|(view, _)| view)
     }
 
     /// Visibility of one tool of a list, from the cache when this caller has seen this
@@ -274,6 +319,9 @@ impl Interceptor for PolicyInterceptor {
         }
         let item = msg.item();
         let name = item.map(|i| i.name).unwrap_or_default();
+        let origin = item
+            .filter(|i| i.kind == ItemKind::Task)
+            .and_then(|i| self.tasks.lock().get(i.name));
         let Some(bundle) = self.store.current() else {
             note.reasons = vec!["no policy loaded".into()];
             tracing::warn!(
@@ -299,15 +347,25 @@ impl Interceptor for PolicyInterceptor {
         // A method that names an item without being its call (a completion, a subscription)
         // reaches only items the caller can see: a hidden one is answered as missing, whatever
         // the policy says of the method.
+        // A task stems from a call of a tool: a caller who cannot see the tool cannot see it.
+        let hidden_origin = origin.as_deref().is_some_and(|t| {
+            let tool = Item {
+                kind: ItemKind::Tool,
+                name: t,
+            };
+            !self.named_item_visible(&bundle, &frame, tool, None)
+        });
         if let Some(it) = item
             && !msg.mcp.is_item_call()
-            && !self.named_item_visible(&bundle, &frame, it, None)
+            && (hidden_origin || !self.named_item_visible(&bundle, &frame, it, None))
         {
             note.reasons = vec![format!("{name} is hidden from this caller")];
             tracing::info!(method, name, subject, policy_hash = %bundle.hash, "names a hidden item; refused as missing");
             return self.refuse(method, note, not_found(it));
         }
-        let mut decision = self.decide(&bundle, message_input(&frame, msg, self.tool_view(msg)));
+        let origin = origin.as_deref();
+        let input = message_input(&frame, msg, origin, self.tool_view(msg, origin));
+        let mut decision = self.decide(&bundle, input);
         note.redact = std::mem::take(&mut decision.redact);
         if decision.allowed() {
             return Verdict::Allow;
@@ -321,7 +379,7 @@ impl Interceptor for PolicyInterceptor {
         // A caller who cannot see the item is told it does not exist.
         if let Some(it) = item
             && msg.mcp.is_item_call()
-            && !self.named_item_visible(&bundle, &frame, it, self.tool_view(msg))
+            && !self.named_item_visible(&bundle, &frame, it, self.tool_view(msg, None))
         {
             return self.refuse(method, note, not_found(it));
         }
@@ -350,6 +408,10 @@ impl Interceptor for PolicyInterceptor {
 
     fn rewrites(&self, _list: List) -> bool {
         true
+    }
+
+    fn task_created(&self, task_id: &str, tool: &str) {
+        self.tasks.lock().insert(task_id, tool);
     }
 
     fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
@@ -390,38 +452,62 @@ impl Interceptor for PolicyInterceptor {
         };
         out.policy_hash = Some(Arc::clone(&bundle.hash));
         let frame = frame(ctx, &self.server);
-        let keep: Vec<bool> = if list == List::Tools && bundle.has_visible_tools {
-            let views = views.into_iter().map(|(view, _)| view).collect();
-            let names = self.visible_tools(&bundle, &frame, views);
-            items
-                .iter()
-                .map(|i| {
-                    i.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| names.contains(n))
-                })
-                .collect()
-        } else {
-            self.keep_items(&bundle, &frame, list, items, &views)
-        };
+        let keep = self.visible_items(&bundle, &frame, list, items, views);
         out.hidden = items
             .iter()
             .zip(&keep)
             .filter(|(_, k)| !**k)
             .map(|(i, _)| item_name(list, i))
             .collect();
-        if out.hidden.is_empty() {
-            return out;
+        if !out.hidden.is_empty() {
+            out.sources.push("policy");
+            if self.mode == Enforcement::Shadow {
+                tracing::info!(method = list.as_str(), hidden = out.hidden.len(), policy_hash = %bundle.hash, "would hide list items (shadow)");
+            } else {
+                let mut flags = keep.into_iter();
+                items.retain(|_| flags.next().unwrap_or(false));
+                out.removed = true;
+            }
         }
-        out.sources.push("policy");
-        if self.mode == Enforcement::Shadow {
-            tracing::info!(method = list.as_str(), hidden = out.hidden.len(), policy_hash = %bundle.hash, "would hide list items (shadow)");
-            return out;
+        // Visibility was decided for this caller: a result the server calls `public` (MCP
+        // 2026-07-28 caching), or one that lost items, is this caller's view only. In shadow
+        // mode every caller sees the same list, so the server's word stands.
+        let public = result.get("cacheScope").and_then(Value::as_str) != Some("private")
+            && result.get("cacheScope").is_some();
+        if self.mode == Enforcement::Enforce
+            && (out.removed || public)
+            && let Some(obj) = result.as_object_mut()
+        {
+            obj.insert("cacheScope".into(), Value::from("private"));
+            out.made_private = true;
         }
-        let mut flags = keep.into_iter();
-        items.retain(|_| flags.next().unwrap_or(false));
-        out.removed = true;
         out
+    }
+}
+
+impl PolicyInterceptor {
+    /// Which items of a list stay for the caller of `frame`.
+    fn visible_items(
+        &self,
+        bundle: &CompiledBundle,
+        frame: &Frame,
+        list: List,
+        items: &[Value],
+        views: Vec<View>,
+    ) -> Vec<bool> {
+        if list == List::Tools && bundle.has_visible_tools {
+            let views = views.into_iter().map(|(view, _)| view).collect();
+            let names = self.visible_tools(bundle, frame, views);
+            return items
+                .iter()
+                .map(|i| {
+                    i.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| names.contains(n))
+                })
+                .collect();
+        }
+        self.keep_items(bundle, frame, list, items, &views)
     }
 }
 
@@ -463,6 +549,7 @@ mod tests {
         let doc = message_input(
             &frame,
             &msg,
+            None,
             Some(RegoValue::from(json!({"name": "run_query"}))),
         );
         let doc: Value = serde_json::from_str(&doc.to_json_str().unwrap()).unwrap();
@@ -609,6 +696,42 @@ deny contains "no task t-9" if input.request.task == "t-9"
     }
 
     #[test]
+    fn a_task_is_decided_with_the_tool_that_created_it() {
+        let policy = r#"package mcp.authz
+import rego.v1
+allow if input.request.method in {"tools/call", "tasks/get", "tasks/result"}
+deny contains "no results of research tasks" if {
+    input.request.method == "tasks/result"
+    input.request.tool == "research"
+}
+deny contains "hidden" if input.request.tool == "secret"
+"#;
+        let (p, dir) = governed(policy, Enforcement::Enforce);
+        let task = |method: &str, id: &str| {
+            msg(json!({"jsonrpc":"2.0","id":1,"method":method,"params":{"taskId":id}}))
+        };
+        p.task_created("t1", "research");
+        p.task_created("t2", "secret");
+        let v = p.check(&ANON, &task("tasks/result", "t1"));
+        assert_eq!(
+            error_of(&v),
+            (
+                code::DENIED,
+                "denied by policy: no results of research tasks".into()
+            )
+        );
+        assert_eq!(p.check(&ANON, &task("tasks/get", "t1")), Verdict::Allow);
+        // A task of a tool the caller cannot see does not exist for them.
+        assert_eq!(
+            error_of(&p.check(&ANON, &task("tasks/get", "t2"))),
+            (-32602, "Unknown task: t2".into())
+        );
+        // A task the sidecar did not see created is decided by its id alone.
+        assert_eq!(p.check(&ANON, &task("tasks/result", "t3")), Verdict::Allow);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn shadow_forwards_what_it_would_refuse_and_says_so() {
         let (p, dir) = governed(GOVERNANCE, Enforcement::Shadow);
         let m = msg(
@@ -636,11 +759,43 @@ deny contains "no task t-9" if input.request.task == "t-9"
         assert_eq!(f.hidden, ["file:///x/{id}"]);
         assert!(f.removed && f.policy_hash.is_some());
         assert_eq!(f.sources, ["policy"]);
+        assert!(f.made_private);
         assert_eq!(
             list,
-            json!({"resourceTemplates": [{"uriTemplate": "note://{n}"}]})
+            json!({"resourceTemplates": [{"uriTemplate": "note://{n}"}], "cacheScope": "private"}),
+            "a list cut for this caller is marked private"
         );
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_list_decided_per_caller_is_never_passed_on_as_public() {
+        let (p, dir) = governed(GOVERNANCE, Enforcement::Enforce);
+        // Nothing hidden for this caller, but another may see less: `public` does not stand.
+        let mut list =
+            json!({"prompts": [{"name": "greet"}], "cacheScope": "public", "ttlMs": 60000});
+        let f = p.filter_list(&ANON, List::Prompts, &mut list);
+        assert!(f.hidden.is_empty() && f.changed());
+        assert_eq!(list["cacheScope"], "private");
+        assert_eq!(list["ttlMs"], 60000);
+        // A private list with nothing hidden passes untouched (and is not re-serialized).
+        let mut list = json!({"prompts": [{"name": "greet"}], "cacheScope": "private"});
+        assert!(!p.filter_list(&ANON, List::Prompts, &mut list).changed());
+        // An older revision's list (no caching hints) is left without one.
+        let mut list = json!({"prompts": [{"name": "greet"}]});
+        assert!(!p.filter_list(&ANON, List::Prompts, &mut list).changed());
+        assert_eq!(list, json!({"prompts": [{"name": "greet"}]}));
+        // In shadow mode every caller sees the whole list: the server's scope stands.
+        let (shadow, shadow_dir) = governed(GOVERNANCE, Enforcement::Shadow);
+        let mut list = json!({"prompts": [{"name": "secret"}], "cacheScope": "public"});
+        assert!(
+            !shadow
+                .filter_list(&ANON, List::Prompts, &mut list)
+                .changed()
+        );
+        assert_eq!(list["cacheScope"], "public");
+        std::fs::remove_dir_all(dir).ok();
+        std::fs::remove_dir_all(shadow_dir).ok();
     }
 
     #[test]

@@ -145,6 +145,8 @@ struct Checked {
     denied: Vec<Value>,
     /// Requests whose answers must be rewritten.
     pending: Vec<(String, List)>,
+    /// Task-augmented calls whose answers name the task they create: (id key, tool).
+    task_calls: Vec<(String, String)>,
     /// Per message: whether it goes on to the server.
     keep: Vec<bool>,
     /// How many messages remain to forward.
@@ -294,6 +296,7 @@ impl Proxy {
         let msgs = payload.messages();
         let mut denied = Vec::new();
         let mut pending = Vec::new();
+        let mut task_calls = Vec::new();
         let mut keep = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             let verdict = match m.kind {
@@ -306,6 +309,9 @@ impl Proxy {
                         && interceptor.rewrites(list)
                     {
                         pending.push((id_key(id), list));
+                    }
+                    if let (Some(tool), Some(id)) = (m.task_call(), m.id()) {
+                        task_calls.push((id_key(id), tool.to_owned()));
                     }
                     keep.push(true);
                 }
@@ -337,6 +343,7 @@ impl Proxy {
             forward,
             denied,
             pending,
+            task_calls,
             keep,
             remaining,
         }
@@ -533,7 +540,8 @@ impl Proxy {
             false,
         )
         .with_identity(identity)
-        .with_audit(notes);
+        .with_audit(notes)
+        .with_task_calls(checked.task_calls);
         audit.wrap(self.answer(resp, rewriter, denied).await)
     }
 

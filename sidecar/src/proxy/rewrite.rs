@@ -55,6 +55,8 @@ pub struct Rewriter {
     endpoint: Option<EndpointHook>,
     /// Where what each list filtering did is noted for the audit trail, by request id.
     audit: Option<crate::audit::ListNotes>,
+    /// Task-augmented `tools/call` requests awaiting their answer: (id key, tool).
+    task_calls: Vec<(String, String)>,
 }
 
 impl Rewriter {
@@ -74,7 +76,15 @@ impl Rewriter {
             sniff,
             endpoint: None,
             audit: None,
+            task_calls: Vec::new(),
         }
+    }
+
+    /// Watches the answers to these task-augmented calls (id key, tool) for the task each
+    /// creates, and tells the interceptor ([`Interceptor::task_created`]).
+    pub fn with_task_calls(mut self, calls: Vec<(String, String)>) -> Self {
+        self.task_calls = calls;
+        self
     }
 
     /// Notes what each list filtering does in `notes` (the audit record of the request).
@@ -95,7 +105,10 @@ impl Rewriter {
 
     /// Whether any answer of this exchange may need rewriting.
     pub fn active(&self) -> bool {
-        self.sniff || !self.pending.is_empty() || self.endpoint.is_some()
+        self.sniff
+            || !self.pending.is_empty()
+            || self.endpoint.is_some()
+            || !self.task_calls.is_empty()
     }
 
     /// Rewrites one JSON-RPC message in place; returns whether it changed.
@@ -103,10 +116,25 @@ impl Rewriter {
         let Some(obj) = msg.as_object_mut() else {
             return false;
         };
-        let known = obj
+        let answered = obj
             .get("id")
             .filter(|_| obj.contains_key("result") || obj.contains_key("error"))
-            .and_then(|id| self.pending.take(&id_key(id)));
+            .map(id_key);
+        if let Some(key) = &answered
+            && let Some(i) = self.task_calls.iter().position(|(k, _)| k == key)
+        {
+            let (_, tool) = self.task_calls.swap_remove(i);
+            if let Some(task) = obj
+                .get("result")
+                .and_then(|r| r.get("task"))
+                .and_then(|t| t.get("taskId"))
+                .and_then(Value::as_str)
+            {
+                self.interceptor.task_created(task, &tool);
+            }
+            return false;
+        }
+        let known = answered.and_then(|key| self.pending.take(&key));
         // An answer whose id matches no list request still goes by its shape: a server that
         // mislabels an answer must not carry a hidden item past the filter.
         let method = match (known, obj.get("result")) {
@@ -127,11 +155,11 @@ impl Rewriter {
             return false;
         };
         let filtered = self.interceptor.filter_list(&ctx, method, result);
-        let removed = filtered.removed;
+        let changed = filtered.changed();
         if let (Some(notes), Some(id)) = (&self.audit, obj.get("id")) {
             notes.lock().push((id_key(id), filtered));
         }
-        removed
+        changed
     }
 
     /// Rewrites a JSON body (one message or a batch). `None` when nothing changed.

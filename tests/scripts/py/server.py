@@ -1,7 +1,7 @@
 """A PyPI `mcp` (2.x) MCPServer for mcp-guard's end-to-end suites.
 
 Usage: python server.py --port PORT [--json-response | --sse-response | --legacy-sse]
-                        [--stateless] [--marker-dir DIR]
+                        [--stateless] [--marker-dir DIR] [--public-cache]
 
 Streamable HTTP on 127.0.0.1:PORT/mcp (JSON or SSE answers), or with --legacy-sse the older
 HTTP+SSE transport (GET /sse, POST /messages/?session_id=..). Tools:
@@ -13,6 +13,9 @@ HTTP+SSE transport (GET /sse, POST /messages/?session_id=..). Tools:
   grüßen(name)          -> "Grüß dich, <name>": a non-ASCII tool name, which 2026-07-28 clients
                            send base64-wrapped in the Mcp-Name header (=?base64?...?=)
 Resources: note://café (non-ASCII URI, same header encoding), note://plain.
+
+--public-cache: list results carry the MCP 2026-07-28 caching hints `cacheScope: "public"`,
+`ttlMs: 60000` (the same for every caller, as far as this server knows).
 
 Prints "READY <port>" on stdout once the server listens (uvicorn's own log goes to stderr).
 The server keeps its default DNS-rebinding protection: a foreign Host gets 421.
@@ -27,6 +30,7 @@ import sys
 import threading
 import time
 
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
 
 
@@ -39,9 +43,16 @@ def main() -> None:
     mode.add_argument("--legacy-sse", action="store_true")
     ap.add_argument("--stateless", action="store_true")
     ap.add_argument("--marker-dir", default=None)
+    ap.add_argument("--public-cache", action="store_true")
     args = ap.parse_args()
 
-    server = MCPServer("mcp-guard-py-test-server", version="1.0.0", log_level="WARNING")
+    hints = {}
+    if args.public_cache:
+        public = CacheHint(ttl_ms=60000, scope="public")
+        hints = {m: public for m in ("tools/list", "prompts/list", "resources/list", "resources/templates/list")}
+    server = MCPServer(
+        "mcp-guard-py-test-server", version="1.0.0", log_level="WARNING", cache_hints=hints or None
+    )
 
     @server.tool()
     def echo(text: str) -> str:

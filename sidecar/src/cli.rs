@@ -83,7 +83,7 @@ pub enum PolicyCommand {
         /// The bundle directory (`*.rego`, optional `data.json`).
         #[arg(long, short, default_value = ".")]
         policy: PathBuf,
-        /// The input document (JSON, schema mcp-guard.dev/policy-input/v1).
+        /// The input document (JSON, schema mcp-guard.dev/policy-input/v2).
         #[arg(long, short)]
         input: PathBuf,
         /// Evaluate this rule instead of the decision (e.g. `data.mcp.authz.visible`).
@@ -161,6 +161,15 @@ fn env_reader(name: &str) -> Option<EnvReader> {
                 switch: matches!(a.get_action(), ArgAction::SetTrue),
             })
         })
+}
+
+/// Every environment variable a flag of the sidecar reads.
+pub fn flag_env_names() -> Vec<String> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Parses `vars` exactly as the sidecar reads them from its environment, each variable through

@@ -65,6 +65,7 @@ def add_hex_ids(doc: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -117,7 +118,7 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(out)
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
     print(f"READY {args.port}", flush=True)
     server.serve_forever()
 

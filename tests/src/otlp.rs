@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Proc, TempDir, cache_dir, free_port, port_open, workspace_root};
+use crate::{Proc, TempDir, cache_dir, free_port, workspace_root};
 
 /// The Python holding `opentelemetry-proto`, from `$MCP_GUARD_CACHE/otlp/env.sh`.
 pub fn otlp_python() -> std::path::PathBuf {
@@ -39,6 +39,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::start_on_host("127.0.0.1")
+    }
+
+    /// As [`Receiver::start`], bound to `host` (e.g. the node's bridge gateway, for pods).
+    pub fn start_on_host(host: &str) -> Receiver {
         let dir = TempDir::new("otlp-receiver");
         let out = dir.path().join("otlp.jsonl");
         let port = free_port();
@@ -46,13 +51,22 @@ impl Receiver {
             "otlp-receiver",
             Command::new(otlp_python())
                 .arg(workspace_root().join("tests/scripts/otlp_receiver.py"))
+                .arg("--host")
+                .arg(host)
                 .arg("--port")
                 .arg(port.to_string())
                 .arg("--out")
                 .arg(&out),
         );
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(proc.stdout().contains("READY") && port_open(port)) {
+        let open = || {
+            format!("{host}:{port}")
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok()
+                })
+        };
+        while !(proc.stdout().contains("READY") && open()) {
             assert!(
                 proc.try_status().is_none() && Instant::now() < deadline,
                 "OTLP receiver did not start\n{}",

@@ -49,7 +49,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mcp_guard_tests::node::{self, Node};
-use mcp_guard_tests::oidc::{Provider, RESOURCE, gen_key};
+use mcp_guard_tests::oidc::{Provider, RESOURCE, gen_key, probe};
+use mcp_guard_tests::otlp::Receiver;
 use mcp_guard_tests::{
     TempDir, assert_denied, call_body, http_blocking, inspector, inspector_json, post, py_client,
     tool_names, workspace_root,
@@ -341,6 +342,11 @@ fn operator_story_on_a_real_node() {
             "9",
             "the webhook scaled to zero: Fail refuses, Ignore admits uninjected",
             Box::new(|| webhook_down(&node)),
+        ),
+        (
+            "10",
+            "sidecar settings from values, the namespace and the pod",
+            Box::new(|| settings(&node, &caller)),
         ),
     ];
     let mut times = Vec::new();
@@ -1277,4 +1283,112 @@ fn dechunk(mut body: &str) -> String {
         out.push_str(&rest[..size]);
         body = &rest[size + 2..];
     }
+}
+
+/// Step 10: sidecar settings at their three levels, as an operator sets them. Values (`helm
+/// upgrade`): spans go to an OTLP receiver on the node's gateway, locked. The namespace: every
+/// token needs `mcp:admin`. The pod: the identity reaches the server as a JWT minted with a key
+/// from a Secret (`mint-key-secret`), under the key id the pod names.
+fn settings(node: &Node, caller: &Caller) {
+    let receiver = Receiver::start_on_host(node.var("GATEWAY"));
+    let endpoint = format!("http://{}:{}", node.var("GATEWAY"), receiver.port);
+    let chart = workspace_root().join("charts/mcp-guard");
+    let out = node.helm(&[
+        "upgrade",
+        "mcp-guard",
+        chart.to_str().unwrap(),
+        "--namespace",
+        GUARD_NS,
+        "--reuse-values",
+        "--set",
+        &format!("sidecar.settings.otel-endpoint={endpoint}"),
+        "--set",
+        "sidecar.locked={otel-endpoint}",
+        "--wait",
+        "--timeout",
+        "280s",
+    ]);
+    assert!(
+        out.success(),
+        "helm upgrade: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    webhook_ready(node);
+
+    node.kubectl_ok(&[
+        "annotate",
+        "namespace",
+        APP_NS,
+        "--overwrite",
+        "mcp-guard.dev/required-scopes=mcp:admin",
+    ]);
+    let key = std::fs::read_to_string(workspace_root().join("sidecar/tests/fixtures/auth/ec1.pem"))
+        .unwrap();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "tools-minting", "namespace": APP_NS},
+        "stringData": {"key.pem": key},
+    });
+    node.kubectl.apply(&secret.to_string());
+    let before = live_pods(node);
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "mcp-guard.dev/identity-passthrough": "jwt",
+        "mcp-guard.dev/mint-key-secret": "tools-minting",
+        "mcp-guard.dev/mint-key-id": "node-mint-1",
+    }}}}});
+    patch_and_roll_out(node, &patch);
+    wait_injected(node, &before);
+
+    // No secret in what the cluster stored or what the sidecar printed.
+    let key_line = key.lines().nth(1).unwrap();
+    for pod in live_pods(node) {
+        let stored = pod.to_string();
+        assert!(!stored.contains(key_line), "the key is in the pod spec");
+        let logs = node.kubectl_ok(&["logs", "-n", APP_NS, &name(&pod), "-c", "mcp-guard"]);
+        for secret in [key_line, caller.admin.as_str(), caller.reader.as_str()] {
+            assert!(!logs.contains(secret), "a secret in the sidecar's log");
+        }
+        // The pod's key id, and the Secret's key behind it (the sidecar would not start in jwt
+        // mode without it): the admin port's JWKS.
+        let ip = pod["status"]["podIP"].as_str().unwrap();
+        let addr: SocketAddr = format!("{ip}:15020").parse().unwrap();
+        let (status, body) = http_blocking(
+            addr,
+            "GET",
+            "/.well-known/jwks.json",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let jwks: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], "node-mint-1", "{jwks}");
+        assert_eq!(jwks["keys"][0]["crv"], "P-256", "{jwks}");
+    }
+
+    // The namespace's scope: the reader's token (mcp:tools) is refused, the admin's passes.
+    let url = service_url(node);
+    let (status, challenge) = caller.rt.block_on(probe(
+        &url,
+        &[("authorization", &format!("Bearer {}", caller.reader))],
+    ));
+    assert_eq!(status, 403, "{challenge}");
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+    let admin_sees = listed_as(node, &caller.admin);
+    assert!(
+        admin_sees.iter().any(|t| t == "echo"),
+        "the admin's token carries the scope: {admin_sees:?}"
+    );
+
+    // Values: the calls' spans reach the receiver on the gateway, from this namespace's pods.
+    node.wait("spans from the injected pods", APP_NS, LONG, || {
+        receiver.spans().iter().any(|s| {
+            s["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["key"] == "k8s.namespace.name" && a["value"]["stringValue"] == APP_NS)
+        })
+    });
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use mcp_guard_common::env;
-use mcp_guard_sidecar::cli::{Cli, parse_env};
+use mcp_guard_sidecar::cli::{Cli, flag_env_names, parse_env};
 use mcp_guard_webhook::config::InjectConfig;
 use mcp_guard_webhook::inject::{PodContext, injected, sidecar_of};
 use mcp_guard_webhook::settings::{Item, Kind, PREFIX, SETTINGS};
@@ -144,4 +144,47 @@ fn the_settings_arrive_as_the_sidecar_means_them() {
     assert!(!p.audit.audit_disabled);
     assert_eq!(p.drain_timeout, std::time::Duration::from_secs(45));
     assert_eq!(format!("{:?}", cli.log_format), "Text");
+}
+
+/// The sidecar's flags that no workload chooses, and why. Every other flag must be reachable
+/// from the cluster (a setting, or written by the webhook itself).
+const NOT_PER_WORKLOAD: &[(&str, &str)] = &[
+    (
+        env::UPSTREAM_HOST,
+        "the server shares the pod's network: always loopback",
+    ),
+    (
+        env::JWKS_FILE,
+        "keys come from the issuer (jwks-uri overrides its discovery)",
+    ),
+    (
+        env::AUDIT_FILE,
+        "the sidecar's root filesystem is read-only: the trail goes to stdout",
+    ),
+];
+
+#[test]
+fn every_sidecar_flag_is_reachable_from_the_cluster() {
+    let mut all: Vec<(String, String)> = SETTINGS
+        .iter()
+        .map(|s| (format!("{PREFIX}{}", s.name), example(s.kind)))
+        .collect();
+    all.push((format!("{PREFIX}issuer"), "https://idp.example.com".into()));
+    all.push((
+        format!("{PREFIX}resource-uri"),
+        "https://tools.example.com/mcp".into(),
+    ));
+    let written: Vec<String> = environment(&render(&all))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let unreachable: Vec<String> = flag_env_names()
+        .into_iter()
+        .filter(|e| !written.contains(e) && !NOT_PER_WORKLOAD.iter().any(|(n, _)| n == e))
+        .collect();
+    assert!(
+        unreachable.is_empty(),
+        "sidecar flags no annotation or value reaches (add a setting in webhook/src/settings.rs, \
+         or a reason to NOT_PER_WORKLOAD): {unreachable:?}"
+    );
 }

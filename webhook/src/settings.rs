@@ -184,6 +184,24 @@ pub const SETTINGS: &[Setting] = &[
         help: "timeout of each call to the identity provider",
     },
     Setting {
+        name: "jwks-refresh-interval",
+        env: env::JWKS_REFRESH_INTERVAL,
+        kind: Kind::Duration,
+        help: "how often the provider's keys are refreshed in the background",
+    },
+    Setting {
+        name: "jwks-min-refetch-interval",
+        env: env::JWKS_MIN_REFETCH_INTERVAL,
+        kind: Kind::Duration,
+        help: "least time between two key refetches caused by unknown key ids",
+    },
+    Setting {
+        name: "token-cache-size",
+        env: env::TOKEN_CACHE_SIZE,
+        kind: Kind::Count,
+        help: "verified tokens kept in memory (each until it expires)",
+    },
+    Setting {
         name: "identity-passthrough",
         env: env::IDENTITY_PASSTHROUGH,
         kind: Kind::OneOf(&["headers", "jwt", "token-exchange", "none"]),
@@ -301,6 +319,12 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Count,
         help: "largest arguments recorded, in bytes of JSON after redaction",
     },
+    Setting {
+        name: "audit-queue",
+        env: env::AUDIT_QUEUE,
+        kind: Kind::Count,
+        help: "requests whose records may wait for the writer; beyond that records are dropped (counted and logged), never waited for",
+    },
     // Limits and timeouts.
     Setting {
         name: "sse-path",
@@ -319,6 +343,12 @@ pub const SETTINGS: &[Setting] = &[
         env: env::MAX_LIST_BYTES,
         kind: Kind::Count,
         help: "largest list answer the sidecar filters",
+    },
+    Setting {
+        name: "max-sessions",
+        env: env::MAX_SESSIONS,
+        kind: Kind::Count,
+        help: "MCP sessions the sidecar tracks; past it the oldest is evicted and refused afterwards",
     },
     Setting {
         name: "header-timeout",

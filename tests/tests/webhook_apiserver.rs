@@ -321,7 +321,8 @@ fn labelled_namespace(name: &str, labels: &[(&str, &str)]) -> String {
 /// whose image no entry approves is refused in an `enforce` namespace (and admitted in a
 /// `disabled` one: the refusal is the catalog's), admitted with the API server's warning in a
 /// `warn` one, admitted with the audit annotation in an `audit` one; approving the image lets
-/// the next pod in, with the same webhook process.
+/// the next pod in, with the same webhook process; an entry that requires a RuntimeClass refuses
+/// a pod without it and admits one with it.
 #[test]
 fn approved_servers_are_enforced_warned_and_audited_and_approval_needs_no_restart() {
     let _g = serial();
@@ -429,6 +430,36 @@ fn approved_servers_are_enforced_warned_and_audited_and_approval_needs_no_restar
     });
     assert!(is_injected(&api.get_json("pod", "strict", "approved")));
     assert!(webhook.proc.try_status().is_none(), "the webhook restarted");
+    // An entry that requires an isolation class approves only pods that run in it.
+    api.apply(
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: sandboxed\nhandler: runsc\n",
+    );
+    api.apply(
+        "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: shell\nspec:\n  name: com.example/shell\n  owner: team-tools\n  runtimeClassName: sandboxed\n  images:\n  - repository: example.com/mcp-server\n  namespaces: [isolated]\n",
+    );
+    api.apply(&labelled_namespace(
+        "isolated",
+        &[("mcp-guard.dev/approval", "enforce")],
+    ));
+    let sandboxed = |name: &str, class: Option<&str>| {
+        let manifest = pod(name, "isolated", &opted_in);
+        match class {
+            Some(c) => manifest.replace("spec:\n", &format!("spec:\n  runtimeClassName: {c}\n")),
+            None => manifest,
+        }
+    };
+    wait_until(Duration::from_secs(60), || {
+        let out = api.kubectl(&["create", "-f", "-"], Some(&sandboxed("plain", None)));
+        Ok(!out.success() && out.stderr.contains("only in RuntimeClass \"sandboxed\""))
+    })
+    .unwrap_or_else(|e| panic!("a pod outside the entry's RuntimeClass was not refused: {e}"));
+    let out = api.kubectl(
+        &["create", "-f", "-"],
+        Some(&sandboxed("isolated", Some("sandboxed"))),
+    );
+    assert!(out.success(), "{}", out.stderr);
+    assert!(is_injected(&api.get_json("pod", "isolated", "isolated")));
+
     // The table reads well.
     let table = api.kubectl(&["get", "approvedservers"], None);
     assert!(

@@ -56,6 +56,10 @@ pub struct ApprovedServerSpec {
     /// Namespaces it may run in; empty: all.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// The isolation the server must run in: its pods must name this RuntimeClass (a sandboxed
+    /// or microVM runtime, for example). Unset: any.
+    #[serde(default)]
+    pub runtime_class_name: Option<String>,
 }
 
 /// One catalog entry: the object's name and its spec.
@@ -106,12 +110,24 @@ impl Catalog {
         Ok(Catalog { entries })
     }
 
-    /// Whether some entry approves `image` in `namespace`.
-    pub fn approves(&self, image: &str, namespace: &str) -> bool {
+    /// The entries that approve `image` in `namespace`, whatever runtime class they require.
+    fn approving<'a>(
+        &'a self,
+        image: &'a str,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Entry> {
         let image = ImageRef::parse(image);
-        self.entries.iter().any(|e| {
+        self.entries.iter().filter(move |e| {
             (e.spec.namespaces.is_empty() || e.spec.namespaces.iter().any(|n| n == namespace))
                 && e.spec.images.iter().any(|rule| image.matches(rule))
+        })
+    }
+
+    /// Whether some entry approves `image` in `namespace` for a pod of `runtime_class`.
+    pub fn approves(&self, image: &str, namespace: &str, runtime_class: Option<&str>) -> bool {
+        self.approving(image, namespace).any(|e| {
+            e.spec.runtime_class_name.is_none()
+                || e.spec.runtime_class_name.as_deref() == runtime_class
         })
     }
 }
@@ -187,25 +203,41 @@ fn glob(pattern: &str, text: &str) -> bool {
 pub struct Finding {
     pub namespace: String,
     pub images: Vec<String>,
+    /// Entries that would approve an image if the pod ran in their RuntimeClass: (entry,
+    /// runtime class).
+    pub runtime_classes: Vec<(String, String)>,
 }
 
 impl Finding {
     /// What admission says: the images, and what to add.
     pub fn message(&self) -> String {
+        if let Some((entry, class)) = self.runtime_classes.first() {
+            return format!(
+                "mcp-guard: image(s) {} approved for namespace {:?} only in RuntimeClass {class:?} \
+                 (ApprovedServer {entry:?}): set spec.runtimeClassName: {class} in the pod \
+                 template, see docs/registry.md",
+                self.quoted_images(),
+                self.namespace
+            );
+        }
         let first = self.images.first().map(String::as_str).unwrap_or_default();
         let repository = ImageRef::parse(first).repository;
         format!(
             "mcp-guard: image(s) {} approved by no ApprovedServer for namespace {:?}: add an \
              entry (kubectl apply an ApprovedServer with spec.images [{{repository: {repository}}}] \
              and spec.namespaces [{}], or no namespaces for all), see docs/registry.md",
-            self.images
-                .iter()
-                .map(|i| format!("{i:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            self.quoted_images(),
             self.namespace,
             self.namespace
         )
+    }
+
+    fn quoted_images(&self) -> String {
+        self.images
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -234,7 +266,11 @@ pub fn applies(
 /// The pod's images that no entry approves for `namespace` (regular, init and ephemeral
 /// containers), or `None` when every one is approved.
 pub fn check(catalog: &Catalog, pod: &Value, namespace: &str) -> Option<Finding> {
+    let runtime_class = pod
+        .pointer("/spec/runtimeClassName")
+        .and_then(Value::as_str);
     let mut images = Vec::new();
+    let mut runtime_classes = Vec::new();
     for field in ["containers", "initContainers", "ephemeralContainers"] {
         for c in pod
             .pointer(&format!("/spec/{field}"))
@@ -243,14 +279,22 @@ pub fn check(catalog: &Catalog, pod: &Value, namespace: &str) -> Option<Finding>
             .flatten()
         {
             let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-            if !catalog.approves(image, namespace) && !images.iter().any(|i| i == image) {
+            if !catalog.approves(image, namespace, runtime_class)
+                && !images.iter().any(|i| i == image)
+            {
                 images.push(image.to_string());
+                runtime_classes.extend(
+                    catalog.approving(image, namespace).filter_map(|e| {
+                        Some((e.object.clone(), e.spec.runtime_class_name.clone()?))
+                    }),
+                );
             }
         }
     }
     (!images.is_empty()).then(|| Finding {
         namespace: namespace.to_string(),
         images,
+        runtime_classes,
     })
 }
 
@@ -365,14 +409,42 @@ spec:
     #[test]
     fn images_match_by_repository_tag_pattern_and_digest() {
         let c = catalog();
-        assert!(c.approves("registry.example.com:5000/mcp/tickets:1.4", "tickets"));
-        assert!(!c.approves("registry.example.com:5000/mcp/tickets:2.0", "tickets"));
-        assert!(!c.approves("registry.example.com:5000/mcp/tickets:1.4", "other"));
-        assert!(!c.approves("registry.example.com:5000/mcp/tickets", "tickets"));
-        assert!(c.approves("example.com/git@sha256:aa", "anywhere"));
-        assert!(c.approves("example.com/git:v2@sha256:aa", "anywhere"));
-        assert!(!c.approves("example.com/git:v2", "anywhere"));
-        assert!(!c.approves("example.com/gitx@sha256:aa", "anywhere"));
+        assert!(c.approves("registry.example.com:5000/mcp/tickets:1.4", "tickets", None));
+        assert!(!c.approves("registry.example.com:5000/mcp/tickets:2.0", "tickets", None));
+        assert!(!c.approves("registry.example.com:5000/mcp/tickets:1.4", "other", None));
+        assert!(!c.approves("registry.example.com:5000/mcp/tickets", "tickets", None));
+        assert!(c.approves("example.com/git@sha256:aa", "anywhere", None));
+        assert!(c.approves("example.com/git:v2@sha256:aa", "anywhere", None));
+        assert!(!c.approves("example.com/git:v2", "anywhere", None));
+        assert!(!c.approves("example.com/gitx@sha256:aa", "anywhere", None));
+    }
+
+    #[test]
+    fn an_entry_that_requires_a_runtime_class_approves_only_pods_in_it() {
+        let c = Catalog::from_documents(
+            "kind: ApprovedServer\nmetadata: {name: sandboxed}\nspec:\n  name: io.example/shell\n  runtimeClassName: kata\n  images: [{repository: example.com/shell}]\n",
+        )
+        .unwrap();
+        let pod = |class: Option<&str>| {
+            let mut p =
+                json!({"spec": {"containers": [{"name": "s", "image": "example.com/shell:1"}]}});
+            if let Some(c) = class {
+                p["spec"]["runtimeClassName"] = json!(c);
+            }
+            p
+        };
+        assert_eq!(check(&c, &pod(Some("kata")), "tools"), None);
+        let f = check(&c, &pod(None), "tools").unwrap();
+        assert_eq!(
+            f.runtime_classes,
+            [("sandboxed".to_string(), "kata".to_string())]
+        );
+        let m = f.message();
+        assert!(
+            m.contains("only in RuntimeClass \"kata\"") && m.contains("runtimeClassName: kata"),
+            "{m}"
+        );
+        assert!(check(&c, &pod(Some("runc")), "tools").is_some());
     }
 
     #[test]

@@ -162,6 +162,18 @@ pub enum DocResult {
 }
 
 impl Offline {
+    /// A run with `config`, `namespace` for documents that name none, and whether templates
+    /// must opt in themselves; no Namespace documents known yet and no approval check.
+    pub fn new(config: InjectConfig, namespace: &str, require_annotation: bool) -> Offline {
+        Offline {
+            config,
+            namespace: namespace.to_string(),
+            require_annotation,
+            namespaces: BTreeMap::new(),
+            catalog: None,
+        }
+    }
+
     /// Injects one document in place.
     pub fn document(&self, index: usize, doc: &mut Value) -> Result<DocResult, OfflineError> {
         let kind = doc
@@ -349,11 +361,12 @@ pub fn run(args: &InjectArgs) -> Result<(), OfflineError> {
         }
     };
     let offline = Offline {
-        config: InjectConfig::from_args(&args.injector, true),
-        namespace: args.namespace.clone(),
-        require_annotation: args.require_annotation,
-        namespaces: BTreeMap::new(),
         catalog,
+        ..Offline::new(
+            InjectConfig::from_args(&args.injector, true),
+            &args.namespace,
+            args.require_annotation,
+        )
     };
     let (out, results) = offline.run(&input, args.output)?;
     for r in results {
@@ -404,13 +417,7 @@ spec: {containers: [{name: c, image: c}]}
 ";
 
     fn offline(require_annotation: bool) -> Offline {
-        Offline {
-            config: InjectConfig::default(),
-            namespace: "default".into(),
-            require_annotation,
-            namespaces: BTreeMap::new(),
-            catalog: None,
-        }
+        Offline::new(InjectConfig::default(), "default", require_annotation)
     }
 
     fn sidecar_env(out: &str) -> BTreeMap<String, Value> {

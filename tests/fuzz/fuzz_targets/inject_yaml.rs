@@ -8,11 +8,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let offline = Offline {
-        config: InjectConfig::default(),
-        namespace: "default".to_owned(),
-        require_annotation: false,
-    };
+    let offline = Offline::new(InjectConfig::default(), "default", false);
     if let Ok((out, _)) = offline.run(text, Output::Yaml) {
         let again = offline.run(&out, Output::Yaml);
         assert!(

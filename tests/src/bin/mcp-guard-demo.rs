@@ -133,9 +133,7 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let server_url = format!("http://{server_addr}/mcp");
     let proxy_url = format!("http://{proxy_addr}/mcp");
     println!("mcp-guard demo\n");
-    println!(
-        "  MCP server   {server_url}   (rmcp, unmodified; tools: echo, add, get_weather, {DENIED_TOOL})"
-    );
+    println!("  MCP server   {server_url}   (rmcp, unmodified; its tools are listed below)");
     println!("  sidecar      {proxy_url}   (admin http://{admin_addr})");
     println!("  policy       {}/authz.rego:\n", policy_dir.display());
     for line in POLICY.lines().filter(|l| !l.trim().is_empty()) {

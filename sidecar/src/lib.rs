@@ -105,11 +105,9 @@ pub async fn run_proxy(
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let (interceptor, policy_store) = build_interceptor(&config, &metrics);
-    let proxy = Proxy::new(&config, interceptor, Arc::clone(&metrics))?;
     let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
     authenticator.log_startup();
     authenticator.set_metrics(Arc::clone(&metrics));
-    proxy.set_auth(Arc::clone(&authenticator));
     let server_ref = audit::ServerRef {
         name: config.policy.server_name.clone(),
         namespace: config.policy.pod_namespace.clone(),
@@ -125,9 +123,13 @@ pub async fn run_proxy(
         telemetry.clone(),
     )
     .map_err(Error::Audit)?;
-    if let Some(a) = &auditor {
-        proxy.set_audit(Arc::clone(a));
-    }
+    let proxy = Proxy::new(
+        &config,
+        interceptor,
+        Arc::clone(&metrics),
+        Arc::clone(&authenticator),
+        auditor.clone(),
+    )?;
     {
         // Keys load off the request path; until they do, tokens are refused (fail closed).
         let authenticator = Arc::clone(&authenticator);

@@ -173,9 +173,10 @@ async fn setup(extra: &[&str]) -> Fx {
         &cfg,
         Arc::new(StaticToolFilter::new(&[], &[])),
         Arc::new(Metrics::new()),
+        auth,
+        None,
     )
     .unwrap();
-    assert!(proxy.set_auth(auth));
     Fx {
         proxy,
         jwks,

@@ -799,11 +799,3 @@ pub fn identity_from_claims(claims: Map<String, Value>) -> Option<Identity> {
         policy_view: Default::default(),
     })
 }
-
-impl Authenticator {
-    /// A process-wide disabled authenticator, for a proxy that was given none.
-    pub fn shared_disabled() -> &'static Authenticator {
-        static DISABLED: std::sync::OnceLock<Authenticator> = std::sync::OnceLock::new();
-        DISABLED.get_or_init(Authenticator::disabled)
-    }
-}

@@ -44,10 +44,11 @@ struct Inner {
     sessions: Arc<legacy::Sessions>,
     clients: clients::ClientTable,
     metrics: Arc<Metrics>,
-    /// Authentication; set once at startup ([`Proxy::set_auth`]), disabled until then.
-    auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
-    /// The audit trail; set once at startup ([`Proxy::set_audit`]), off until then.
-    audit: std::sync::OnceLock<Arc<crate::audit::Auditor>>,
+    /// Authentication, as built: a proxy without it was built with a disabled authenticator
+    /// on purpose (which says so at startup).
+    auth: Arc<crate::auth::Authenticator>,
+    /// The audit trail, when it is on.
+    audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// A JSON-RPC error as an HTTP response.
@@ -154,10 +155,15 @@ struct Checked {
 }
 
 impl Proxy {
+    /// A proxy with everything it enforces given here, at construction: the interceptor that
+    /// decides, the authenticator (a disabled one for a proxy without authentication) and the
+    /// audit trail (`None`: off).
     pub fn new(
         config: &ProxyConfig,
         interceptor: Arc<dyn Interceptor>,
         metrics: Arc<Metrics>,
+        auth: Arc<crate::auth::Authenticator>,
+        audit: Option<Arc<crate::audit::Auditor>>,
     ) -> Result<Self, UpstreamError> {
         let upstream = Upstream::new(
             &config.upstream_host,
@@ -177,24 +183,14 @@ impl Proxy {
                 sessions: Arc::default(),
                 clients: clients::ClientTable::with_capacity(config.max_sessions),
                 metrics,
-                auth: std::sync::OnceLock::new(),
-                audit: std::sync::OnceLock::new(),
+                auth,
+                audit,
             }),
         })
     }
 
     pub fn upstream(&self) -> &Upstream {
         &self.inner.upstream
-    }
-
-    /// Installs the audit trail (once, before serving); `false` when one was already set.
-    pub fn set_audit(&self, audit: Arc<crate::audit::Auditor>) -> bool {
-        self.inner.audit.set(audit).is_ok()
-    }
-
-    /// Installs the authenticator (once, before serving); `false` when one was already set.
-    pub fn set_auth(&self, auth: Arc<crate::auth::Authenticator>) -> bool {
-        self.inner.auth.set(auth).is_ok()
     }
 
     /// Handles one HTTP request from a client.
@@ -210,10 +206,7 @@ impl Proxy {
             let p = req.uri().path();
             p == inner.path || p == inner.sse_path || inner.sessions.is_message_path(p)
         };
-        let auth = match inner.auth.get() {
-            Some(a) => &**a,
-            None => crate::auth::Authenticator::shared_disabled(),
-        };
+        let auth = &*inner.auth;
         if let Some(resp) = auth.admit(&mut req, mcp_path).await {
             return resp;
         }
@@ -446,7 +439,7 @@ impl Proxy {
             client: client.as_deref(),
         };
         let mut audit = crate::audit::Recording::begin(
-            self.inner.audit.get(),
+            self.inner.audit.as_ref(),
             &parts.headers,
             &bytes,
             matches!(payload, Payload::Single(_)),
@@ -771,7 +764,14 @@ mod tests {
         ])
         .c;
         let f = StaticToolFilter::new(&[], &["secret".into()]);
-        Proxy::new(&cfg, Arc::new(f), Arc::new(Metrics::new())).unwrap()
+        Proxy::new(
+            &cfg,
+            Arc::new(f),
+            Arc::new(Metrics::new()),
+            Arc::new(crate::auth::Authenticator::disabled()),
+            None,
+        )
+        .unwrap()
     }
 
     async fn post(

@@ -173,6 +173,10 @@ impl Settings {
         let enforcement = special(ENFORCEMENT, &cfg.default_enforcement);
         let log_level = special(LOG_LEVEL, &cfg.default_log_level);
         let log_format = special(LOG_FORMAT, &cfg.sidecar_log_format);
+        let cpu_request = special(CPU_REQUEST, &cfg.cpu_request);
+        let cpu_limit = special(CPU_LIMIT, &cfg.cpu_limit);
+        let memory_request = special(MEMORY_REQUEST, &cfg.memory_request);
+        let memory_limit = special(MEMORY_LIMIT, &cfg.memory_limit);
         // The annotation, else the webhook's template expanded for this pod.
         let resource_uri = match (get(RESOURCE_URI), &cfg.default_resource_uri_template) {
             (Some(uri), _) => {
@@ -222,16 +226,6 @@ impl Settings {
                 )));
             }
         }
-        let mut quantity = |key: &str, default: &str| {
-            let v = get(key).unwrap_or(default).to_string();
-            let short = key.strip_prefix(settings::PREFIX).unwrap_or(key);
-            check(check_special(short, &v).map_err(|e| AnnotationError::new(key, &v, e)));
-            v
-        };
-        let cpu_request = quantity(CPU_REQUEST, &cfg.cpu_request);
-        let cpu_limit = quantity(CPU_LIMIT, &cfg.cpu_limit);
-        let memory_request = quantity(MEMORY_REQUEST, &cfg.memory_request);
-        let memory_limit = quantity(MEMORY_LIMIT, &cfg.memory_limit);
         let shutdown_on_exit = match get(SHUTDOWN_ON_EXIT) {
             None | Some("disabled") => false,
             Some("enabled") => true,

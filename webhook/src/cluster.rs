@@ -52,6 +52,46 @@ pub fn supports_native_sidecars(version: (u32, u32)) -> bool {
     version >= (1, 29)
 }
 
+/// Runs a reflector from `api` into `writer`'s store on the current runtime, retrying with
+/// backoff on errors (logged as `error`); the flag turns true once the first list has arrived
+/// (logged as `what` synced).
+fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    what: &'static str,
+    error: &'static str,
+) -> Arc<AtomicBool>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let synced = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&synced);
+    let ready = writer.as_reader();
+    tokio::spawn(async move {
+        if ready.wait_until_ready().await.is_ok() {
+            flag.store(true, Ordering::Release);
+            tracing::info!("{what} synced");
+        }
+    });
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(reflector::reflector(writer, stream));
+        while let Some(ev) = s.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "{error}; retrying");
+            }
+        }
+    });
+    synced
+}
+
 /// Namespace annotations, from a reflector cache.
 #[derive(Clone)]
 pub struct Namespaces {
@@ -66,24 +106,12 @@ impl Namespaces {
         let (store, writer) = reflector::store();
         // `Api<PartialObjectMeta<_>>` lists and watches metadata only: no specs in memory.
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-        let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
-        let synced = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&synced);
-        let ready = store.clone();
-        tokio::spawn(async move {
-            if ready.wait_until_ready().await.is_ok() {
-                flag.store(true, Ordering::Release);
-                tracing::info!("namespace cache synced");
-            }
-        });
-        tokio::spawn(async move {
-            let mut s = std::pin::pin!(reflector::reflector(writer, stream));
-            while let Some(ev) = s.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "namespace watch error; retrying");
-                }
-            }
-        });
+        let synced = reflect(
+            api.clone(),
+            writer,
+            "namespace cache",
+            "namespace watch error",
+        );
         Self { store, api, synced }
     }
 
@@ -139,24 +167,12 @@ impl ApprovedServers {
         let api: Api<DynamicObject> = Api::all_with(client, &resource);
         let writer = reflector::store::Writer::new(resource);
         let store = writer.as_reader();
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
-        let synced = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&synced);
-        let ready = store.clone();
-        tokio::spawn(async move {
-            if ready.wait_until_ready().await.is_ok() {
-                flag.store(true, Ordering::Release);
-                tracing::info!("approved-server catalog synced");
-            }
-        });
-        tokio::spawn(async move {
-            let mut s = std::pin::pin!(reflector::reflector(writer, stream));
-            while let Some(ev) = s.next().await {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, "ApprovedServer watch error (is the CRD installed?); retrying");
-                }
-            }
-        });
+        let synced = reflect(
+            api,
+            writer,
+            "approved-server catalog",
+            "ApprovedServer watch error (is the CRD installed?)",
+        );
         Self { store, synced }
     }
 

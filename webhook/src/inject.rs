@@ -308,6 +308,7 @@ fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<An
     let sidecar = sidecar_container(
         cfg,
         &settings,
+        &secret_volumes,
         traffic,
         port_name.as_deref(),
         &server,
@@ -610,6 +611,7 @@ fn restricted_security_context(uid: i64) -> Value {
 fn sidecar_container(
     cfg: &InjectConfig,
     s: &Settings,
+    secrets: &[SecretVolume],
     traffic: Traffic,
     port_name: Option<&str>,
     server: &ServerPort,
@@ -642,27 +644,24 @@ fn sidecar_container(
     ]);
     for (setting, value) in &s.sidecar {
         env.push(match setting.kind {
-            Kind::SecretEnv { key } => {
-                let secret = SecretRef::parse(value, key).unwrap_or_else(|| SecretRef {
-                    name: value.clone(),
-                    key: key.to_string(),
-                });
-                json!({"name": setting.env, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
-            }
-            Kind::SecretFile { key } => {
-                let secret = SecretRef::parse(value, key).unwrap_or_else(|| SecretRef {
-                    name: value.clone(),
-                    key: key.to_string(),
-                });
-                json!({"name": setting.env, "value": format!("{SECRETS_DIR}/{}/{}", setting.name, secret.key)})
-            }
+            Kind::SecretEnv { key } => match SecretRef::parse(value, key) {
+                Some(r) => {
+                    json!({"name": setting.env, "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}})
+                }
+                // Checked in Settings::parse; never reached.
+                None => continue,
+            },
+            Kind::SecretFile { .. } => match secrets.iter().find(|v| v.setting == *setting) {
+                Some(v) => json!({"name": setting.env, "value": v.file()}),
+                None => continue,
+            },
             _ => json!({"name": setting.env, "value": value}),
         });
     }
     let mut mounts =
         vec![json!({"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": true})];
-    for v in secret_volumes(s) {
-        mounts.push(json!({"name": v.volume, "mountPath": format!("{SECRETS_DIR}/{}", v.setting.name), "readOnly": true}));
+    for v in secrets {
+        mounts.push(json!({"name": v.volume, "mountPath": v.mount_path(), "readOnly": true}));
     }
     let startupz = json!({"path": "/startupz", "port": cfg.admin_port, "scheme": "HTTP"});
     let readyz = json!({"path": "/readyz", "port": cfg.admin_port, "scheme": "HTTP"});
@@ -711,6 +710,18 @@ struct SecretVolume {
     setting: &'static Setting,
     volume: String,
     secret: SecretRef,
+}
+
+impl SecretVolume {
+    /// Where the Secret is mounted in the sidecar.
+    fn mount_path(&self) -> String {
+        format!("{SECRETS_DIR}/{}", self.setting.name)
+    }
+
+    /// The file the sidecar's variable names.
+    fn file(&self) -> String {
+        format!("{}/{}", self.mount_path(), self.secret.key)
+    }
 }
 
 /// The Secret volumes of the pod's `*-secret` file settings, in the table's order.

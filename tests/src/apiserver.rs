@@ -360,11 +360,9 @@ impl ApiServer {
         self.client().get_json(kind, namespace, name)
     }
 
-    /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token of its
-    /// own, issued by the API server's TokenRequest API (`POST .../serviceaccounts/NAME/token`,
-    /// one hour): no admin token, no impersonation. What that identity may do is decided by
-    /// RBAC alone, exactly as for a pod running under that ServiceAccount.
-    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+    /// A token for ServiceAccount `namespace/name`, issued by the API server's TokenRequest API
+    /// (`POST .../serviceaccounts/NAME/token`, one hour), as `kubectl create token` gets one.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
         let request = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#;
         let uri = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token");
         let out = self.kubectl(&["create", "--raw", &uri], Some(request));
@@ -379,9 +377,20 @@ impl ApiServer {
                 out.stdout
             )
         });
-        let token = answer["status"]["token"].as_str().unwrap_or_else(|| {
-            panic!("TokenRequest for {namespace}/{name}: no status.token in {answer}")
-        });
+        answer["status"]["token"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!("TokenRequest for {namespace}/{name}: no status.token in {answer}")
+            })
+            .to_string()
+    }
+
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with a token of its
+    /// own ([`ApiServer::service_account_token`]): no admin token, no impersonation. What that
+    /// identity may do is decided by RBAC alone, exactly as for a pod running under that
+    /// ServiceAccount.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.service_account_token(namespace, name);
         let path = self
             .dir
             .path()
@@ -391,7 +400,7 @@ impl ApiServer {
             &self.url,
             &self.ca.ca_path(),
             &format!("{namespace}-{name}"),
-            token,
+            &token,
         );
         path
     }
@@ -574,10 +583,18 @@ impl Webhook {
 
 /// `GET url` with `curl --cacert ca`: (status, body); status 0 when the request failed.
 pub fn curl(ca: &Path, url: &str) -> (u16, String) {
+    curl_with(ca, url, &[])
+}
+
+/// [`curl`] with request headers (`Name: value`).
+pub fn curl_with(ca: &Path, url: &str, headers: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
     let out = run_bounded(
         "curl",
-        Command::new("curl")
-            .arg("-sS")
+        cmd.arg("-sS")
             .arg("--max-time")
             .arg("10")
             .arg("--cacert")

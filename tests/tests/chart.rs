@@ -843,6 +843,8 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
         ("watch", "namespaces", None),
         ("list", "approvedservers.mcp-guard.dev", None),
         ("watch", "approvedservers.mcp-guard.dev", None),
+        ("create", "tokenreviews.authentication.k8s.io", None),
+        ("create", "subjectaccessreviews.authorization.k8s.io", None),
         ("list", "pods", None),
         ("watch", "pods", None),
         ("get", "configmaps", Some("tools")),

@@ -13,7 +13,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use mcp_guard_tests::apiserver::{ApiServer, Webhook, curl, mutating_webhook_config, wait_until};
+use mcp_guard_tests::apiserver::{
+    ApiServer, Webhook, curl, curl_with, mutating_webhook_config, wait_until,
+};
 use serde_json::Value;
 
 /// One control plane at a time: each is ~360 MB and busy for seconds on a 2-core machine.
@@ -309,6 +311,26 @@ fn deployment_pods_are_injected_through_the_controllers() {
 }
 
 /// A Namespace with labels.
+/// Installs the chart's `ApprovedServer` CRD and waits until it is served.
+fn install_crd(api: &ApiServer) {
+    let crd = std::fs::read_to_string(
+        mcp_guard_tests::workspace_root()
+            .join("charts/mcp-guard/crds/approvedservers.mcp-guard.dev.yaml"),
+    )
+    .unwrap();
+    api.apply(&crd);
+    let established = api.kubectl(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/approvedservers.mcp-guard.dev",
+        ],
+        None,
+    );
+    assert!(established.success(), "{}", established.stderr);
+}
+
 fn labelled_namespace(name: &str, labels: &[(&str, &str)]) -> String {
     let lines: String = labels
         .iter()
@@ -327,22 +349,7 @@ fn labelled_namespace(name: &str, labels: &[(&str, &str)]) -> String {
 fn approved_servers_are_enforced_warned_and_audited_and_approval_needs_no_restart() {
     let _g = serial();
     let (api, mut webhook) = start();
-    let crd = std::fs::read_to_string(
-        mcp_guard_tests::workspace_root()
-            .join("charts/mcp-guard/crds/approvedservers.mcp-guard.dev.yaml"),
-    )
-    .unwrap();
-    api.apply(&crd);
-    let established = api.kubectl(
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=60s",
-            "crd/approvedservers.mcp-guard.dev",
-        ],
-        None,
-    );
-    assert!(established.success(), "{}", established.stderr);
+    install_crd(&api);
     register(&api, &webhook.mutate_url(), "Fail");
     for (ns, mode) in [
         ("strict", "enforce"),
@@ -500,4 +507,350 @@ fn post_review(api: &ApiServer, webhook: &Webhook, review: &Value) -> Value {
     );
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", out.stdout, out.stderr))
+}
+
+fn approved(object: &str, name: &str, version: &str, description: &str) -> String {
+    format!(
+        "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: {object}\nspec:\n  name: {name}\n  version: \"{version}\"\n  title: {object}\n  description: {description}\n  owner: team-tools\n  images:\n  - repository: example.com/{object}\n  remotes:\n  - type: streamable-http\n    url: http://{object}.tools.svc:8080/mcp\n"
+    )
+}
+
+/// What the MCP registry's published schema (server.schema.json 2025-12-11 and the OpenAPI
+/// description 2025-12-01, `ServerResponse`) requires of one answer, written down from the spec.
+fn assert_server_response(item: &Value) {
+    let fail = |why: &str| -> ! { panic!("not a valid ServerResponse ({why}): {item:#}") };
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let s = &item["server"];
+    let len = |v: &Value| v.as_str().map(|t| t.chars().count());
+    // name: required, 3..=200, ^[a-zA-Z0-9.-]+/[a-zA-Z0-9._-]+$
+    let name = s["name"].as_str().unwrap_or_else(|| fail("no name"));
+    let (ns, local) = name
+        .split_once('/')
+        .unwrap_or_else(|| fail("name has no '/'"));
+    if !(3..=200).contains(&name.len())
+        || ns.is_empty()
+        || local.is_empty()
+        || !ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        || !local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+    {
+        fail("name pattern");
+    }
+    // description: required, 1..=100
+    if !len(&s["description"]).is_some_and(|n| (1..=100).contains(&n)) {
+        fail("description length");
+    }
+    // title: optional, 1..=100
+    if !s["title"].is_null() && !len(&s["title"]).is_some_and(|n| (1..=100).contains(&n)) {
+        fail("title length");
+    }
+    // version: required, at most 255, a specific version (no range, not "latest")
+    let version = s["version"].as_str().unwrap_or_else(|| fail("no version"));
+    if version.is_empty()
+        || version.len() > 255
+        || version == "latest"
+        || version.starts_with(['^', '~', '>', '<', '='])
+        || version.contains('*')
+    {
+        fail("version");
+    }
+    // $schema: a URI
+    if !s["$schema"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("https://"))
+    {
+        fail("$schema");
+    }
+    // remotes: [{type: streamable-http|sse, url: ^https?://[^\s]+$}]
+    for r in s["remotes"].as_array().into_iter().flatten() {
+        let url = r["url"].as_str().unwrap_or_default();
+        if !matches!(r["type"].as_str(), Some("streamable-http" | "sse"))
+            || !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.contains(char::is_whitespace)
+        {
+            fail("remote");
+        }
+    }
+    // Only the fields ServerDetail names.
+    let allowed = [
+        "$schema",
+        "name",
+        "description",
+        "title",
+        "repository",
+        "version",
+        "websiteUrl",
+        "icons",
+        "packages",
+        "remotes",
+        "_meta",
+    ];
+    if let Some(k) = keys(s).iter().find(|k| !allowed.contains(&k.as_str())) {
+        fail(&format!("unknown field {k}"));
+    }
+    // _meta.io.modelcontextprotocol.registry/official: additionalProperties false.
+    let official = &item["_meta"]["io.modelcontextprotocol.registry/official"];
+    let allowed = [
+        "status",
+        "statusMessage",
+        "statusChangedAt",
+        "publishedAt",
+        "updatedAt",
+        "isLatest",
+    ];
+    if let Some(k) = keys(official)
+        .iter()
+        .find(|k| !allowed.contains(&k.as_str()))
+    {
+        fail(&format!("unknown official field {k}"));
+    }
+    if !matches!(
+        official["status"].as_str(),
+        Some("active" | "deprecated" | "deleted")
+    ) || !official["isLatest"].is_boolean()
+    {
+        fail("official status / isLatest");
+    }
+    for t in ["publishedAt", "updatedAt"] {
+        let ok = official[t]
+            .as_str()
+            .is_some_and(|v| v.len() >= 20 && v.as_bytes()[4] == b'-' && v.as_bytes()[10] == b'T');
+        if !ok {
+            fail(t);
+        }
+    }
+}
+
+#[test]
+fn the_registry_api_serves_approved_servers_to_ide_clients_as_rbac_allows() {
+    let _g = serial();
+    let (api, mut webhook) = start();
+    install_crd(&api);
+    for (object, name, version) in [
+        ("tickets-1", "io.example/tickets", "1.4.0"),
+        ("tickets-2", "io.example/tickets", "2.0.0"),
+        ("search", "io.example/search", "0.3.1"),
+        ("wiki", "io.example/wiki", "1.0.0"),
+        ("builds", "io.example/builds", "3.2.0"),
+    ] {
+        api.apply(&approved(
+            object,
+            name,
+            version,
+            "Approved for the tools team",
+        ));
+    }
+    // Three developers: one may read every approved server, one only `search`, one nothing.
+    api.apply(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: dev-all, namespace: default}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: dev-one, namespace: default}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: nobody, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: approved-servers-reader}
+rules:
+- apiGroups: [mcp-guard.dev]
+  resources: [approvedservers]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: dev-all-reads-approved-servers}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: approved-servers-reader}
+subjects: [{kind: ServiceAccount, name: dev-all, namespace: default}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: search-reader}
+rules:
+- apiGroups: [mcp-guard.dev]
+  resources: [approvedservers]
+  resourceNames: [search]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: dev-one-reads-search}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: search-reader}
+subjects: [{kind: ServiceAccount, name: dev-one, namespace: default}]
+"#,
+    );
+    let token = |sa: &str| {
+        format!(
+            "Authorization: Bearer {}",
+            api.service_account_token("default", sa)
+        )
+    };
+    let (all, one, nobody) = (token("dev-all"), token("dev-one"), token("nobody"));
+    let ca = api.ca.ca_path();
+    // The IDE's gallery URL is a base URL; the client appends `v0.1/servers`.
+    let base = format!("https://127.0.0.1:{}/", webhook.port);
+    let get = |path: &str, auth: &str| -> (u16, Value) {
+        let headers: Vec<&str> = if auth.is_empty() { vec![] } else { vec![auth] };
+        let (status, body) = curl_with(&ca, &format!("{base}{path}"), &headers);
+        let v = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: {status} not JSON ({e}): {body}"));
+        (status, v)
+    };
+    // Pages of two, to the end, as a client follows `metadata.nextCursor`.
+    let read_all = |auth: &str| -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..20 {
+            let path = if cursor.is_empty() {
+                "v0.1/servers?limit=2".to_string()
+            } else {
+                format!(
+                    "v0.1/servers?limit=2&cursor={}",
+                    cursor.replace('/', "%2F").replace(':', "%3A")
+                )
+            };
+            let (status, page) = get(&path, auth);
+            assert_eq!(status, 200, "{page}");
+            let servers = page["servers"].as_array().cloned().unwrap_or_default();
+            assert_eq!(page["metadata"]["count"], servers.len(), "{page}");
+            items.extend(servers);
+            match page["metadata"]["nextCursor"].as_str() {
+                Some(c) if !c.is_empty() => cursor = c.to_string(),
+                _ => return items,
+            }
+        }
+        panic!("pagination never ended");
+    };
+    let objects = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| {
+                i["_meta"]["dev.mcp-guard/approval"]["approvedServer"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    // The catalog arrives through the webhook's reflector, which retries until the CRD exists.
+    wait_until(Duration::from_secs(60), || Ok(read_all(&all).len() == 5)).unwrap_or_else(|e| {
+        panic!(
+            "the registry never listed the five entries: {e}\n{}",
+            webhook.proc.logs()
+        )
+    });
+    let everything = read_all(&all);
+    assert_eq!(
+        objects(&everything),
+        ["builds", "search", "tickets-1", "tickets-2", "wiki"]
+    );
+    for item in &everything {
+        assert_server_response(item);
+    }
+    let latest: Vec<(&str, bool)> = everything
+        .iter()
+        .map(|i| {
+            (
+                i["server"]["version"].as_str().unwrap_or_default(),
+                i["_meta"]["io.modelcontextprotocol.registry/official"]["isLatest"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        latest,
+        [
+            ("3.2.0", true),
+            ("0.3.1", true),
+            ("1.4.0", false),
+            ("2.0.0", true),
+            ("1.0.0", true)
+        ]
+    );
+    assert_eq!(
+        everything[1]["server"]["remotes"][0]["url"],
+        "http://search.tools.svc:8080/mcp"
+    );
+
+    // RBAC decides what each caller sees; a server the caller may not read is not found.
+    assert_eq!(objects(&read_all(&one)), ["search"]);
+    assert!(read_all(&nobody).is_empty());
+    let (status, body) = get("v0.1/servers/io.example%2Ftickets/versions", &all);
+    assert_eq!(status, 200, "{body}");
+    let versions: Vec<&str> = body["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["server"]["version"].as_str())
+        .collect();
+    assert_eq!(versions, ["2.0.0", "1.4.0"]);
+    let (status, body) = get("v0.1/servers/io.example%2Ftickets/versions/latest", &all);
+    assert_eq!(
+        (status, body["server"]["version"].clone()),
+        (200, Value::from("2.0.0"))
+    );
+    assert_server_response(&body);
+    let (status, body) = get("v0.1/servers/io.example%2Ftickets/versions/1.4.0", &all);
+    assert_eq!(
+        (status, body["server"]["version"].clone()),
+        (200, Value::from("1.4.0"))
+    );
+    let (status, body) = get("v0.1/servers/io.example%2Ftickets/versions/latest", &one);
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get("v0.1/servers?search=tick&version=latest", &all);
+    assert_eq!(
+        (status, objects(body["servers"].as_array().unwrap())),
+        (200, vec!["tickets-2".to_string()])
+    );
+
+    // No token, a forged token, a bad parameter: refused, each saying why.
+    let (status, body) = get("v0.1/servers", "");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Authorization"),
+        "{body}"
+    );
+    let (status, body) = get("v0.1/servers", "Authorization: Bearer forged.token.value");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not accept"),
+        "{body}"
+    );
+    let (status, body) = get("v0.1/servers?limit=1000", &all);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("limit"),
+        "{body}"
+    );
+
+    // An approval shows up without a restart; so does its removal.
+    api.apply(&approved("notes", "io.example/notes", "1.0.0", "Notes"));
+    wait_until(Duration::from_secs(60), || {
+        Ok(objects(&read_all(&all)).contains(&"notes".to_string()))
+    })
+    .expect("a new approval never reached the registry API");
+    let out = api.kubectl(&["delete", "approvedserver", "wiki"], None);
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(60), || {
+        Ok(!objects(&read_all(&all)).contains(&"wiki".to_string()))
+    })
+    .expect("a removed approval stayed in the registry API");
+    assert!(webhook.proc.try_status().is_none(), "the webhook restarted");
 }

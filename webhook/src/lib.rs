@@ -7,6 +7,7 @@
 //! The decision itself is one pure function, [`inject::mutate`]: raw pod in, [`inject::Outcome`]
 //! out. Everything else is plumbing around it.
 
+pub mod access;
 pub mod annotations;
 pub mod cli;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod offline;
 pub mod patch;
 pub mod registry;
+pub mod registry_api;
 pub mod resource_uri;
 pub mod selection;
 pub mod server;

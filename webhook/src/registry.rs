@@ -60,13 +60,78 @@ pub struct ApprovedServerSpec {
     /// or microVM runtime, for example). Unset: any.
     #[serde(default)]
     pub runtime_class_name: Option<String>,
+    /// The version developer tools show (the registry API's `version`); default [`DEFAULT_VERSION`].
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Where clients reach the server (the registry API's `remotes`).
+    #[serde(default)]
+    pub remotes: Vec<Remote>,
+    /// The server's homepage or documentation (the registry API's `websiteUrl`).
+    #[serde(default)]
+    pub website_url: Option<String>,
 }
 
-/// One catalog entry: the object's name and its spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The version of an entry that names none.
+pub const DEFAULT_VERSION: &str = "1.0.0";
+
+/// A URL clients reach the server at, as the MCP registry's `remotes` name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// `streamable-http` or `sse`.
+    #[serde(rename = "type")]
+    pub transport: String,
+    pub url: String,
+}
+
+impl ApprovedServerSpec {
+    /// The entry's version, or [`DEFAULT_VERSION`].
+    pub fn version(&self) -> &str {
+        self.version.as_deref().unwrap_or(DEFAULT_VERSION)
+    }
+
+    /// What the CRD's schema cannot say; the message names the field.
+    fn check(&self) -> Result<(), String> {
+        let version = self.version();
+        if version == "latest" || version.is_empty() || version.len() > 255 {
+            return Err(format!(
+                "spec.version {version:?}: must be a specific version (not \"latest\"), at most 255 characters"
+            ));
+        }
+        if version.starts_with(['^', '~', '>', '<', '=']) || version.contains('*') {
+            return Err(format!(
+                "spec.version {version:?}: a version range; name one version (1.2.3)"
+            ));
+        }
+        for r in &self.remotes {
+            if !matches!(r.transport.as_str(), "streamable-http" | "sse") {
+                return Err(format!(
+                    "spec.remotes type {:?}: must be streamable-http or sse",
+                    r.transport
+                ));
+            }
+            if !(r.url.starts_with("https://") || r.url.starts_with("http://"))
+                || r.url.contains(char::is_whitespace)
+            {
+                return Err(format!(
+                    "spec.remotes url {:?}: must be an http(s) URL",
+                    r.url
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One catalog entry: the object's name, its spec and when it was created and last changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     pub object: String,
     pub spec: ApprovedServerSpec,
+    /// `metadata.creationTimestamp` (RFC 3339), when the object came from an API server.
+    pub created: Option<String>,
+    /// The latest `metadata.managedFields[].time`: the last write to the object.
+    pub updated: Option<String>,
 }
 
 /// The approved servers known to the webhook.
@@ -86,7 +151,25 @@ impl Catalog {
         let spec = object.get("spec").cloned().unwrap_or(Value::Null);
         let spec: ApprovedServerSpec = serde_json::from_value(spec)
             .map_err(|e| format!("ApprovedServer {name:?}: invalid spec: {e}"))?;
-        Ok(Entry { object: name, spec })
+        spec.check()
+            .map_err(|e| format!("ApprovedServer {name:?}: invalid {e}"))?;
+        let time = |v: &Value| v.as_str().map(str::to_string);
+        let created = object.pointer("/metadata/creationTimestamp").and_then(time);
+        // RFC 3339 UTC timestamps of one format order as strings.
+        let updated = object
+            .pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.get("time").and_then(time))
+            .max()
+            .or_else(|| created.clone());
+        Ok(Entry {
+            object: name,
+            spec,
+            created,
+            updated,
+        })
     }
 
     /// Every `ApprovedServer` of a YAML or JSON stream (other documents are ignored), for
@@ -561,6 +644,7 @@ spec:
                 }],
                 ..ApprovedServerSpec::default()
             },
+            ..Entry::default()
         });
         assert_eq!(run(Some(&approved), &enforce, Mode::Warn), Verdict::Pass);
         // A pod that neither opts in nor declares itself a server is not checked.
@@ -581,5 +665,38 @@ spec:
             e.contains("ApprovedServer \"x\"") && e.contains("images"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn versions_and_remotes_are_checked() {
+        let doc = |extra: &str| {
+            format!(
+                "kind: ApprovedServer\nmetadata: {{name: x, creationTimestamp: '2026-12-01T10:00:00Z', \
+                 managedFields: [{{time: '2026-12-02T10:00:00Z'}}, {{time: '2026-12-03T10:00:00Z'}}]}}\n\
+                 spec: {{name: io.example/x, images: [{{repository: r}}]{extra}}}\n"
+            )
+        };
+        let ok = Catalog::from_documents(&doc(
+            ", version: 2.1.0, remotes: [{type: streamable-http, url: 'https://x.example/mcp'}]",
+        ))
+        .unwrap();
+        let e = &ok.entries[0];
+        assert_eq!(e.spec.version(), "2.1.0");
+        assert_eq!(e.created.as_deref(), Some("2026-12-01T10:00:00Z"));
+        assert_eq!(e.updated.as_deref(), Some("2026-12-03T10:00:00Z"));
+        let plain = Catalog::from_documents(&doc("")).unwrap();
+        assert_eq!(plain.entries[0].spec.version(), DEFAULT_VERSION);
+        for (extra, named) in [
+            (", version: latest", "spec.version \"latest\""),
+            (", version: ^1.2.0", "a version range"),
+            (", remotes: [{type: stdio, url: 'https://x'}]", "\"stdio\""),
+            (", remotes: [{type: sse, url: 'ftp://x'}]", "\"ftp://x\""),
+        ] {
+            let e = Catalog::from_documents(&doc(extra)).unwrap_err();
+            assert!(
+                e.contains("ApprovedServer \"x\"") && e.contains(named),
+                "{e}"
+            );
+        }
     }
 }

@@ -31,6 +31,7 @@ use crate::config::{InjectConfig, InjectorArgs, NativeSidecars};
 use crate::inject::{self, Outcome, PodContext};
 use crate::metrics::Metrics;
 use crate::registry::{self, Verdict};
+use crate::registry_api;
 use crate::selection::SkipReason;
 use crate::tls::{CertStore, TlsError};
 
@@ -100,6 +101,9 @@ pub struct AppState {
     pub namespaces: Option<Namespaces>,
     /// The catalog of approved servers; `None` (with `--no-kube`) switches the check off.
     pub approved: Option<ApprovedServers>,
+    /// The API server's TokenReview and SubjectAccessReview, for the registry API; `None` with
+    /// `--no-kube` (the registry API then answers 503).
+    pub access: Option<Arc<crate::access::Access>>,
     pub metrics: Metrics,
 }
 
@@ -111,6 +115,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v0.1/servers", get(registry_api::get_servers))
+        .route(
+            "/v0.1/servers/{name}/versions",
+            get(registry_api::get_versions),
+        )
+        .route(
+            "/v0.1/servers/{name}/versions/{version}",
+            get(registry_api::get_version),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -320,6 +333,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
 
     let mut controller_client = None;
     let mut approved = None;
+    let mut access = None;
     let (namespaces, native) = if args.no_kube {
         if args.controller.enabled {
             tracing::warn!("--controller ignored with --no-kube");
@@ -340,6 +354,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
             controller_client = Some(client.clone());
         }
         approved = Some(ApprovedServers::start(client.clone()));
+        access = Some(Arc::new(crate::access::Access::new(client.clone())));
         (Some(Namespaces::start(client)), native)
     };
     let config = InjectConfig::from_args(&args.injector, native);
@@ -371,6 +386,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         config,
         namespaces,
         approved,
+        access,
         metrics,
     });
     let app = router(state, args.max_body_bytes);

@@ -360,6 +360,25 @@ impl ApiServer {
         self.client().get_json(kind, namespace, name)
     }
 
+    /// Installs the chart's `ApprovedServer` CRD and waits until it is served.
+    pub fn install_approved_servers_crd(&self) {
+        let path = crate::workspace_root()
+            .join("charts/mcp-guard/crds/approvedservers.mcp-guard.dev.yaml");
+        let crd =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        self.apply(&crd);
+        let established = self.kubectl(
+            &[
+                "wait",
+                "--for=condition=established",
+                "--timeout=60s",
+                "crd/approvedservers.mcp-guard.dev",
+            ],
+            None,
+        );
+        assert!(established.success(), "{}", established.stderr);
+    }
+
     /// A token for ServiceAccount `namespace/name`, issued by the API server's TokenRequest API
     /// (`POST .../serviceaccounts/NAME/token`, one hour), as `kubectl create token` gets one.
     pub fn service_account_token(&self, namespace: &str, name: &str) -> String {

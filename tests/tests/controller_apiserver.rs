@@ -69,6 +69,9 @@ rules:
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+- apiGroups: [mcp-guard.dev]
+  resources: [approvedservers/status]
+  verbs: [patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -441,6 +444,142 @@ fn assert_no_forbidden(webhook: &Webhook) {
         !logs.contains("forbidden") && !logs.contains("Forbidden"),
         "the controller lacked a right:\n{logs}"
     );
+}
+
+/// A pod of `image`, injected or not, with `labels`, created directly (not through `pod`, whose
+/// image every test shares).
+fn pod_of(name: &str, namespace: &str, image: &str, inject: bool, labels: Value) -> String {
+    let mut p: Value = serde_json::from_str(&pod(name, namespace, inject)).unwrap();
+    p["spec"]["containers"][0]["image"] = json!(image);
+    if let (Some(l), Some(extra)) = (p["metadata"]["labels"].as_object_mut(), labels.as_object()) {
+        l.extend(extra.clone());
+    }
+    p.to_string()
+}
+
+#[test]
+fn the_perimeter_report_names_pods_that_run_approved_images_without_the_sidecar() {
+    let _g = serial();
+    let Cluster { api, webhook } = start(&[]);
+    api.install_approved_servers_crd();
+    api.apply(
+        "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: tickets\nspec:\n  name: io.example/tickets\n  images:\n  - repository: example.com/tickets\n",
+    );
+    api.apply(&namespace("apps", &[]));
+    // Governed: injected by the webhook. Ungoverned: the same image, not opted in. A pod that
+    // declares itself an MCP server, runs without the sidecar and is approved by no entry.
+    api.apply(&pod_of(
+        "governed",
+        "apps",
+        "example.com/tickets:1",
+        true,
+        json!({}),
+    ));
+    api.apply(&pod_of(
+        "rogue",
+        "apps",
+        "example.com/tickets:1",
+        false,
+        json!({}),
+    ));
+    api.apply(&pod_of(
+        "stray",
+        "apps",
+        "example.com/stray:1",
+        false,
+        json!({"mcp-guard.dev/server": "true"}),
+    ));
+    api.apply(&pod_of(
+        "web",
+        "apps",
+        "example.com/web:1",
+        false,
+        json!({}),
+    ));
+    assert!(is_injected(&api.get_json("pod", "apps", "governed")));
+
+    let status = || api.get_json("approvedserver", "", "tickets")["status"].clone();
+    wait_until(Duration::from_secs(60), || {
+        let s = status();
+        Ok(s["governedPods"] == 1 && s["ungovernedPods"] == 1)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "no perimeter status ({e}): {}\n{}",
+            status(),
+            webhook.proc.logs()
+        )
+    });
+    assert_eq!(
+        status()["ungoverned"],
+        json!([{"namespace": "apps", "name": "rogue", "images": ["example.com/tickets:1"]}])
+    );
+    // The table shows it.
+    let table = api.kubectl(&["get", "approvedservers"], None);
+    assert!(table.stdout.contains("UNGOVERNED"), "{}", table.stdout);
+
+    // Events: on the entry for the ungoverned pod, on the pod for the unlisted server.
+    let reasons_about = |name: &str| -> Vec<String> {
+        list(
+            &api,
+            &[
+                "events",
+                "-A",
+                "--field-selector",
+                &format!("involvedObject.name={name}"),
+            ],
+        )
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["reason"].as_str().unwrap_or(""),
+                e["message"].as_str().or(e["note"].as_str()).unwrap_or("")
+            )
+        })
+        .collect()
+    };
+    wait_until(Duration::from_secs(30), || {
+        Ok(reasons_about("tickets")
+            .iter()
+            .any(|r| r.starts_with("UngovernedPod") && r.contains("apps/rogue"))
+            && reasons_about("stray")
+                .iter()
+                .any(|r| r.starts_with("UngovernedMcpServer") && r.contains("example.com/stray:1")))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "events missing ({e}): {:?} {:?}",
+            reasons_about("tickets"),
+            reasons_about("stray")
+        )
+    });
+    // Nothing reported for a pod that is no MCP server.
+    assert!(
+        reasons_about("web").is_empty(),
+        "{:?}",
+        reasons_about("web")
+    );
+
+    // The ungoverned pod goes: the report follows.
+    let out = api.kubectl(
+        &[
+            "delete",
+            "pod",
+            "rogue",
+            "-n",
+            "apps",
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    );
+    assert!(out.success(), "{}", out.stderr);
+    wait_until(Duration::from_secs(60), || {
+        let s = status();
+        Ok(s["ungovernedPods"] == 0 && s["governedPods"] == 1)
+    })
+    .unwrap_or_else(|e| panic!("the report kept a deleted pod ({e}): {}", status()));
 }
 
 #[test]

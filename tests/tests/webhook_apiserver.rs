@@ -311,26 +311,6 @@ fn deployment_pods_are_injected_through_the_controllers() {
 }
 
 /// A Namespace with labels.
-/// Installs the chart's `ApprovedServer` CRD and waits until it is served.
-fn install_crd(api: &ApiServer) {
-    let crd = std::fs::read_to_string(
-        mcp_guard_tests::workspace_root()
-            .join("charts/mcp-guard/crds/approvedservers.mcp-guard.dev.yaml"),
-    )
-    .unwrap();
-    api.apply(&crd);
-    let established = api.kubectl(
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=60s",
-            "crd/approvedservers.mcp-guard.dev",
-        ],
-        None,
-    );
-    assert!(established.success(), "{}", established.stderr);
-}
-
 fn labelled_namespace(name: &str, labels: &[(&str, &str)]) -> String {
     let lines: String = labels
         .iter()
@@ -349,7 +329,7 @@ fn labelled_namespace(name: &str, labels: &[(&str, &str)]) -> String {
 fn approved_servers_are_enforced_warned_and_audited_and_approval_needs_no_restart() {
     let _g = serial();
     let (api, mut webhook) = start();
-    install_crd(&api);
+    api.install_approved_servers_crd();
     register(&api, &webhook.mutate_url(), "Fail");
     for (ns, mode) in [
         ("strict", "enforce"),
@@ -632,7 +612,7 @@ fn assert_server_response(item: &Value) {
 fn the_registry_api_serves_approved_servers_to_ide_clients_as_rbac_allows() {
     let _g = serial();
     let (api, mut webhook) = start();
-    install_crd(&api);
+    api.install_approved_servers_crd();
     for (object, name, version) in [
         ("tickets-1", "io.example/tickets", "1.4.0"),
         ("tickets-2", "io.example/tickets", "2.0.0"),

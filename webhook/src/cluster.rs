@@ -147,6 +147,20 @@ impl Namespaces {
     }
 }
 
+fn approved_servers_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk(
+        crate::registry::GROUP,
+        crate::registry::VERSION,
+        crate::registry::KIND,
+    );
+    ApiResource::from_gvk_with_plural(&gvk, crate::registry::PLURAL)
+}
+
+/// The API of `ApprovedServer` objects (cluster-scoped).
+pub fn approved_servers_api(client: kube::Client) -> Api<DynamicObject> {
+    Api::all_with(client, &approved_servers_resource())
+}
+
 /// The `ApprovedServer` objects, from a reflector cache.
 #[derive(Clone)]
 pub struct ApprovedServers {
@@ -158,12 +172,7 @@ impl ApprovedServers {
     /// Starts the reflector on the current runtime. Without the CRD (a cluster where the chart's
     /// CRD is not installed) the watch keeps retrying and the catalog stays unknown.
     pub fn start(client: kube::Client) -> Self {
-        let gvk = GroupVersionKind::gvk(
-            crate::registry::GROUP,
-            crate::registry::VERSION,
-            crate::registry::KIND,
-        );
-        let resource = ApiResource::from_gvk_with_plural(&gvk, crate::registry::PLURAL);
+        let resource = approved_servers_resource();
         let api: Api<DynamicObject> = Api::all_with(client, &resource);
         let writer = reflector::store::Writer::new(resource);
         let store = writer.as_reader();

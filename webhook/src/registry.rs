@@ -194,7 +194,7 @@ impl Catalog {
     }
 
     /// The entries that approve `image` in `namespace`, whatever runtime class they require.
-    fn approving<'a>(
+    pub fn approving<'a>(
         &'a self,
         image: &'a str,
         namespace: &'a str,

@@ -369,7 +369,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
             namespace = settings.own_namespace,
             "policy controller starting"
         );
-        let task = tokio::spawn(crate::controller::run(client.clone(), settings.clone()));
+        let task = tokio::spawn(crate::controller::run(
+            client.clone(),
+            settings.clone(),
+            approved.clone(),
+        ));
         (task, client, settings)
     });
 

@@ -11,10 +11,14 @@
 //!   their namespace no longer needs them; a deleted mirror comes back;
 //! - the source gets one status annotation, `mcp-guard.dev/status`, written by the leader only,
 //!   plus Events when its compile result or distributed hash changes;
-//! - each namespace with injected pods gets the strict-ingress NetworkPolicy ([`netpol`]).
+//! - each namespace with injected pods gets the strict-ingress NetworkPolicy ([`netpol`]);
+//! - each `ApprovedServer` gets the perimeter report on its `status`: the pods that run its
+//!   images with and without the sidecar, with Events for newly ungoverned pods and for pods
+//!   labelled as MCP servers that no entry approves ([`perimeter`]).
 
 pub mod lease;
 pub mod netpol;
+pub mod perimeter;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -38,7 +42,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, Notify};
 
-use crate::annotations::{INJECT, LABEL_INJECTED, STATUS};
+use crate::annotations::{INJECT, STATUS};
+use crate::cluster::ApprovedServers;
 use crate::validate::{self, POLICY_LABEL};
 
 /// Label on mirrors: the name of the source they copy. Marks the ConfigMap as the controller's.
@@ -123,7 +128,8 @@ struct Stores {
     sources: Store<ConfigMap>,
     mirrors: Store<ConfigMap>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
-    pods: Store<PartialObjectMeta<Pod>>,
+    /// Every pod, pruned to names, labels and images ([`perimeter::prune`]).
+    pods: Store<Pod>,
     netpols: Store<NetworkPolicy>,
 }
 
@@ -137,6 +143,10 @@ struct Ctx {
     stores: Stores,
     /// Per source: the last bundle that compiled (hash, data).
     last_good: Mutex<HashMap<String, GoodBundle>>,
+    /// The approved-server catalog the webhook watches (`None`: no perimeter report).
+    approved: Option<ApprovedServers>,
+    /// The last perimeter report written, so that status and Events change only on a change.
+    perimeter: Mutex<Option<perimeter::Report>>,
 }
 
 /// Starts a reflector whose every event pokes `notify`.
@@ -145,13 +155,14 @@ fn reflect<K>(
     config: watcher::Config,
     notify: Arc<Notify>,
     what: &'static str,
+    prune: fn(&mut K),
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff();
+    let stream = watcher(api, config).default_backoff().modify(prune);
     tokio::spawn(async move {
         let mut s = std::pin::pin!(reflector::reflector(writer, stream));
         while let Some(ev) = s.next().await {
@@ -195,7 +206,7 @@ pub async fn release(client: kube::Client, settings: &Settings) {
 }
 
 /// Runs the controller forever (spawned by `serve`).
-pub async fn run(client: kube::Client, settings: Settings) {
+pub async fn run(client: kube::Client, settings: Settings, approved: Option<ApprovedServers>) {
     let own = settings.own_namespace.clone();
     let identity = identity(&settings.args);
     let notify = Arc::new(Notify::new());
@@ -205,30 +216,37 @@ pub async fn run(client: kube::Client, settings: Settings) {
             watcher::Config::default().labels(POLICY_LABEL),
             Arc::clone(&notify),
             "sources",
+            |_| {},
         ),
         mirrors: reflect(
             Api::all(client.clone()),
             watcher::Config::default().labels(MIRROR_LABEL),
             Arc::clone(&notify),
             "mirrors",
+            |_| {},
         ),
         namespaces: reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
             Arc::clone(&notify),
             "namespaces",
+            |_| {},
         ),
+        // Every pod, not only injected ones: the perimeter report looks for approved images
+        // running without the sidecar. Pruned as they arrive, so the cache holds little.
         pods: reflect(
             Api::all(client.clone()),
-            watcher::Config::default().labels(&format!("{LABEL_INJECTED}=true")),
+            watcher::Config::default(),
             Arc::clone(&notify),
             "pods",
+            perimeter::prune,
         ),
         netpols: reflect(
             Api::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}")),
             Arc::clone(&notify),
             "networkpolicies",
+            |_| {},
         ),
     };
     let leadership = lease::Leadership::default();
@@ -256,6 +274,8 @@ pub async fn run(client: kube::Client, settings: Settings) {
         recorder,
         stores,
         last_good: Mutex::new(HashMap::new()),
+        approved,
+        perimeter: Mutex::new(None),
     };
     for (what, ready) in [
         (
@@ -328,7 +348,7 @@ fn target_namespaces(ctx: &Ctx) -> (BTreeSet<String>, BTreeSet<String>) {
         .pods
         .state()
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && perimeter::governed(p))
         .filter_map(|p| p.namespace())
         .filter(|ns| usable(ns))
         .collect();
@@ -581,6 +601,9 @@ async fn reconcile(ctx: &Ctx) -> Result<(), kube::Error> {
     if let Err(e) = reconcile_netpols(ctx, &with_pods).await {
         failures.get_or_insert(e);
     }
+    if let Err(e) = reconcile_perimeter(ctx).await {
+        failures.get_or_insert(e);
+    }
     match failures {
         Some(e) => Err(e),
         None => Ok(()),
@@ -751,6 +774,117 @@ async fn reconcile_netpols(ctx: &Ctx, with_pods: &BTreeSet<String>) -> Result<()
     }
     match failure {
         Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Writes the perimeter report on each `ApprovedServer`'s status (when it changed) and raises
+/// an Event for each pod newly found outside the perimeter.
+async fn reconcile_perimeter(ctx: &Ctx) -> Result<(), kube::Error> {
+    let Some(catalog) = ctx.approved.as_ref().and_then(ApprovedServers::catalog) else {
+        return Ok(());
+    };
+    let own = &ctx.settings.own_namespace;
+    let pods = ctx.stores.pods.state();
+    let refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let report = perimeter::report(&catalog, &refs, |ns| {
+        ns == own || SYSTEM_NAMESPACES.contains(&ns)
+    });
+    let mut last = ctx.perimeter.lock().await;
+    let before = last.clone().unwrap_or_default();
+    let api = crate::cluster::approved_servers_api(ctx.client.clone());
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    let mut failure = None;
+    for (object, status) in &report.entries {
+        if last.is_some() && before.entries.get(object) == Some(status) {
+            continue;
+        }
+        let patch = serde_json::json!({ "status": status });
+        match api
+            .patch_status(object, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => tracing::info!(
+                approved_server = object,
+                governed = status.governed_pods,
+                ungoverned = status.ungoverned_pods,
+                "perimeter status written"
+            ),
+            Err(e) if has_status(&e, 404) => {}
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let empty = Vec::new();
+    for (object, pods) in &report.ungoverned {
+        let seen = before.ungoverned.get(object).unwrap_or(&empty);
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(format!(
+                "{}/{}",
+                crate::registry::GROUP,
+                crate::registry::VERSION
+            )),
+            kind: Some(crate::registry::KIND.to_string()),
+            name: Some(object.clone()),
+            // Events about a cluster-scoped object live in `default`; API servers before 1.22
+            // refuse an events.k8s.io/v1 Event whose object has no namespace, so it is named.
+            namespace: Some("default".to_string()),
+            ..Default::default()
+        };
+        for pod in perimeter::new_pods(seen, pods) {
+            let ev = Event {
+                type_: EventType::Warning,
+                reason: "UngovernedPod".into(),
+                note: Some(truncate(&format!(
+                    "pod {}/{} runs {} approved by this entry without the mcp-guard sidecar \
+                     (opt it in with mcp-guard.dev/inject: enabled, see docs/registry.md)",
+                    pod.namespace,
+                    pod.name,
+                    pod.images.join(", ")
+                ))),
+                action: "Report".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, "event not recorded");
+            }
+        }
+    }
+    for pod in perimeter::new_pods(&before.unlisted, &report.unlisted) {
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(pod.namespace.clone()),
+            name: Some(pod.name.clone()),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "UngovernedMcpServer".into(),
+            note: Some(truncate(&format!(
+                "labelled {}=true, runs {} without the mcp-guard sidecar and approved by no \
+                 ApprovedServer (see docs/registry.md)",
+                crate::registry::SERVER_LABEL,
+                pod.images.join(", ")
+            ))),
+            action: "Report".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+    *last = Some(report);
+    match failure {
+        // Written again on the next pass.
+        Some(e) => {
+            *last = None;
+            Err(e)
+        }
         None => Ok(()),
     }
 }

@@ -458,13 +458,19 @@ fn pod_of(name: &str, namespace: &str, image: &str, inject: bool, labels: Value)
 }
 
 #[test]
-fn the_perimeter_report_names_pods_that_run_approved_images_without_the_sidecar() {
+fn approved_servers_get_the_perimeter_report_and_their_egress_network_policy() {
     let _g = serial();
     let Cluster { api, webhook } = start(&[]);
     api.install_approved_servers_crd();
-    api.apply(
-        "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: tickets\nspec:\n  name: io.example/tickets\n  images:\n  - repository: example.com/tickets\n",
-    );
+    // The entry declares the egress its server needs: its database, and nothing else.
+    let entry = |egress: bool| {
+        let mut e = "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: tickets\nspec:\n  name: io.example/tickets\n  images:\n  - repository: example.com/tickets\n".to_string();
+        if egress {
+            e.push_str("  egress:\n  - to:\n    - ipBlock: {cidr: 10.20.0.0/16}\n    - namespaceSelector: {matchLabels: {team: data}}\n      podSelector: {matchLabels: {app: postgres}}\n    ports:\n    - {protocol: TCP, port: 5432}\n");
+        }
+        e
+    };
+    api.apply(&entry(true));
     api.apply(&namespace("apps", &[]));
     // Governed: injected by the webhook. Ungoverned: the same image, not opted in. A pod that
     // declares itself an MCP server, runs without the sidecar and is approved by no entry.
@@ -560,6 +566,41 @@ fn the_perimeter_report_names_pods_that_run_approved_images_without_the_sidecar(
         "{:?}",
         reasons_about("web")
     );
+
+    // Admission labelled the governed pod with its entry; the controller keeps the entry's
+    // egress NetworkPolicy for it: the entry's rules, plus DNS.
+    let governed = api.get_json("pod", "apps", "governed");
+    assert_eq!(
+        governed["metadata"]["labels"]["mcp-guard.dev/approved-server"], "tickets",
+        "{governed:#}"
+    );
+    assert!(
+        api.get_json("pod", "apps", "rogue")["metadata"]["labels"]["mcp-guard.dev/approved-server"]
+            .is_null()
+    );
+    let egress = || get_opt(&api, "networkpolicy", "apps", "mcp-guard-egress-tickets");
+    wait_until(Duration::from_secs(60), || Ok(egress().is_some()))
+        .unwrap_or_else(|e| panic!("no egress NetworkPolicy ({e})\n{}", webhook.proc.logs()));
+    let np = egress().unwrap();
+    assert_eq!(np["spec"]["policyTypes"], json!(["Egress"]));
+    assert_eq!(
+        np["spec"]["podSelector"],
+        json!({"matchLabels": {"mcp-guard.dev/approved-server": "tickets"}})
+    );
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([
+            {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}},
+                    {"namespaceSelector": {"matchLabels": {"team": "data"}},
+                     "podSelector": {"matchLabels": {"app": "postgres"}}}],
+             "ports": [{"protocol": "TCP", "port": 5432}]},
+            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+        ])
+    );
+    // The entry stops restricting egress (apply drops the field): the NetworkPolicy goes.
+    api.apply(&entry(false));
+    wait_until(Duration::from_secs(60), || Ok(egress().is_none()))
+        .unwrap_or_else(|e| panic!("the egress NetworkPolicy stayed ({e})"));
 
     // The ungoverned pod goes: the report follows.
     let out = api.kubectl(

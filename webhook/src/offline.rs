@@ -226,6 +226,7 @@ impl Offline {
                 .entry(annotations::INJECT.to_string())
                 .or_insert_with(|| "enabled".to_string());
         }
+        let mut runs_as = None;
         if let Some(catalog) = &self.catalog {
             let subject = registry::Subject {
                 pod: &pod,
@@ -234,7 +235,10 @@ impl Offline {
                 namespace_labels: &ns.labels,
                 own_namespace: &self.config.own_namespace,
             };
-            match registry::assess(Some(catalog), subject, self.config.approval_mode) {
+            let (verdict, label) =
+                registry::admit(Some(catalog), subject, self.config.approval_mode);
+            runs_as = label;
+            match verdict {
                 Verdict::Pass => {}
                 Verdict::Refuse(message) => {
                     return Err(OfflineError::Invalid {
@@ -256,7 +260,8 @@ impl Offline {
             workload_name: (!pointer.is_empty() && !name.is_empty()).then_some(name.as_str()),
         };
         match inject::mutate(&self.config, ctx) {
-            Outcome::Injected { patch, .. } => {
+            Outcome::Injected { mut patch, .. } => {
+                patch.0.extend(runs_as);
                 json_patch::patch(&mut pod, &patch)
                     .map_err(|source| OfflineError::Patch { index, source })?;
                 if pointer.is_empty() {

@@ -24,6 +24,9 @@ pub const PLURAL: &str = "approvedservers";
 pub const MODE_LABEL: &str = "mcp-guard.dev/approval";
 /// Pod label by which a pod that does not opt into mcp-guard declares itself an MCP server.
 pub const SERVER_LABEL: &str = "mcp-guard.dev/server";
+/// Pod label set at admission: the `ApprovedServer` whose images the pod runs (what the entry's
+/// egress NetworkPolicy selects).
+pub const APPROVED_LABEL: &str = "mcp-guard.dev/approved-server";
 /// Audit annotation (`auditAnnotations`) of a pod admitted in `audit` mode.
 pub const AUDIT_KEY: &str = "unapproved-images";
 
@@ -40,7 +43,7 @@ pub struct ImageRule {
 }
 
 /// `spec` of an `ApprovedServer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovedServerSpec {
     /// The server's name in the MCP registry's reverse-DNS form, e.g. `io.example/tickets`.
@@ -69,6 +72,10 @@ pub struct ApprovedServerSpec {
     /// The server's homepage or documentation (the registry API's `websiteUrl`).
     #[serde(default)]
     pub website_url: Option<String>,
+    /// What the server's pods may reach (NetworkPolicy egress rules); absent: not restricted.
+    /// The controller keeps an egress NetworkPolicy with these rules plus DNS.
+    #[serde(default)]
+    pub egress: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyEgressRule>>,
 }
 
 /// The version of an entry that names none.
@@ -124,7 +131,7 @@ impl ApprovedServerSpec {
 }
 
 /// One catalog entry: the object's name, its spec and when it was created and last changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Entry {
     pub object: String,
     pub spec: ApprovedServerSpec,
@@ -135,7 +142,7 @@ pub struct Entry {
 }
 
 /// The approved servers known to the webhook.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
     pub entries: Vec<Entry>,
 }
@@ -213,6 +220,68 @@ impl Catalog {
                 || e.spec.runtime_class_name.as_deref() == runtime_class
         })
     }
+}
+
+/// The entry a pod runs as: the first (by object name) that approves every image of the pod for
+/// `namespace` and its RuntimeClass, else the first that approves its first container's image;
+/// `None` when no entry approves that one.
+pub fn entry_for<'a>(catalog: &'a Catalog, pod: &Value, namespace: &str) -> Option<&'a Entry> {
+    let runtime_class = pod
+        .pointer("/spec/runtimeClassName")
+        .and_then(Value::as_str);
+    let images: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c.get("image").and_then(Value::as_str))
+        .collect();
+    let first = *images.first()?;
+    let mut entries: Vec<&Entry> = catalog
+        .entries
+        .iter()
+        .filter(|e| {
+            e.spec.runtime_class_name.is_none()
+                || e.spec.runtime_class_name.as_deref() == runtime_class
+        })
+        .collect();
+    entries.sort_by(|a, b| a.object.cmp(&b.object));
+    let approves = |e: &Entry, image: &str| {
+        catalog
+            .approving(image, namespace)
+            .any(|a| a.object == e.object)
+    };
+    entries
+        .iter()
+        .find(|e| images.iter().all(|i| approves(e, i)))
+        .or_else(|| entries.iter().find(|e| approves(e, first)))
+        .copied()
+}
+
+/// [`assess`], and for a pod that passes, the operation labelling it with the entry it runs as
+/// ([`entry_for`], [`label_op`]): the caller appends it to the injection patch.
+pub fn admit(
+    catalog: Option<&Catalog>,
+    subject: Subject<'_>,
+    default: Mode,
+) -> (Verdict, Option<json_patch::PatchOperation>) {
+    let (pod, namespace) = (subject.pod, subject.namespace);
+    let verdict = assess(catalog, subject, default);
+    let label = match (&verdict, catalog) {
+        (Verdict::Pass, Some(c)) => entry_for(c, pod, namespace).and_then(|e| label_op(&e.object)),
+        _ => None,
+    };
+    (verdict, label)
+}
+
+/// The operation that labels a pod with the entry it runs as ([`APPROVED_LABEL`]), appended to
+/// the injection patch (which has made sure the pod has labels).
+pub fn label_op(object: &str) -> Option<json_patch::PatchOperation> {
+    let path = format!("/metadata/labels/{}", crate::patch::escape(APPROVED_LABEL));
+    let path = json_patch::jsonptr::PointerBuf::parse(&path).ok()?;
+    Some(json_patch::PatchOperation::Add(json_patch::AddOperation {
+        path,
+        value: Value::String(object.to_string()),
+    }))
 }
 
 /// An image reference split as a registry reads it.

@@ -255,6 +255,8 @@ async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'stat
         None => (BTreeMap::new(), BTreeMap::new()),
     };
     let mut resp = resp;
+    // The label naming the entry the pod runs as, for its egress NetworkPolicy (when injected).
+    let mut runs_as = None;
     if let Some(approved) = &st.approved {
         let subject = registry::Subject {
             pod: &pod,
@@ -263,11 +265,10 @@ async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'stat
             namespace_labels: &ns_labels,
             own_namespace: &st.config.own_namespace,
         };
-        match registry::assess(
-            approved.catalog().as_ref(),
-            subject,
-            st.config.approval_mode,
-        ) {
+        let catalog = approved.catalog();
+        let (verdict, label) = registry::admit(catalog.as_ref(), subject, st.config.approval_mode);
+        runs_as = label;
+        match verdict {
             Verdict::Pass => {}
             Verdict::Refuse(message) => {
                 st.metrics.denied();
@@ -293,17 +294,20 @@ async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'stat
         .and_then(Value::as_str)
         .unwrap_or("");
     match inject::mutate(&st.config, ctx) {
-        Outcome::Injected { patch, traffic } => match resp.clone().with_patch(patch) {
-            Ok(r) => {
-                st.metrics.injected(traffic);
-                tracing::info!(namespace, pod = pod_name, %traffic, "injected");
-                Ok(r)
+        Outcome::Injected { mut patch, traffic } => {
+            patch.0.extend(runs_as);
+            match resp.clone().with_patch(patch) {
+                Ok(r) => {
+                    st.metrics.injected(traffic);
+                    tracing::info!(namespace, pod = pod_name, %traffic, "injected");
+                    Ok(r)
+                }
+                Err(e) => {
+                    st.metrics.error("patch");
+                    Ok(resp.deny(format!("mcp-guard: cannot serialize the patch: {e}")))
+                }
             }
-            Err(e) => {
-                st.metrics.error("patch");
-                Ok(resp.deny(format!("mcp-guard: cannot serialize the patch: {e}")))
-            }
-        },
+        }
         Outcome::Skipped(reason) => {
             st.metrics.skipped(reason);
             tracing::debug!(namespace, pod = pod_name, %reason, "skipped");

@@ -18,7 +18,7 @@ use std::process::Command;
 
 use mcp_guard_webhook::config::InjectConfig;
 use mcp_guard_webhook::inject::{Outcome, PodContext, mutate};
-use mcp_guard_webhook::registry::{Catalog, Subject, Verdict, assess};
+use mcp_guard_webhook::registry::{Catalog, Subject, Verdict, admit};
 use mcp_guard_webhook::selection::SkipReason;
 use serde::Deserialize;
 use serde_json::Value;
@@ -151,6 +151,8 @@ fn golden() {
             namespace_annotations: &case.options.namespace_annotations,
             workload_name: None,
         };
+        // The label admission adds to an approved pod it injects (what its egress policy selects).
+        let mut runs_as = None;
         if let Some(objects) = &case.options.approved_servers {
             let catalog = Catalog {
                 entries: objects.iter().map(|o| Catalog::entry(o).unwrap()).collect(),
@@ -162,7 +164,9 @@ fn golden() {
                 namespace_labels: &case.options.namespace_labels,
                 own_namespace: &cfg.own_namespace,
             };
-            let verdict = match assess(Some(&catalog), subject, cfg.approval_mode) {
+            let (verdict, label) = admit(Some(&catalog), subject, cfg.approval_mode);
+            runs_as = label;
+            let verdict = match verdict {
                 Verdict::Pass => "pass".to_string(),
                 Verdict::Refuse(m) => format!("refuse: {m}"),
                 Verdict::Warn(m) => format!("warn: {m}"),
@@ -192,7 +196,8 @@ fn golden() {
                 }
                 check_expected(&patch_path, "[]\n", &mut failures);
             }
-            Outcome::Injected { patch, .. } => {
+            Outcome::Injected { mut patch, .. } => {
+                patch.0.extend(runs_as);
                 if std::env::var_os("UPDATE_GOLDEN").is_some() {
                     let _ = fs::remove_file(&error_path);
                 }

@@ -11,7 +11,8 @@
 //!   their namespace no longer needs them; a deleted mirror comes back;
 //! - the source gets one status annotation, `mcp-guard.dev/status`, written by the leader only,
 //!   plus Events when its compile result or distributed hash changes;
-//! - each namespace with injected pods gets the strict-ingress NetworkPolicy ([`netpol`]);
+//! - each namespace with injected pods gets the strict-ingress NetworkPolicy, and each approved
+//!   server that declares `spec.egress` an egress NetworkPolicy where its pods run ([`netpol`]);
 //! - each `ApprovedServer` gets the perimeter report on its `status`: the pods that run its
 //!   images with and without the sidecar, with Events for newly ungoverned pods and for pods
 //!   labelled as MCP servers that no entry approves ([`perimeter`]).
@@ -701,7 +702,13 @@ fn truncate(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-async fn reconcile_netpols(ctx: &Ctx, with_pods: &BTreeSet<String>) -> Result<(), kube::Error> {
+/// The NetworkPolicies the controller should hold, by (namespace, name): the strict-ingress one
+/// in each namespace with injected pods (unless switched off), and each approved server's
+/// egress one where its pods run.
+fn desired_netpols(
+    ctx: &Ctx,
+    with_pods: &BTreeSet<String>,
+) -> BTreeMap<(String, String), NetworkPolicy> {
     let args = &ctx.settings.args;
     let annotations: HashMap<String, BTreeMap<String, String>> = ctx
         .stores
@@ -711,16 +718,7 @@ async fn reconcile_netpols(ctx: &Ctx, with_pods: &BTreeSet<String>) -> Result<()
         .map(|n| (n.name_any(), n.annotations().clone()))
         .collect();
     let labels: BTreeMap<String, String> = [(MANAGED_BY.to_string(), MANAGER.to_string())].into();
-    let existing: HashMap<String, Arc<NetworkPolicy>> = ctx
-        .stores
-        .netpols
-        .state()
-        .iter()
-        .filter(|n| n.name_any() == netpol::NAME)
-        .map(|n| (n.namespace().unwrap_or_default(), Arc::clone(n)))
-        .collect();
-    let mut wanted = BTreeSet::new();
-    let mut failure = None;
+    let mut desired = BTreeMap::new();
     for ns in with_pods {
         let ann = annotations.get(ns).cloned().unwrap_or_default();
         if !netpol::enabled_for(&ann, args.network_policy) {
@@ -739,33 +737,82 @@ async fn reconcile_netpols(ctx: &Ctx, with_pods: &BTreeSet<String>) -> Result<()
             }
             exempt.extend(ports);
         }
-        wanted.insert(ns.clone());
-        let desired = netpol::desired(ns, ctx.settings.sidecar_port, &exempt, &labels);
-        if let Some(cur) = existing.get(ns)
-            && cur.spec == desired.spec
+        let np = netpol::desired(ns, ctx.settings.sidecar_port, &exempt, &labels);
+        desired.insert((ns.clone(), netpol::NAME.to_string()), np);
+    }
+    let Some(catalog) = ctx.approved.as_ref().and_then(ApprovedServers::catalog) else {
+        return desired;
+    };
+    let own = &ctx.settings.own_namespace;
+    let pods = ctx.stores.pods.state();
+    for entry in &catalog.entries {
+        let Some(rules) = &entry.spec.egress else {
+            continue;
+        };
+        let namespaces: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.labels().get(netpol::APPROVED_LABEL) == Some(&entry.object)
+            })
+            .filter_map(|p| p.namespace())
+            .filter(|ns| ns != own && !SYSTEM_NAMESPACES.contains(&ns.as_str()))
+            .collect();
+        for ns in namespaces {
+            let np = netpol::egress(&ns, &entry.object, rules, &labels);
+            desired.insert((ns, netpol::egress_name(&entry.object)), np);
+        }
+    }
+    desired
+}
+
+/// Writes the desired NetworkPolicies that differ from what is there and removes the
+/// controller's own that are no longer desired.
+async fn reconcile_netpols(ctx: &Ctx, with_pods: &BTreeSet<String>) -> Result<(), kube::Error> {
+    let desired = desired_netpols(ctx, with_pods);
+    let existing: HashMap<(String, String), Arc<NetworkPolicy>> = ctx
+        .stores
+        .netpols
+        .state()
+        .iter()
+        .filter(|n| {
+            let name = n.name_any();
+            name == netpol::NAME || name.starts_with(netpol::EGRESS_PREFIX)
+        })
+        .map(|n| {
+            (
+                (n.namespace().unwrap_or_default(), n.name_any()),
+                Arc::clone(n),
+            )
+        })
+        .collect();
+    let mut failure = None;
+    for ((ns, name), np) in &desired {
+        if let Some(cur) = existing.get(&(ns.clone(), name.clone()))
+            && cur.spec == np.spec
         {
             continue;
         }
         let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
         match api
             .patch(
-                netpol::NAME,
+                name,
                 &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&desired),
+                &Patch::Apply(np),
             )
             .await
         {
-            Ok(_) => tracing::info!(namespace = ns, "network policy written"),
+            Ok(_) => tracing::info!(namespace = ns, name, "network policy written"),
             Err(e) => {
-                tracing::warn!(namespace = ns, error = %e, "network policy write failed");
+                tracing::warn!(namespace = ns, name, error = %e, "network policy write failed");
                 failure.get_or_insert(e);
             }
         }
     }
-    for (ns, _) in existing.iter().filter(|(ns, _)| !wanted.contains(*ns)) {
+    for (ns, name) in existing.keys().filter(|k| !desired.contains_key(*k)) {
         let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
-        match api.delete(netpol::NAME, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(namespace = ns, "network policy removed"),
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(namespace = ns, name, "network policy removed"),
             Err(e) if has_status(&e, 404) => {}
             Err(e) => {
                 failure.get_or_insert(e);

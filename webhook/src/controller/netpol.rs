@@ -1,12 +1,18 @@
-//! The strict-ingress NetworkPolicy the controller keeps in each namespace with injected pods:
-//! it selects the injected pods whose traffic mode leaves the server listening at the pod IP
-//! (`takeover`, `explicit`; `redirect` closes that in the pod) and admits ingress only on the
-//! sidecar's port plus the exempt ports.
+//! The NetworkPolicies the controller keeps:
+//!
+//! - the strict-ingress one ([`NAME`]) in each namespace with injected pods: it selects the
+//!   injected pods whose traffic mode leaves the server listening at the pod IP (`takeover`,
+//!   `explicit`; `redirect` closes that in the pod) and admits ingress only on the sidecar's port
+//!   plus the exempt ports;
+//! - an egress one per `ApprovedServer` that declares `spec.egress` ([`egress_name`]), in each
+//!   namespace where pods of that entry run (admission labels them [`APPROVED_LABEL`]): they
+//!   reach what the entry lists, and DNS, and nothing else.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -17,6 +23,10 @@ use crate::annotations::{LABEL_INJECTED, LABEL_TRAFFIC};
 
 /// Name of the NetworkPolicy in each namespace.
 pub const NAME: &str = "mcp-guard-sidecar-only";
+/// Prefix of the egress NetworkPolicies, followed by the `ApprovedServer`'s name.
+pub const EGRESS_PREFIX: &str = "mcp-guard-egress-";
+/// Pod label set at admission: the `ApprovedServer` that approved the pod's images.
+pub use crate::registry::APPROVED_LABEL;
 /// Namespace annotation: `disabled` turns the NetworkPolicy off for that namespace.
 pub const ANNOTATION: &str = "mcp-guard.dev/network-policy";
 /// Namespace annotation: extra ports (comma-separated numbers) admitted to injected pods.
@@ -98,6 +108,51 @@ pub fn desired(
     }
 }
 
+/// Name of the egress NetworkPolicy of `ApprovedServer` `object`.
+pub fn egress_name(object: &str) -> String {
+    format!("{EGRESS_PREFIX}{object}")
+}
+
+/// The desired egress NetworkPolicy for the pods of `ApprovedServer` `object` in `namespace`:
+/// the entry's rules, plus DNS (port 53, UDP and TCP, to anywhere) so names still resolve.
+pub fn egress(
+    namespace: &str,
+    object: &str,
+    rules: &[NetworkPolicyEgressRule],
+    labels: &BTreeMap<String, String>,
+) -> NetworkPolicy {
+    let dns = NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(
+            ["UDP", "TCP"]
+                .into_iter()
+                .map(|protocol| NetworkPolicyPort {
+                    port: Some(IntOrString::Int(53)),
+                    protocol: Some(protocol.to_string()),
+                    end_port: None,
+                })
+                .collect(),
+        ),
+    };
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(egress_name(object)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some([(APPROVED_LABEL.to_string(), object.to_string())].into()),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Egress".to_string()]),
+            ingress: None,
+            egress: Some(rules.iter().cloned().chain(std::iter::once(dns)).collect()),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +185,33 @@ mod tests {
             parse_ports("9090, x,0"),
             (vec![9090], vec!["x".into(), "0".into()])
         );
+    }
+
+    #[test]
+    fn egress_selects_the_entrys_pods_and_adds_dns() {
+        let rule: NetworkPolicyEgressRule = serde_json::from_value(serde_json::json!({
+            "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+            "ports": [{"protocol": "TCP", "port": 5432}],
+        }))
+        .unwrap();
+        let np = egress(
+            "apps",
+            "tickets",
+            std::slice::from_ref(&rule),
+            &BTreeMap::new(),
+        );
+        assert_eq!(
+            np.metadata.name.as_deref(),
+            Some("mcp-guard-egress-tickets")
+        );
+        let spec = np.spec.unwrap_or_default();
+        assert_eq!(spec.policy_types, Some(vec!["Egress".to_string()]));
+        assert_eq!(
+            spec.pod_selector.unwrap_or_default().match_labels,
+            Some([(APPROVED_LABEL.to_string(), "tickets".to_string())].into())
+        );
+        let rules = spec.egress.unwrap_or_default();
+        assert_eq!(rules[0], rule);
+        assert_eq!(rules.len(), 2, "the entry's rule and DNS");
     }
 }

@@ -246,6 +246,12 @@ impl ApiServer {
                 last = e;
                 continue;
             }
+            // Pod creations at Metadata level: what admission's audit annotations land in.
+            std::fs::write(
+                d.join("audit-policy.yaml"),
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  resources: [{group: \"\", resources: [pods]}]\n  verbs: [create]\n- level: None\n",
+            )
+            .unwrap_or_else(|e| panic!("write audit-policy.yaml: {e}"));
             let port = free_port();
             let mut apiserver = Proc::spawn(
                 "kube-apiserver",
@@ -275,6 +281,15 @@ impl ApiServer {
                     ))
                     .arg(format!("--cert-dir={}", d.join("certs").display()))
                     .arg("--allow-privileged=true")
+                    .arg(format!(
+                        "--audit-policy-file={}",
+                        d.join("audit-policy.yaml").display()
+                    ))
+                    .arg(format!(
+                        "--audit-log-path={}",
+                        d.join("audit.log").display()
+                    ))
+                    .arg("--audit-log-format=json")
                     .arg("--v=1"),
             );
             let url = format!("https://127.0.0.1:{port}");
@@ -422,6 +437,15 @@ impl ApiServer {
             &token,
         );
         path
+    }
+
+    /// The API server's audit log (JSON lines; pod creations at Metadata level).
+    pub fn audit_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The directory holding certificates, kubeconfig and logs.

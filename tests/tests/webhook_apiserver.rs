@@ -378,10 +378,28 @@ fn approved_servers_are_enforced_warned_and_audited_and_approval_needs_no_restar
     );
     assert!(is_injected(&api.get_json("pod", "loose", "first")));
 
-    // audit: admitted without a warning; the webhook's answer carries the audit annotation.
+    // audit: admitted without a warning; the API server's audit log records the finding.
     let out = create("first", "watched");
     assert!(out.success(), "{}", out.stderr);
     assert!(!out.stderr.contains("Warning:"), "{}", out.stderr);
+    let recorded = || {
+        api.audit_log().into_iter().find(|e| {
+            e["objectRef"]["namespace"] == "watched"
+                && e["objectRef"]["name"] == "first"
+                && e["verb"] == "create"
+                && e["stage"] == "ResponseComplete"
+        })
+    };
+    wait_until(Duration::from_secs(30), || Ok(recorded().is_some()))
+        .expect("the pod's creation never reached the audit log");
+    let event = recorded().unwrap();
+    assert_eq!(event["responseStatus"]["code"], 201, "{event:#}");
+    assert!(
+        event["annotations"]["inject.mcp-guard.dev/unapproved-images"]
+            .as_str()
+            .is_some_and(|m| m.contains("example.com/mcp-server:1.0")),
+        "{event:#}"
+    );
     let review = serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",

@@ -16,16 +16,34 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::access::{Access, Caller, Refusal, Resource};
+use crate::cluster::ApprovedServers;
 use crate::registry::{Catalog, Entry, GROUP, PLURAL};
-use crate::server::AppState;
+
+/// What the registry API reads: the catalog and the API server's reviews; both `None` without
+/// cluster access (`--no-kube`), when every request answers 503.
+#[derive(Clone)]
+pub struct Registry {
+    pub approved: Option<ApprovedServers>,
+    pub access: Option<Arc<Access>>,
+}
+
+/// The registry API's routes.
+pub fn router(registry: Registry) -> Router {
+    Router::new()
+        .route("/v0.1/servers", get(get_servers))
+        .route("/v0.1/servers/{name}/versions", get(get_versions))
+        .route("/v0.1/servers/{name}/versions/{version}", get(get_version))
+        .with_state(Arc::new(registry))
+}
 
 /// The `server.json` schema the answers follow.
 pub const SCHEMA: &str =
@@ -302,7 +320,7 @@ where
 
 /// The catalog and the caller, or why not.
 async fn prepare(
-    st: &AppState,
+    st: &Registry,
     headers: &HeaderMap,
 ) -> Result<(Catalog, Caller, Arc<Access>), ApiError> {
     let (Some(approved), Some(access)) = (&st.approved, &st.access) else {
@@ -373,7 +391,7 @@ fn logged(result: Result<Value, ApiError>, what: &str) -> Response {
 
 /// `GET /v0.1/servers`.
 pub async fn get_servers(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<Registry>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -389,7 +407,7 @@ pub async fn get_servers(
 
 /// `GET /v0.1/servers/{name}/versions`.
 pub async fn get_versions(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<Registry>>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
@@ -409,7 +427,7 @@ pub async fn get_versions(
 
 /// `GET /v0.1/servers/{name}/versions/{version}` (`latest` for the latest).
 pub async fn get_version(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<Registry>>,
     headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> Response {

@@ -101,31 +101,25 @@ pub struct AppState {
     pub namespaces: Option<Namespaces>,
     /// The catalog of approved servers; `None` (with `--no-kube`) switches the check off.
     pub approved: Option<ApprovedServers>,
-    /// The API server's TokenReview and SubjectAccessReview, for the registry API; `None` with
-    /// `--no-kube` (the registry API then answers 503).
-    pub access: Option<Arc<crate::access::Access>>,
     pub metrics: Metrics,
 }
 
-/// The routes, for the server and for in-process tests.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+/// The routes, for the server and for in-process tests: admission and health, and the registry
+/// API ([`registry_api`]).
+pub fn router(
+    state: Arc<AppState>,
+    registry: registry_api::Registry,
+    max_body_bytes: usize,
+) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v0.1/servers", get(registry_api::get_servers))
-        .route(
-            "/v0.1/servers/{name}/versions",
-            get(registry_api::get_versions),
-        )
-        .route(
-            "/v0.1/servers/{name}/versions/{version}",
-            get(registry_api::get_version),
-        )
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+        .merge(registry_api::router(registry))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
@@ -337,7 +331,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
 
     let mut controller_client = None;
     let mut approved = None;
-    let mut access = None;
+    let mut access: Option<Arc<crate::access::Access>> = None;
     let (namespaces, native) = if args.no_kube {
         if args.controller.enabled {
             tracing::warn!("--controller ignored with --no-kube");
@@ -393,11 +387,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let state = Arc::new(AppState {
         config,
         namespaces,
-        approved,
-        access,
+        approved: approved.clone(),
         metrics,
     });
-    let app = router(state, args.max_body_bytes);
+    let registry = registry_api::Registry { approved, access };
+    let app = router(state, registry, args.max_body_bytes);
 
     let listener = TcpListener::bind(args.listen)
         .await

@@ -8,7 +8,8 @@
 //!   namespace where pods of that entry run (admission labels them [`APPROVED_LABEL`]): they
 //!   reach what the entry lists, and DNS, and nothing else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
@@ -19,7 +20,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+
+use super::context::{Ctx, MANAGED_BY, MANAGER, SYSTEM_NAMESPACES, has_status};
 use crate::annotations::{LABEL_INJECTED, LABEL_TRAFFIC};
+use crate::cluster::ApprovedServers;
 
 /// Name of the NetworkPolicy in each namespace.
 pub const NAME: &str = "mcp-guard-sidecar-only";
@@ -150,6 +156,129 @@ pub fn egress(
             ingress: None,
             egress: Some(rules.iter().cloned().chain(std::iter::once(dns)).collect()),
         }),
+    }
+}
+
+/// The NetworkPolicies the controller should hold, by (namespace, name): the strict-ingress one
+/// in each namespace with injected pods (unless switched off), and each approved server's
+/// egress one where its pods run.
+fn desired_netpols(
+    ctx: &Ctx,
+    with_pods: &BTreeSet<String>,
+) -> BTreeMap<(String, String), NetworkPolicy> {
+    let args = &ctx.settings.args;
+    let annotations: HashMap<String, BTreeMap<String, String>> = ctx
+        .stores
+        .namespaces
+        .state()
+        .iter()
+        .map(|n| (n.name_any(), n.annotations().clone()))
+        .collect();
+    let labels: BTreeMap<String, String> = [(MANAGED_BY.to_string(), MANAGER.to_string())].into();
+    let mut wanted = BTreeMap::new();
+    for ns in with_pods {
+        let ann = annotations.get(ns).cloned().unwrap_or_default();
+        if !enabled_for(&ann, args.network_policy) {
+            continue;
+        }
+        let mut exempt = args.network_policy_exempt_ports.clone();
+        if let Some(extra) = ann.get(EXEMPT_ANNOTATION) {
+            let (ports, bad) = parse_ports(extra);
+            if !bad.is_empty() {
+                tracing::warn!(
+                    namespace = ns,
+                    ?bad,
+                    annotation = EXEMPT_ANNOTATION,
+                    "invalid ports ignored"
+                );
+            }
+            exempt.extend(ports);
+        }
+        let np = desired(ns, ctx.settings.sidecar_port, &exempt, &labels);
+        wanted.insert((ns.clone(), NAME.to_string()), np);
+    }
+    let Some(catalog) = ctx.approved.as_ref().and_then(ApprovedServers::catalog) else {
+        return wanted;
+    };
+    let own = &ctx.settings.own_namespace;
+    let pods = ctx.stores.pods.state();
+    for entry in &catalog.entries {
+        let Some(rules) = &entry.spec.egress else {
+            continue;
+        };
+        let namespaces: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.labels().get(APPROVED_LABEL) == Some(&entry.object)
+            })
+            .filter_map(|p| p.namespace())
+            .filter(|ns| ns != own && !SYSTEM_NAMESPACES.contains(&ns.as_str()))
+            .collect();
+        for ns in namespaces {
+            let np = egress(&ns, &entry.object, rules, &labels);
+            wanted.insert((ns, egress_name(&entry.object)), np);
+        }
+    }
+    wanted
+}
+
+/// Writes the desired NetworkPolicies that differ from what is there and removes the
+/// controller's own that are no longer desired.
+pub(super) async fn reconcile(ctx: &Ctx, with_pods: &BTreeSet<String>) -> Result<(), kube::Error> {
+    let desired = desired_netpols(ctx, with_pods);
+    let existing: HashMap<(String, String), Arc<NetworkPolicy>> = ctx
+        .stores
+        .netpols
+        .state()
+        .iter()
+        .filter(|n| {
+            let name = n.name_any();
+            name == NAME || name.starts_with(EGRESS_PREFIX)
+        })
+        .map(|n| {
+            (
+                (n.namespace().unwrap_or_default(), n.name_any()),
+                Arc::clone(n),
+            )
+        })
+        .collect();
+    let mut failure = None;
+    for ((ns, name), np) in &desired {
+        if let Some(cur) = existing.get(&(ns.clone(), name.clone()))
+            && cur.spec == np.spec
+        {
+            continue;
+        }
+        let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+        match api
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(np),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(namespace = ns, name, "network policy written"),
+            Err(e) => {
+                tracing::warn!(namespace = ns, name, error = %e, "network policy write failed");
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    for (ns, name) in existing.keys().filter(|k| !desired.contains_key(*k)) {
+        let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(namespace = ns, name, "network policy removed"),
+            Err(e) if has_status(&e, 404) => {}
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 

@@ -5,8 +5,9 @@
 //!
 //! Both answers are cached for [`TTL`], keyed by the token's SHA-256 (never the token itself)
 //! and by the user and the object: a burst of pages costs the API server two reviews, and a
-//! revoked binding takes effect within the TTL. Only positive authentications are cached; a
-//! review the API server cannot answer fails closed (the caller gets 503, not the data).
+//! revoked binding takes effect within the TTL. A token the API server refused is remembered as
+//! refused for the same time, so repeating it does not repeat the review. A review the API
+//! server cannot answer is not cached and fails closed (the caller gets 503, not the data).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -91,7 +92,8 @@ type DecisionKey = (String, Vec<String>, Resource);
 /// The API server's answers to "who is this" and "may they", cached.
 pub struct Access {
     client: kube::Client,
-    callers: Mutex<Cache<[u8; 32], Caller>>,
+    /// Per token hash: who it is, or why the API server refused it.
+    callers: Mutex<Cache<[u8; 32], Result<Caller, String>>>,
     decisions: Mutex<Cache<DecisionKey, bool>>,
 }
 
@@ -108,8 +110,8 @@ impl Access {
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
         let token = bearer(authorization)?;
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(c) = self.callers.lock().get(&key) {
-            return Ok(c);
+        if let Some(known) = self.callers.lock().get(&key) {
+            return known.map_err(Refusal::Unauthenticated);
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -128,9 +130,9 @@ impl Access {
         let username = user.username.unwrap_or_default();
         if status.authenticated != Some(true) || username.is_empty() {
             let why = status.error.unwrap_or_else(|| "not authenticated".into());
-            return Err(Refusal::Unauthenticated(format!(
-                "the API server does not accept the bearer token: {why}"
-            )));
+            let refusal = format!("the API server does not accept the bearer token: {why}");
+            self.callers.lock().put(key, Err(refusal.clone()));
+            return Err(Refusal::Unauthenticated(refusal));
         }
         let caller = Caller {
             username,
@@ -138,7 +140,7 @@ impl Access {
             groups: user.groups.unwrap_or_default(),
             extra: user.extra.unwrap_or_default(),
         };
-        self.callers.lock().put(key, caller.clone());
+        self.callers.lock().put(key, Ok(caller.clone()));
         Ok(caller)
     }
 

@@ -768,4 +768,53 @@ spec:
             );
         }
     }
+
+    #[test]
+    fn a_pod_runs_as_the_entry_that_approves_all_its_images() {
+        let entry = |object: &str, repos: &[&str]| Entry {
+            object: object.into(),
+            spec: ApprovedServerSpec {
+                name: format!("io.example/{object}"),
+                images: repos
+                    .iter()
+                    .map(|r| ImageRule {
+                        repository: (*r).into(),
+                        ..ImageRule::default()
+                    })
+                    .collect(),
+                ..ApprovedServerSpec::default()
+            },
+            ..Entry::default()
+        };
+        let c = Catalog {
+            entries: vec![
+                entry("b-server-only", &["example.com/server"]),
+                entry("a-tools", &["example.com/tools"]),
+                entry("c-both", &["example.com/server", "example.com/helper"]),
+            ],
+        };
+        let pod = |images: &[&str]| {
+            let containers: Vec<Value> = images
+                .iter()
+                .map(|i| serde_json::json!({"name": "x", "image": i}))
+                .collect();
+            serde_json::json!({"spec": {"containers": containers}})
+        };
+        let runs_as = |p: &Value| entry_for(&c, p, "apps").map(|e| e.object.as_str());
+        assert_eq!(
+            runs_as(&pod(&["example.com/server:1", "example.com/helper:1"])),
+            Some("c-both")
+        );
+        assert_eq!(
+            runs_as(&pod(&["example.com/server:1"])),
+            Some("b-server-only")
+        );
+        assert_eq!(
+            runs_as(&pod(&["example.com/server:1", "example.com/other:1"])),
+            Some("b-server-only"),
+            "none approves all: the one that approves the first container"
+        );
+        assert_eq!(runs_as(&pod(&["example.com/other:1"])), None);
+        assert!(label_op("c-both").is_some());
+    }
 }

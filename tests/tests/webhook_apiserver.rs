@@ -838,12 +838,26 @@ subjects: [{kind: ServiceAccount, name: dev-one, namespace: default}]
         "{body}"
     );
 
-    // An approval shows up without a restart; so does its removal.
-    api.apply(&approved("notes", "io.example/notes", "1.0.0", "Notes"));
+    // An approval shows up without a restart (the example the docs apply); so does its removal.
+    let example = std::fs::read_to_string(
+        mcp_guard_tests::workspace_root().join("manifests/examples/approved-server.yaml"),
+    )
+    .unwrap();
+    api.apply(&example);
     wait_until(Duration::from_secs(60), || {
-        Ok(objects(&read_all(&all)).contains(&"notes".to_string()))
+        Ok(objects(&read_all(&all)).contains(&"everything".to_string()))
     })
     .expect("a new approval never reached the registry API");
+    let (status, body) = get(
+        "v0.1/servers/io.github.modelcontextprotocol%2Fserver-everything/versions/latest",
+        &all,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_server_response(&body);
+    assert_eq!(
+        body["server"]["remotes"][0]["url"],
+        "http://everything.tools.svc/mcp"
+    );
     let out = api.kubectl(&["delete", "approvedserver", "wiki"], None);
     assert!(out.success(), "{}", out.stderr);
     wait_until(Duration::from_secs(60), || {

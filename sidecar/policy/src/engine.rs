@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::PolicyError;
 use crate::bundle::Bundle;
+use crate::limits::{self, Limit};
 
 /// The package every bundle must define.
 pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
@@ -102,6 +103,9 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Argument paths the audit trail redacts (`redact` rule), sorted.
     pub redact: Vec<String>,
+    /// The rate limits the request counts against (`limits` rule), each checked; a malformed
+    /// one is a deny reason instead.
+    pub limits: Vec<Limit>,
 }
 
 impl Decision {
@@ -110,7 +114,12 @@ impl Decision {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({"allow": self.allowed(), "deny": self.reasons})
+        let limits: Vec<Value> = self
+            .limits
+            .iter()
+            .filter_map(|l| serde_json::from_str(&l.id).ok())
+            .collect();
+        json!({"allow": self.allowed(), "deny": self.reasons, "limits": limits})
     }
 }
 
@@ -513,11 +522,48 @@ fn decision_of(v: &RegoValue) -> Result<Decision, PolicyError> {
         .map(reason_text)
         .collect();
     redact.sort();
+    let limits = limits_of(&v["limits"], &mut reasons);
     Ok(Decision {
         allow,
         reasons,
         redact,
+        limits,
     })
+}
+
+/// The checked members of the decision's `limits`. A malformed limit (or a `limits` that is no
+/// set) becomes a deny reason naming what is wrong, so such a policy refuses instead of counting
+/// something other than what its author meant.
+fn limits_of(v: &RegoValue, reasons: &mut Vec<String>) -> Vec<Limit> {
+    let items = match members(v) {
+        Some(items) => items,
+        None if *v == RegoValue::Undefined => return Vec::new(),
+        None => {
+            reasons.push(format!(
+                "malformed limits: `limits` must be a set of limit objects, not {}",
+                reason_text(v)
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let json = item
+            .to_json_str()
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        match json.as_ref().map(limits::parse) {
+            Some(Ok(l)) => {
+                if !out.contains(&l) {
+                    out.push(l);
+                }
+            }
+            Some(Err(e)) => reasons.push(format!("malformed limit {}: {e}", reason_text(item))),
+            None => reasons.push("malformed limit: not JSON".into()),
+        }
+    }
+    reasons.sort();
+    out
 }
 
 /// The names in a `visible_tools` result: a set (or array) of strings; anything else in it names
@@ -830,6 +876,64 @@ visible_tools contains "echo" if "admin" in input.subject.roles
         assert_eq!(
             CompiledBundle::test_rules(&b),
             vec!["data.mcp.authz_test.test_a", "data.mcp.authz_test.test_b_2"]
+        );
+    }
+
+    /// Limits come with the decision, on bytecode as on the interpreter; a malformed one denies
+    /// with a reason naming what is wrong.
+    #[test]
+    fn limits_are_read_and_checked() {
+        let c = compiled(
+            r#"package mcp.authz
+import rego.v1
+allow := true
+limits contains {"key": "subject", "tool": "search", "per": "1m", "requests": 60}
+limits contains {"key": ["subject", "tool"], "per": "1h", "requests": 5} if input.request.tool == "b"
+limits contains {"key": "user", "per": "1m", "requests": 1} if input.request.tool == "bad"
+"#,
+        )
+        .unwrap();
+        assert!(c.uses_bytecode());
+        for d in [
+            c.decide(&json!({"request": {"tool": "a"}})).unwrap(),
+            c.decide_interpreted(&json!({"request": {"tool": "a"}}))
+                .unwrap(),
+        ] {
+            assert!(d.allowed());
+            assert_eq!(d.limits.len(), 1);
+            assert_eq!(d.limits[0].name, "subject:search:60/1m");
+        }
+        assert_eq!(
+            c.decide(&json!({"request": {"tool": "b"}}))
+                .unwrap()
+                .limits
+                .len(),
+            2
+        );
+        let d = c.decide(&json!({"request": {"tool": "bad"}})).unwrap();
+        assert!(!d.allowed());
+        assert_eq!(d.reasons.len(), 1, "{:?}", d.reasons);
+        assert!(
+            d.reasons[0].starts_with("malformed limit {"),
+            "{:?}",
+            d.reasons
+        );
+        assert!(
+            d.reasons[0].contains("unknown key \"user\""),
+            "{:?}",
+            d.reasons
+        );
+        let plain = compiled(POLICY).unwrap();
+        assert!(plain.decide(&json!({})).unwrap().limits.is_empty());
+        let d = compiled("package mcp.authz\nallow := true\nlimits := 3\n")
+            .unwrap()
+            .decide(&json!({}))
+            .unwrap();
+        assert!(!d.allowed());
+        assert!(
+            d.reasons[0].contains("must be a set of limit objects"),
+            "{:?}",
+            d.reasons
         );
     }
 

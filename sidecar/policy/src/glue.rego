@@ -17,7 +17,12 @@ redact contains p if {
 	some p in data.mcp.authz.redact
 }
 
-decision := {"allow": allow, "deny": reasons, "redact": redact}
+# The rate limits the request counts against, as the operator writes them; checked by the sidecar.
+default limits := set()
+
+limits := data.mcp.authz.limits
+
+decision := {"allow": allow, "deny": reasons, "redact": redact, "limits": limits}
 
 # A list item, for a bundle with its own `visible` rule.
 default visible := false

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod engine;
 pub mod input;
+pub mod limits;
 pub mod mcp;
 pub mod nesting;
 pub mod offline;

@@ -37,7 +37,9 @@ pub fn eval(dir: &Path, input_file: &Path, rule: Option<&str>) -> Result<Value, 
         }
         None => {
             let d = compiled.decide(&input)?;
-            json!({"allow": d.allowed(), "deny": d.reasons, "policy": &*compiled.hash})
+            let mut out = d.to_json();
+            out["policy"] = json!(&*compiled.hash);
+            out
         }
     })
 }

@@ -32,6 +32,7 @@ use crate::intercept::{
     ClientInfo, Context, DecisionNote, Filtered, Interceptor, Transport, Verdict,
 };
 use crate::jsonrpc::{Kind, Message};
+use crate::limits::{Quota, Tripped};
 use crate::metrics::Metrics;
 use crate::policy::Enforcement;
 use crate::telemetry::{SpanRecord, Telemetry, TraceContext, parse_traceparent};
@@ -444,21 +445,24 @@ impl Recording {
         }
     }
 
-    /// Puts message `index` to the interceptor, noting the decision when it is audited.
+    /// Puts message `index` to the interceptor, noting the decision when it is audited; returns
+    /// the verdict and the rate limits an allowed message counts against.
     pub fn check(
         &mut self,
         interceptor: &dyn Interceptor,
         ctx: &Context<'_>,
         index: usize,
         msg: &Message,
-    ) -> Verdict {
+    ) -> (Verdict, Option<Quota>) {
         let audited = self.auditor.is_some() && msg.kind == Kind::Request && audited(msg.mcp);
-        if !audited {
-            return interceptor.check(ctx, msg);
-        }
         let mut note = DecisionNote::default();
+        if !audited {
+            let verdict = interceptor.check_noted(ctx, msg, &mut note);
+            return (verdict, Quota::of(&mut note));
+        }
         let t = Instant::now();
         let verdict = interceptor.check_noted(ctx, msg, &mut note);
+        let quota = Quota::of(&mut note);
         let policy = t.elapsed();
         let (denied, code, message) = match &verdict {
             Verdict::Allow => (false, None, None),
@@ -505,7 +509,26 @@ impl Recording {
             note,
             policy,
         });
-        verdict
+        (verdict, quota)
+    }
+
+    /// Message `index` was refused by a rate limit (or would have been, in shadow mode: then it
+    /// was forwarded), with JSON-RPC error `code`.
+    pub fn rate_limited(&mut self, index: usize, tripped: &Tripped, code: i64, shadow: bool) {
+        let Some(ev) = self
+            .state
+            .as_mut()
+            .and_then(|r| r.events.iter_mut().find(|e| e.index == index))
+        else {
+            return;
+        };
+        ev.denied = !shadow;
+        ev.code = (!shadow).then_some(code);
+        ev.message = None;
+        ev.note.reasons = vec![tripped.message()];
+        ev.note.source = Some("rate limit");
+        ev.note.limit = Some(tripped.limit.clone());
+        ev.note.shadow_denied = shadow;
     }
 
     /// Where the rewriter notes what it hides from the lists this request asks for; `None`
@@ -795,8 +818,11 @@ struct DecisionOut<'a> {
     reasons: Cow<'a, [String]>,
     policy: Option<&'a str>,
     /// What refused or hid: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`,
-    /// `mcp-guard`; `null` when nothing did.
+    /// `rate limit`, `mcp-guard`; `null` when nothing did.
     source: Option<String>,
+    /// The name of the rate limit that refused (or would have, in shadow mode); `null` when
+    /// none did.
+    limit: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -976,6 +1002,7 @@ impl Render {
                 reasons,
                 policy,
                 source,
+                limit: ev.note.limit.as_deref(),
             },
             outcome,
             status,
@@ -1382,7 +1409,7 @@ mod tests {
         );
         assert_eq!(
             l["decision"],
-            json!({"allowed":true,"forwarded":true,"mode":"enforce","reasons":[],"policy":"sha256:abc","source":null})
+            json!({"allowed":true,"forwarded":true,"mode":"enforce","reasons":[],"policy":"sha256:abc","source":null,"limit":null})
         );
         assert_eq!(
             (l["outcome"].as_str(), l["status"].as_u64()),
@@ -1441,7 +1468,7 @@ mod tests {
         assert_eq!(l[2]["outcome"], "ok");
         assert_eq!(
             l[2]["decision"],
-            json!({"allowed":false,"forwarded":true,"mode":"shadow","reasons":["no reading"],"policy":"sha256:1","source":"policy"})
+            json!({"allowed":false,"forwarded":true,"mode":"shadow","reasons":["no reading"],"policy":"sha256:1","source":"policy","limit":null})
         );
     }
 
@@ -1559,7 +1586,7 @@ mod tests {
         let verdicts: Vec<bool> = msgs
             .iter()
             .enumerate()
-            .map(|(i, m)| rec.check(&filter, &ctx, i, m) == Verdict::Allow)
+            .map(|(i, m)| rec.check(&filter, &ctx, i, m).0 == Verdict::Allow)
             .collect();
         assert_eq!(verdicts, [false, true, true]);
         assert!(rec.active());

@@ -84,6 +84,9 @@ pub struct ProxyConfig {
     /// The audit trail.
     #[command(flatten)]
     pub audit: crate::audit::AuditConfig,
+
+    #[command(flatten)]
+    pub limits: crate::limits::config::LimitsConfig,
     /// OpenTelemetry export.
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryConfig,

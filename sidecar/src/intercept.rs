@@ -80,9 +80,14 @@ pub struct DecisionNote {
     pub shadow_denied: bool,
     /// Argument paths (`arguments.password`) the policy asks the audit trail to redact.
     pub redact: Vec<String>,
-    /// What refused: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`; `None` when
-    /// nothing did.
+    /// What refused: `policy`, `--deny-tools`, `--allow-tools`, `no policy loaded`, `rate
+    /// limit`; `None` when nothing did.
     pub source: Option<&'static str>,
+    /// The rate limits the policy counts an allowed request against; checked by the proxy after
+    /// every interceptor allowed it.
+    pub limits: Vec<mcp_guard_policy::limits::Limit>,
+    /// The rate limit that refused the request (or would have, in shadow mode).
+    pub limit: Option<String>,
 }
 
 /// What filtering one list answer did, for the audit trail.

@@ -22,6 +22,10 @@ pub mod code {
     pub const TOO_LARGE: i64 = -32005;
     /// Anything else that went wrong inside the sidecar.
     pub const INTERNAL: i64 = -32603;
+    /// A request refused by a rate limit of the policy. Outside the range JSON-RPC reserves
+    /// (-32768 to -32000), so no revision of MCP or JSON-RPC can give it another meaning; 429 as
+    /// in the HTTP status that comes with it.
+    pub const RATE_LIMITED: i64 = -31429;
 }
 
 /// What a message is, by the JSON-RPC 2.0 rules.

@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod identity;
 pub mod intercept;
 pub mod jsonrpc;
+pub mod limits;
 pub mod metrics;
 pub mod pod;
 pub mod policy;
@@ -56,6 +57,8 @@ pub enum Error {
     Audit(std::io::Error),
     #[error("OpenTelemetry: {0}")]
     Telemetry(String),
+    #[error("rate limits: {0}")]
+    Limits(#[from] limits::LimitsError),
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
@@ -123,9 +126,21 @@ pub async fn run_proxy(
         telemetry.clone(),
     )
     .map_err(Error::Audit)?;
+    let limiter = Arc::new(
+        limits::Limiter::from_config(
+            &config.limits,
+            &config.policy.pod_namespace,
+            &config.policy.server_name,
+            Arc::clone(&metrics),
+        )
+        .map_err(Error::Limits)?
+        .with_shadow(config.policy.enforcement == policy::config::Enforcement::Shadow),
+    );
+    limiter.spawn();
     let proxy = Proxy::new(
         &config,
         interceptor,
+        limiter,
         Arc::clone(&metrics),
         Arc::clone(&authenticator),
         auditor.clone(),

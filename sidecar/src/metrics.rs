@@ -79,6 +79,15 @@ struct MethodLabels {
     method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: String,
+    store: &'static str,
+}
+
+/// Limit names that get their own label value; past this many, `other`.
+const MAX_LIMIT_SERIES: usize = 256;
+
 /// The sidecar's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -93,6 +102,11 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     call_durations: Family<CallLabels, Histogram>,
     tools_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
+    rate_limited: Family<LimitLabels, Counter>,
+    limits_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
+    rate_limit_fallbacks: Counter,
+    rate_limit_store_up: Gauge,
+    rate_limit_buckets: Gauge,
 }
 
 impl Default for Metrics {
@@ -168,7 +182,36 @@ impl Metrics {
             "Fetches of the identity provider's signing keys (JWKS), by result",
             key_refreshes.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit of the policy, by limit and where it was counted (local, fleet, or unavailable: the fleet store could not be reached and the limit refuses then)",
+            rate_limited.clone(),
+        );
+        let rate_limit_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Fleet-wide limit checks decided by this replica because the fleet store (Redis) could not be reached",
+            rate_limit_fallbacks.clone(),
+        );
+        let rate_limit_store_up = Gauge::default();
+        registry.register(
+            "rate_limit_store_up",
+            "1 while the fleet store (Redis) answers and fleet-wide limits are counted there; 0 while it does not (or none is configured)",
+            rate_limit_store_up.clone(),
+        );
+        let rate_limit_buckets = Gauge::default();
+        registry.register(
+            "rate_limit_buckets",
+            "Local rate-limit buckets held by this replica (idle ones are evicted)",
+            rate_limit_buckets.clone(),
+        );
         Metrics {
+            rate_limited,
+            limits_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            rate_limit_fallbacks,
+            rate_limit_store_up,
+            rate_limit_buckets,
             key_refreshes,
             calls,
             call_durations,
@@ -213,6 +256,45 @@ impl Metrics {
         };
         self.calls.get_or_create(&labels).inc();
         self.call_durations.get_or_create(&labels).observe(seconds);
+    }
+
+    /// A request was refused by rate limit `limit`, counted in `store`. Limit names get their
+    /// own label value up to a bound, then `other`.
+    pub fn rate_limited(&self, limit: &str, store: &'static str) {
+        let limit = {
+            let mut seen = self.limits_seen.lock();
+            if seen.contains(limit)
+                || (seen.len() < MAX_LIMIT_SERIES && seen.insert(limit.to_owned()))
+            {
+                limit.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.rate_limited
+            .get_or_create(&LimitLabels { limit, store })
+            .inc();
+    }
+
+    /// A fleet-wide check was decided locally: the fleet store could not be reached.
+    pub fn rate_limit_fallback(&self) {
+        self.rate_limit_fallbacks.inc();
+    }
+
+    /// Fleet-wide checks decided locally so far.
+    pub fn rate_limit_fallbacks_total(&self) -> u64 {
+        self.rate_limit_fallbacks.get()
+    }
+
+    /// The fleet store answers (or stopped answering).
+    pub fn rate_limit_store_up(&self, up: bool) {
+        self.rate_limit_store_up.set(i64::from(up));
+    }
+
+    /// Local buckets held.
+    pub fn rate_limit_buckets(&self, n: usize) {
+        self.rate_limit_buckets
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A new bundle went into force.

@@ -172,6 +172,10 @@ async fn setup(extra: &[&str]) -> Fx {
     let proxy = Proxy::new(
         &cfg,
         Arc::new(StaticToolFilter::new(&[], &[])),
+        Arc::new(mcp_guard_sidecar::limits::Limiter::local_only(
+            16,
+            Arc::new(Metrics::new()),
+        )),
         Arc::new(Metrics::new()),
         auth,
         None,

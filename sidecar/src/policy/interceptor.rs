@@ -183,6 +183,7 @@ impl PolicyInterceptor {
                 allow: false,
                 reasons: vec!["policy evaluation failed".into()],
                 redact: Vec::new(),
+                limits: Vec::new(),
             }
         })
     }
@@ -368,6 +369,8 @@ impl Interceptor for PolicyInterceptor {
         let mut decision = self.decide(&bundle, input);
         note.redact = std::mem::take(&mut decision.redact);
         if decision.allowed() {
+            // Counted by the proxy once every interceptor allowed the request.
+            note.limits = std::mem::take(&mut decision.limits);
             return Verdict::Allow;
         }
         note.reasons.clone_from(&decision.reasons);

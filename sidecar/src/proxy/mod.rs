@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::config::ProxyConfig;
 use crate::intercept::{Context, Interceptor, Transport, Verdict};
 use crate::jsonrpc::{self, Kind, Payload, code, id_key};
+use crate::limits::{Limiter, Quota, Tripped};
 use crate::metrics::{Metrics, Outcome};
 use crate::sse;
 use crate::upstream::{Upstream, UpstreamError, strip_hop_by_hop};
@@ -41,6 +42,8 @@ struct Inner {
     body_timeout: Duration,
     upstream: Upstream,
     interceptor: Arc<dyn Interceptor>,
+    /// Counts the rate limits of allowed messages.
+    limiter: Arc<Limiter>,
     sessions: Arc<legacy::Sessions>,
     clients: clients::ClientTable,
     metrics: Arc<Metrics>,
@@ -152,6 +155,10 @@ struct Checked {
     keep: Vec<bool>,
     /// How many messages remain to forward.
     remaining: usize,
+    /// Allowed messages that count against rate limits: (index, limits).
+    quotas: Vec<(usize, Quota)>,
+    /// The refusal by a rate limit of a single message, answered 429 with `Retry-After`.
+    limited: Option<(u64, Value)>,
 }
 
 impl Proxy {
@@ -161,6 +168,7 @@ impl Proxy {
     pub fn new(
         config: &ProxyConfig,
         interceptor: Arc<dyn Interceptor>,
+        limiter: Arc<Limiter>,
         metrics: Arc<Metrics>,
         auth: Arc<crate::auth::Authenticator>,
         audit: Option<Arc<crate::audit::Auditor>>,
@@ -180,6 +188,7 @@ impl Proxy {
                 body_timeout: config.header_timeout,
                 upstream,
                 interceptor,
+                limiter,
                 sessions: Arc::default(),
                 clients: clients::ClientTable::with_capacity(config.max_sessions),
                 metrics,
@@ -291,9 +300,16 @@ impl Proxy {
         let mut pending = Vec::new();
         let mut task_calls = Vec::new();
         let mut keep = Vec::with_capacity(msgs.len());
+        let mut quotas = Vec::new();
         for (i, m) in msgs.iter().enumerate() {
             let verdict = match m.kind {
-                Kind::Request | Kind::Notification => audit.check(&**interceptor, ctx, i, m),
+                Kind::Request | Kind::Notification => {
+                    let (verdict, quota) = audit.check(&**interceptor, ctx, i, m);
+                    if let Some(q) = quota {
+                        quotas.push((i, q));
+                    }
+                    verdict
+                }
                 Kind::Response => Verdict::Allow,
             };
             match (&verdict, m.kind) {
@@ -324,22 +340,65 @@ impl Proxy {
                 }
             }
         }
-        let remaining = keep.iter().filter(|k| **k).count();
-        let forward = (remaining != msgs.len()).then(|| {
-            msgs.iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(m, _)| Value::Object(m.raw.clone()))
-                .collect()
-        });
-        Checked {
-            forward,
+        let mut checked = Checked {
+            forward: None,
             denied,
             pending,
             task_calls,
             keep,
-            remaining,
+            remaining: 0,
+            quotas,
+            limited: None,
+        };
+        checked.settle(payload);
+        checked
+    }
+
+    /// Counts the allowed messages against their rate limits (after every decision, so a
+    /// denied message uses no quota); a message a limit refuses is answered here.
+    async fn count(
+        &self,
+        payload: &Payload,
+        identity: Option<&crate::identity::Identity>,
+        checked: &mut Checked,
+        audit: &mut crate::audit::Recording,
+    ) {
+        if checked.quotas.is_empty() {
+            return;
         }
+        let limiter = &self.inner.limiter;
+        let msgs = payload.messages();
+        for (i, quota) in std::mem::take(&mut checked.quotas) {
+            let Some(m) = msgs.get(i) else { continue };
+            let req = crate::limits::Request {
+                policy_hash: &quota.policy_hash,
+                identity,
+                method: m.method().unwrap_or_default(),
+                item: m.item().map(|it| it.name),
+            };
+            let Err(tripped) = limiter.check(&quota.limits, &req).await else {
+                continue;
+            };
+            let shadow = limiter.shadow();
+            audit.rate_limited(i, &tripped, code::RATE_LIMITED, shadow);
+            if shadow {
+                tracing::info!(method = req.method, limit = %tripped.limit, "would be rate limited (shadow)");
+                self.inner.metrics.shadow_denied(Some(req.method));
+                continue;
+            }
+            tracing::info!(method = req.method, name = req.item.unwrap_or_default(), limit = %tripped.limit, store = tripped.store(), "rate limited");
+            let err = limited_error(m.id(), &tripped);
+            if let Some(k) = checked.keep.get_mut(i) {
+                *k = false;
+            }
+            if matches!(payload, Payload::Single(_)) {
+                checked.limited = Some((tripped.retry_after_secs(), err.clone()));
+            }
+            if m.kind == Kind::Request {
+                checked.denied.push(err);
+            }
+        }
+        checked.settle(payload);
     }
 
     /// Counts every message of a body; those the interceptor refused count as denied.
@@ -447,7 +506,9 @@ impl Proxy {
             client.as_ref(),
             start,
         );
-        let checked = self.check(&payload, &ctx, &mut audit);
+        let mut checked = self.check(&payload, &ctx, &mut audit);
+        self.count(&payload, identity.as_deref(), &mut checked, &mut audit)
+            .await;
 
         if let Some(session) = &legacy_session {
             // Answers on the older transport travel on the GET stream, the sidecar's own too.
@@ -468,6 +529,9 @@ impl Proxy {
             }
         } else if checked.remaining == 0 {
             self.record(&payload, Outcome::Ok, Some(&checked.keep), start);
+            if let Some((secs, err)) = checked.limited {
+                return audit.wrap(too_many_requests(secs, &err));
+            }
             return audit.wrap(match payload {
                 Payload::Single(_) => match checked.denied.into_iter().next() {
                     Some(err) => json_response(StatusCode::OK, Bytes::from(err.to_string())),
@@ -730,6 +794,40 @@ fn upstream_error(e: &UpstreamError, id: Option<&Value>) -> Response<Body> {
     error(status, id, code::UPSTREAM_UNAVAILABLE, &e.to_string())
 }
 
+impl Checked {
+    /// Works out what is forwarded from which messages are kept.
+    fn settle(&mut self, payload: &Payload) {
+        let msgs = payload.messages();
+        self.remaining = self.keep.iter().filter(|k| **k).count();
+        self.forward = (self.remaining != msgs.len()).then(|| {
+            msgs.iter()
+                .zip(&self.keep)
+                .filter(|(_, k)| **k)
+                .map(|(m, _)| Value::Object(m.raw.clone()))
+                .collect()
+        });
+    }
+}
+
+/// The JSON-RPC error answering a request a rate limit refused: code [`code::RATE_LIMITED`],
+/// with the limit and the wait in `data`.
+fn limited_error(id: Option<&Value>, t: &Tripped) -> Value {
+    let data = serde_json::json!({
+        "limit": t.limit,
+        "retry_after": t.retry_after_secs(),
+        "scope": if t.fleet { "fleet" } else { "local" },
+    });
+    jsonrpc::error_response(id, code::RATE_LIMITED, &t.message(), Some(data))
+}
+
+/// HTTP 429 with `Retry-After`, carrying the JSON-RPC error.
+fn too_many_requests(secs: u64, err: &Value) -> Response<Body> {
+    let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, Bytes::from(err.to_string()));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
 /// Adds the sidecar's own answers to the server's JSON answer (a batch answer stays a batch).
 fn merge_answers(server: &[u8], mut denied: Vec<Value>) -> Bytes {
     let mut all = match serde_json::from_slice::<Value>(server) {
@@ -764,10 +862,12 @@ mod tests {
         ])
         .c;
         let f = StaticToolFilter::new(&[], &["secret".into()]);
+        let metrics = Arc::new(Metrics::new());
         Proxy::new(
             &cfg,
             Arc::new(f),
-            Arc::new(Metrics::new()),
+            Arc::new(Limiter::local_only(16, Arc::clone(&metrics))),
+            metrics,
             Arc::new(crate::auth::Authenticator::disabled()),
             None,
         )

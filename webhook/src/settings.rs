@@ -325,6 +325,31 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Count,
         help: "requests whose records may wait for the writer; beyond that records are dropped (counted and logged), never waited for",
     },
+    // Rate limits (the limits themselves come from the policy).
+    Setting {
+        name: "rate-limit-redis-url",
+        env: env::RATE_LIMIT_REDIS_URL,
+        kind: Kind::Text,
+        help: "Redis that counts fleet-wide rate limits for every replica, `redis://HOST:PORT[/DB]` (no password in it: use rate-limit-redis-password-secret); unset: limits are counted per replica",
+    },
+    Setting {
+        name: "rate-limit-redis-password-secret",
+        env: env::RATE_LIMIT_REDIS_PASSWORD_FILE,
+        kind: Kind::SecretFile { key: "password" },
+        help: "Secret (default key `password`) with the Redis password",
+    },
+    Setting {
+        name: "rate-limit-redis-timeout",
+        env: env::RATE_LIMIT_REDIS_TIMEOUT,
+        kind: Kind::Duration,
+        help: "how long a fleet-wide check may wait for Redis before the limit falls back to the replica's own bucket (or refuses, where the limit says `fallback: deny`)",
+    },
+    Setting {
+        name: "rate-limit-max-buckets",
+        env: env::RATE_LIMIT_MAX_BUCKETS,
+        kind: Kind::Count,
+        help: "rate-limit buckets a replica keeps at most (idle ones are evicted; a new caller finding the table full of busy buckets is refused)",
+    },
     // Limits and timeouts.
     Setting {
         name: "sse-path",

@@ -18,6 +18,7 @@ bash tests/scripts/install-kube.sh
 bash tests/scripts/install-node.sh
 bash tests/scripts/install-oidc.sh
 bash tests/scripts/install-otlp.sh
+bash tests/scripts/install-redis.sh
 bash tests/scripts/install-helm.sh
 bash tests/scripts/install-musl.sh
 cargo build --workspace --bins --locked

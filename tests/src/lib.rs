@@ -33,6 +33,7 @@ pub mod apiserver;
 pub mod node;
 pub mod oidc;
 pub mod otlp;
+pub mod redis;
 pub mod suite;
 pub mod volume;
 
@@ -100,6 +101,34 @@ pub fn sidecar_bin() -> PathBuf {
 /// `target/debug/mcp-guard-example-server`; panics with the build command when it is missing.
 pub fn example_server_bin() -> PathBuf {
     built_binary("mcp-guard-example-server")
+}
+
+/// The rmcp example server in `--stateless-json` mode (MCP 2026-07-28, JSON answers) on a free
+/// loopback port: (process, port).
+pub fn start_example_server() -> (Proc, u16) {
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        "mcp-guard-example-server",
+        Command::new(example_server_bin())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--stateless-json"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !port_open(port) {
+        assert!(
+            proc.try_status().is_none(),
+            "example server exited\n{}",
+            proc.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "example server did not listen\n{}",
+            proc.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, port)
 }
 
 /// `${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}`.

@@ -6,7 +6,6 @@
 //! `--audit-redact`) appear in no line.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mcp_guard_tests::*;
@@ -65,32 +64,6 @@ fn audit_lines(out: &str) -> Vec<Value> {
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .filter(|v| v["schema"] == "mcp-guard.audit/v1")
         .collect()
-}
-
-fn start_example_server() -> (Proc, u16) {
-    let port = free_port();
-    let mut proc = Proc::spawn(
-        "mcp-guard-example-server",
-        Command::new(example_server_bin())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--stateless-json"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !port_open(port) {
-        assert!(
-            proc.try_status().is_none(),
-            "example server exited\n{}",
-            proc.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "example server did not listen\n{}",
-            proc.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (proc, port)
 }
 
 /// POSTs one 2026-07-28 request, with the `Mcp-Method` / `Mcp-Name` headers it mirrors.

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs Redis for the rate-limit suites (tests/tests/rate_limits.rs): Debian's `redis-server`
+# package (7.0 on bookworm). The suites start their own redis-server on a free loopback port,
+# without persistence; nothing here starts one. Writes ${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/
+# redis/env.sh (REDIS_SERVER, REDIS_VERSION) that the suites read. Idempotent: apt-get runs only
+# when the package is missing (and then needs root); a second run returns at once. Needs no stdin
+# and no TTY (works with CI=true).
+set -euo pipefail
+
+CACHE="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}"
+PACKAGES=(redis-server)
+
+log() { printf 'install-redis: %s\n' "$*" >&2; }
+die() {
+  printf 'install-redis: error: %s\n' "$*" >&2
+  exit 1
+}
+
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or install them)"
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq </dev/null >/dev/null || log "apt-get update failed; trying the install anyway"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+fi
+
+SERVER="$(command -v redis-server || true)"
+[ -x "$SERVER" ] || SERVER=/usr/bin/redis-server
+[ -x "$SERVER" ] || die "redis-server installed but not found"
+VERSION="$("$SERVER" --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
+[ -n "$VERSION" ] || die "cannot read the version of $SERVER"
+
+mkdir -p "$CACHE/redis"
+ENV_FILE="$CACHE/redis/env.sh"
+cat >"$ENV_FILE.tmp" <<EOT
+# Written by tests/scripts/install-redis.sh; read by tests/src/redis.rs. Plain KEY=VALUE lines.
+REDIS_SERVER=$SERVER
+REDIS_VERSION=$VERSION
+EOT
+mv "$ENV_FILE.tmp" "$ENV_FILE"
+echo "redis-server $VERSION at $SERVER; env file: $ENV_FILE"

@@ -318,7 +318,8 @@ async fn shadow_mode_records_the_would_be_denial() {
             "allowed": false, "forwarded": true, "mode": "shadow",
             "reasons": ["delete_everything is never allowed"],
             "policy": l["decision"]["policy"].clone(),
-            "source": "policy"
+            "source": "policy",
+            "limit": null
         }),
         "{l}"
     );

@@ -199,8 +199,9 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     })
     .await
     .expect("the sidecar closed the connection after the header timeout");
-    let text = String::from_utf8_lossy(&b[..n]);
-    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    // hyper closes such a connection without an answer (it writes automatic answers only for
+    // requests it could not parse): nothing arrives, the connection ends.
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&b[..n]));
 }
 
 #[tokio::test]
@@ -208,9 +209,11 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
     let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = upstream.local_addr().unwrap().port();
     let (answer_tx, answer_rx) = oneshot::channel::<()>();
+    let (seen_tx, seen) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut s, _) = upstream.accept().await.unwrap();
         read_head(&mut s).await;
+        let _ = seen_tx.send(());
         let _ = answer_rx.await;
         let body = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
         let resp = format!(
@@ -223,11 +226,21 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
     let (addr, stop) = sidecar(port, &[]).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(post(CALL).as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is in flight once the server has it; only then does the drain begin.
+    tokio::time::timeout(Duration::from_secs(30), seen)
+        .await
+        .expect("the request reached the server")
+        .unwrap();
     stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The listener closes as the drain begins (the order is certain, the moment is not).
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     assert!(
-        TcpStream::connect(addr).await.is_err(),
+        refused.is_ok(),
         "a draining sidecar accepts no new connections"
     );
     answer_tx.send(()).unwrap();

@@ -106,29 +106,7 @@ pub fn example_server_bin() -> PathBuf {
 /// The rmcp example server in `--stateless-json` mode (MCP 2026-07-28, JSON answers) on a free
 /// loopback port: (process, port).
 pub fn start_example_server() -> (Proc, u16) {
-    let port = free_port();
-    let mut proc = Proc::spawn(
-        "mcp-guard-example-server",
-        Command::new(example_server_bin())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--stateless-json"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !port_open(port) {
-        assert!(
-            proc.try_status().is_none(),
-            "example server exited\n{}",
-            proc.logs()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "example server did not listen\n{}",
-            proc.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (proc, port)
+    start_example_server_with(&["--stateless-json"])
 }
 
 /// `${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}`.
@@ -672,6 +650,27 @@ impl PyServer {
         self.marker_dir.path().join("secret_tool.ran").exists()
             || self.proc.stderr().contains("SECRET_TOOL_RAN")
     }
+}
+
+/// The example MCP server (`mcp-guard-example-server`, rmcp) on a free port, with `extra` flags
+/// (`--stateless-json`: session-less JSON answers, the fastest upstream; without it, sessions
+/// and SSE answers). Returns the process and its port.
+pub fn start_example_server_with(extra: &[&str]) -> (Proc, u16) {
+    let bin = example_server_bin();
+    start_on_free_port(
+        "mcp-guard-example-server",
+        |port| {
+            Proc::spawn(
+                "mcp-guard-example-server",
+                Command::new(&bin)
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .args(extra),
+            )
+        },
+        |proc, port| wait_for_port(proc, port, START_TIMEOUT),
+        |proc, port| (proc, port),
+    )
 }
 
 /// The sidecar binary in front of an upstream on 127.0.0.1.
@@ -1481,6 +1480,66 @@ pub async fn await_on_stream(
             None => return (None, seen),
         }
     }
+}
+
+/// The `mcp-guard.audit/v1` lines of a sidecar's stdout. Every line that starts like JSON must
+/// be JSON: a torn or interleaved audit line fails the test.
+pub fn audit_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .unwrap_or_else(|e| panic!("an audit line is not JSON ({e}): {l}"))
+        })
+        .filter(|v| v["schema"] == "mcp-guard.audit/v1")
+        .collect()
+}
+
+/// POSTs one 2026-07-28 request (session-less) with the `Mcp-Method` / `Mcp-Name` headers it
+/// mirrors; returns the status and the answer: the JSON body, or the response event of an SSE
+/// answer (`Null` when there is none). Panics when no answer arrives.
+pub async fn send_2026(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    match try_send_2026(client, url, body).await {
+        Ok(answer) => answer,
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// As [`send_2026`], returning the transport error (refused, reset, cut) instead of panicking.
+pub async fn try_send_2026(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", PROTOCOL_2026);
+    if let Some(m) = body["method"].as_str() {
+        req = req.header("mcp-method", m);
+    }
+    if let Some(n) = body["params"]["name"].as_str() {
+        req = req.header("mcp-name", n);
+    }
+    let resp = req.body(body.to_string()).send().await?;
+    let status = resp.status().as_u16();
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_lowercase().starts_with("text/event-stream"));
+    let text = resp.text().await?;
+    let answer = if sse {
+        parse_sse(&text)
+            .iter()
+            .filter_map(SseEvent::json)
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or(Value::Null)
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    Ok((status, answer))
 }
 
 /// Asserts that `msg` is a JSON-RPC error whose message (or data) names `tool`.

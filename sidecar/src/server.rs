@@ -36,6 +36,10 @@ pub async fn serve<F, S, Fut>(
         .header_read_timeout(header_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that those still open when the drain time is up are ended
+    // (and what they hold, such as the audit record of a cut answer, finished) before this
+    // returns and the process flushes its audit trail and exits.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -46,7 +50,7 @@ pub async fn serve<F, S, Fut>(
                     let svc = hyper::service::service_fn(service(peer));
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
                         }
@@ -58,6 +62,7 @@ pub async fn serve<F, S, Fut>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
     }
@@ -67,4 +72,6 @@ pub async fn serve<F, S, Fut>(
         _ = graceful.shutdown() => tracing::info!(server = name, "drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(server = name, ?drain, "drain time is up; closing the remaining connections"),
     }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }

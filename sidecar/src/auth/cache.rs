@@ -2,6 +2,7 @@
 //! expiring with its token: a busy agent pays for its signature check once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
@@ -22,10 +23,16 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// How often an insert sweeps out expired entries (seconds).
+const SWEEP_EVERY_SECS: u64 = 30;
+
 /// Values kept until their own expiry (unix seconds), at most `capacity` of them.
 pub struct ExpiringCache<K, V> {
     map: RwLock<HashMap<K, (u64, V)>>,
     capacity: usize,
+    /// When an insert next sweeps out expired entries: a caller that takes a new token every
+    /// few minutes must not leave the old ones in memory until the cache is full.
+    next_sweep: AtomicU64,
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> ExpiringCache<K, V> {
@@ -33,6 +40,7 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> ExpiringCache<K, V> {
         ExpiringCache {
             map: RwLock::new(HashMap::new()),
             capacity,
+            next_sweep: AtomicU64::new(0),
         }
     }
 
@@ -52,6 +60,11 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> ExpiringCache<K, V> {
             return;
         }
         let mut map = self.map.write();
+        if now >= self.next_sweep.load(Ordering::Relaxed) {
+            map.retain(|_, (exp, _)| *exp > now);
+            self.next_sweep
+                .store(now.saturating_add(SWEEP_EVERY_SECS), Ordering::Relaxed);
+        }
         if map.len() >= self.capacity && !map.contains_key(&key) {
             map.retain(|_, (exp, _)| *exp > now);
             if map.len() >= self.capacity {
@@ -95,5 +108,17 @@ mod tests {
         c.insert([98; 32], 1, 40, 50);
         assert_eq!(c.get(&[98; 32], 10), None);
         assert_ne!(hash("a"), hash("b"));
+    }
+
+    #[test]
+    fn expired_entries_go_before_the_cache_is_full() {
+        let c = ExpiringCache::new(1000);
+        for i in 0..10u8 {
+            c.insert([i; 32], i, 100, 50);
+        }
+        assert_eq!(c.len(), 10);
+        // Past their expiry and past the next sweep, one insert drops them all.
+        c.insert([99; 32], 1, 1000, 100 + SWEEP_EVERY_SECS);
+        assert_eq!(c.len(), 1);
     }
 }

@@ -38,15 +38,17 @@ impl Ca {
         self.issuer.pem()
     }
 
-    /// Writes a serving pair for 127.0.0.1 to `cert` / `key`.
-    fn issue(&self, cert: &Path, key: &Path) {
+    /// Writes a serving pair for 127.0.0.1 to `cert` / `key`; returns the certificate (DER).
+    fn issue(&self, cert: &Path, key: &Path) -> Vec<u8> {
         let k = KeyPair::generate().unwrap();
         let p =
             CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let c = p.signed_by(&k, &self.issuer).unwrap();
-        // Write the key first and the cert last, as a rotation would.
+        // Write the key first and the cert last, as a rotation would: in between, the files
+        // hold a key and a certificate that do not belong together.
         std::fs::write(key, k.serialize_pem()).unwrap();
         std::fs::write(cert, c.pem()).unwrap();
+        c.der().to_vec()
     }
 }
 
@@ -98,6 +100,18 @@ async fn wait_ok(client: &reqwest::Client, url: &str, timeout: Duration) -> bool
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// The webhook's `/metrics` text.
+async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 fn review(pod: Value) -> Value {
@@ -230,14 +244,7 @@ async fn mutate_limits_and_certificate_rotation() {
         .unwrap();
     assert_eq!(r.status(), 413);
 
-    let metrics = c1
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c1, &base).await;
     assert!(
         metrics.contains("mcp_guard_webhook_injected_total{traffic=\"takeover\"} 1"),
         "{metrics}"
@@ -268,20 +275,100 @@ async fn mutate_limits_and_certificate_rotation() {
     );
     let old = client(&ca1.pem()).get(format!("{base}/livez")).send().await;
     assert!(old.is_err(), "the old certificate is still served");
-    let metrics = c2
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c2, &base).await;
     assert!(
         metrics.contains("mcp_guard_webhook_tls_reloads_total{result=\"ok\"}"),
         "{metrics}"
     );
     assert!(
         metrics.contains("mcp_guard_webhook_tls_reloads_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The certificate rotated twenty times (same CA, a new key each time, as cert-manager renews)
+/// while admission reviews keep arriving on fresh connections: every review is answered with
+/// its patch, none meets a handshake failure or a mismatched key, and the last pair written is
+/// the one served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotated_under_admission_traffic_drops_no_review() {
+    let dir = tmpdir("rotate-under-load");
+    let ca = Ca::new("ca-rotating");
+    ca.issue(&dir.join("tls.crt"), &dir.join("tls.key"));
+    let (_kill, port) = start(&dir, &[]);
+    let base = format!("https://127.0.0.1:{port}");
+    let fresh = || {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .pool_max_idle_per_host(0)
+            .tls_info(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    assert!(wait_ok(&fresh(), &format!("{base}/livez"), Duration::from_secs(30)).await);
+    let rv = review(pod(json!({"mcp-guard.dev/inject": "enabled"})));
+
+    let rotating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let traffic = {
+        let (client, base, rv, rotating) = (fresh(), base.clone(), rv.clone(), rotating.clone());
+        tokio::spawn(async move {
+            let (mut answered, mut failures) = (0usize, Vec::new());
+            while rotating.load(std::sync::atomic::Ordering::Relaxed) || answered < 20 {
+                match client.post(format!("{base}/mutate")).json(&rv).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let v: Value = r.json().await.unwrap();
+                        if v["response"]["allowed"] == true && !answered_patch(&v).is_null() {
+                            answered += 1;
+                        } else {
+                            failures.push(format!("review not answered with a patch: {v}"));
+                        }
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("{e:?}")),
+                }
+            }
+            (answered, failures)
+        })
+    };
+    let mut last = Vec::new();
+    for _ in 0..20 {
+        last = ca.issue(&dir.join("tls.crt"), &dir.join("tls.key"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The last pair is served (the reload follows file events, with a 1 s poll besides).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = fresh().get(format!("{base}/livez")).send().await.unwrap();
+        let served = r
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|t| t.peer_certificate())
+            .map(<[u8]>::to_vec);
+        if served.as_deref() == Some(last.as_slice()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rotating.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (answered, failures) = traffic.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} reviews failed during the rotations, e.g. {:?}",
+        failures.len(),
+        answered + failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    assert!(answered >= 20, "{answered}");
+    let metrics = metrics_text(&fresh(), &base).await;
+    assert!(
+        metrics.contains("mcp_guard_webhook_tls_reloads_total{result=\"ok\"}"),
         "{metrics}"
     );
     let _ = std::fs::remove_dir_all(&dir);

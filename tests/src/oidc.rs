@@ -113,7 +113,7 @@ impl Provider {
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port();
-            match Self::try_start_on("127.0.0.1", port, keys) {
+            match Self::try_start_on("127.0.0.1", port, keys, None) {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -126,7 +126,7 @@ impl Provider {
     pub fn start_on_host(host: &str, keys: &[&Path]) -> Provider {
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start_on(host, free_port(), keys) {
+            match Self::try_start_on(host, free_port(), keys, None) {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -136,11 +136,28 @@ impl Provider {
 
     /// Starts it on `port` (a restart of the same issuer).
     pub fn start_on(port: u16, keys: &[&Path]) -> Provider {
-        Self::try_start_on("127.0.0.1", port, keys)
+        Self::try_start_on("127.0.0.1", port, keys, None)
             .unwrap_or_else(|e| panic!("oidc-provider did not start on {port}: {e}"))
     }
 
-    fn try_start_on(host: &str, port: u16, keys: &[&Path]) -> Result<Provider, String> {
+    /// As [`Provider::start`], issuing tokens that live `ttl_secs` (default 300).
+    pub fn start_with_ttl(keys: &[&Path], ttl_secs: u64) -> Provider {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_on("127.0.0.1", free_port(), keys, Some(ttl_secs)) {
+                Ok(p) => return p,
+                Err(e) => last = e,
+            }
+        }
+        panic!("oidc-provider did not start: {last}");
+    }
+
+    fn try_start_on(
+        host: &str,
+        port: u16,
+        keys: &[&Path],
+        ttl_secs: Option<u64>,
+    ) -> Result<Provider, String> {
         let (node, app) = oidc_install();
         let keys = keys
             .iter()
@@ -156,7 +173,12 @@ impl Provider {
                 .arg("--keys")
                 .arg(keys)
                 .arg("--host")
-                .arg(host),
+                .arg(host)
+                .args(
+                    ttl_secs
+                        .into_iter()
+                        .flat_map(|t| ["--ttl".to_owned(), t.to_string()]),
+                ),
         );
         wait_ready(&mut proc, host, port)?;
         Ok(Provider {

@@ -8,6 +8,11 @@
 #   sidecar-governed  (with --governed) the same sidecar governing as in production: every request
 #                     carries a real OpenID provider's JWT (verified), is decided by a realistic
 #                     Rego policy (sidecar/benches/fixtures/realistic.rego) and audited
+#   sidecar-limits    (with --limits, implies --governed) the governed sidecar whose policy also puts
+#                     every call under a rate limit (per subject, never reached): counted in the
+#                     sidecar's local buckets
+#   sidecar-limits-redis  the same limit counted fleet-wide in a real Redis (Debian redis-server,
+#                     tests/scripts/install-redis.sh) on loopback: one EVALSHA per call
 #
 # Each target: a warmup (discarded), then a measured wrk run with the same connections; with
 # --rounds N the targets take turns N times (order rotated) and each reports its median round. Reports
@@ -15,7 +20,7 @@
 # sidecar's RSS; writes bench/results/<date>-<name>.md and .json. See bench/README.md.
 #
 # Usage: bench/run.sh [--name foundation] [--duration 10] [--warmup 2] [--connections 16]
-#                     [--threads 2] [--rounds 1] [--no-nginx] [--otlp-down] [--governed] [--no-install]
+#                     [--threads 2] [--rounds 1] [--no-nginx] [--otlp-down] [--governed] [--limits] [--no-install]
 #                     [--no-build] [--out DIR]
 # Everything also reads from the environment: BENCH_NAME, BENCH_DURATION, BENCH_WARMUP,
 # BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_NGINX=0, BENCH_INSTALL=0,
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     --no-nginx) WITH_NGINX=0; shift ;;
     --otlp-down) WITH_OTLP_DOWN=1; shift ;;
     --governed) WITH_GOVERNED=1; shift ;;
+    --limits) WITH_GOVERNED=1; WITH_LIMITS=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -221,6 +227,60 @@ if [ "$WITH_GOVERNED" = 1 ]; then
   [ "$code" = 401 ] || die "governed sidecar: a request without a token got HTTP $code, not 401"
 fi
 
+# --limits: the governed sidecar's policy plus one rate limit on every call (a billion a day per
+# subject: counted on every request, never reached), counted locally and, in a second sidecar,
+# fleet-wide in Redis.
+LIM_PID=""
+LIMR_PID=""
+if [ "${WITH_LIMITS:-0}" = 1 ]; then
+  if [ "$INSTALL" = 1 ]; then
+    bash "$ROOT/tests/scripts/install-redis.sh" >&2 || die "tests/scripts/install-redis.sh failed"
+  fi
+  REDIS_ENV="${MCP_GUARD_CACHE:-${HOME:-/root}/.cache/mcp-guard}/redis/env.sh"
+  [ -f "$REDIS_ENV" ] || die "no $REDIS_ENV: run tests/scripts/install-redis.sh"
+  REDIS_SERVER="$(sed -n 's/^REDIS_SERVER=//p' "$REDIS_ENV")"
+  REDIS_VERSION="$(sed -n 's/^REDIS_VERSION=//p' "$REDIS_ENV")"
+  REDIS_PORT="$(free_port)"
+  "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  wait_port "$REDIS_PORT" "$REDIS_PID" redis
+  mkdir -p "$WORK/policy-limits"
+  cp "$WORK/policy/"* "$WORK/policy-limits/"
+  cat >"$WORK/policy-limits/limits.rego" <<'EOT'
+package mcp.authz
+
+import rego.v1
+
+limits contains {"name": "bench", "key": "subject", "per": "1d", "requests": 1000000000}
+EOT
+  start_limited() { # start_limited NAME EXTRA...: prints "PID PORT ADMIN_PORT"
+    local name="$1" port admin pid
+    shift
+    port="$(free_port)"
+    admin="$(free_port)"
+    "$SIDECAR_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+      --upstream-host 127.0.0.1 --upstream-port "$UP_PORT" --path /mcp \
+      --deny-tools delete_everything --issuer "http://127.0.0.1:$IDP_PORT" --resource-uri "$RESOURCE" \
+      --policy-dir "$WORK/policy-limits" "$@" >"$WORK/$name.log" 2>"$WORK/$name.err" &
+    pid=$!
+    echo "$pid $port $admin"
+  }
+  read -r LIM_PID LIM_PORT LIM_ADMIN < <(start_limited sidecar-limits)
+  read -r LIMR_PID LIMR_PORT LIMR_ADMIN < <(start_limited sidecar-limits-redis \
+    --rate-limit-redis-url "redis://127.0.0.1:$REDIS_PORT")
+  PIDS+=("$LIM_PID" "$LIMR_PID")
+  for i in $(seq 1 200); do
+    up="$(curl -fsS "http://127.0.0.1:$LIMR_ADMIN/metrics" 2>/dev/null | sed -n 's/^mcp_guard_rate_limit_store_up //p' || true)"
+    curl -fsS -o /dev/null "http://127.0.0.1:$LIM_ADMIN/readyz" 2>/dev/null && [ "$up" = 1 ] && break
+    kill -0 "$LIM_PID" 2>/dev/null || die "sidecar-limits exited at start: $(tail -5 "$WORK/sidecar-limits.err")"
+    kill -0 "$LIMR_PID" 2>/dev/null || die "sidecar-limits-redis exited at start: $(tail -5 "$WORK/sidecar-limits-redis.err")"
+    [ "$i" = 200 ] && die "limited sidecars not ready (or Redis not reached) after 10 s"
+    sleep 0.05
+  done
+fi
+
 NGINX_PID=""
 if [ "$WITH_NGINX" = 1 ]; then
   mkdir -p "$WORK/nginx"
@@ -352,6 +412,15 @@ if [ -n "$GOV_PID" ]; then
   PROXY_PIDS[sidecar-governed]="$GOV_PID"
   AUTH[sidecar-governed]="$GOV_AUTH"
 fi
+if [ -n "$LIM_PID" ]; then
+  TARGETS+=(sidecar-limits sidecar-limits-redis)
+  URL[sidecar-limits]="http://127.0.0.1:$LIM_PORT/mcp"
+  PROXY_PIDS[sidecar-limits]="$LIM_PID"
+  AUTH[sidecar-limits]="$GOV_AUTH"
+  URL[sidecar-limits-redis]="http://127.0.0.1:$LIMR_PORT/mcp"
+  PROXY_PIDS[sidecar-limits-redis]="$LIMR_PID"
+  AUTH[sidecar-limits-redis]="$GOV_AUTH"
+fi
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 # Rounds rotate the order of the targets, so a change in background load does not always hit
@@ -414,6 +483,12 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
     printf 'the sidecar verifies (`--issuer`; the verified token is cached, as for an agent reusing its token)\n'
     printf 'and turns into identity headers, each call is decided by `sidecar/benches/fixtures/realistic.rego`\n'
     printf '(about 20 rules, `--policy-dir`) and audited to stdout like the other sidecar.\n'
+  fi
+  if [ -n "$LIM_PID" ]; then
+    printf '`sidecar-limits`: the governed sidecar with one more rule, a rate limit on every call\n'
+    printf '(`{"key": "subject", "per": "1d", "requests": 1000000000}`: counted, never reached) in local buckets;\n'
+    printf '`sidecar-limits-redis`: the same limit counted in Redis %s on loopback (one EVALSHA per call;\n' "$REDIS_VERSION"
+    printf 'the Redis server'"'"'s own CPU is not in the proxy column).\n'
   fi
   printf '\n'
   printf '| target | req/s | vs direct | p50 ms | +p50 ms | p99 ms | +p99 ms | proxy CPU µs/req | proxy RSS MiB (idle / load / peak) | errors |\n'

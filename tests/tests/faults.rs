@@ -558,11 +558,16 @@ async fn sigterm_under_load_finishes_what_is_in_flight_refuses_the_rest_and_exit
     // Load: workers on fresh connections (so a refusal is a refused connection), each request a
     // call of echo, a call of the denied tool, or a list.
     let next_id = Arc::new(AtomicI64::new(1000));
+    let answers = Arc::new(AtomicI64::new(0));
     let terminated = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (url, next_id, terminated) =
-            (url.clone(), Arc::clone(&next_id), Arc::clone(&terminated));
+        let (url, next_id, answers, terminated) = (
+            url.clone(),
+            Arc::clone(&next_id),
+            Arc::clone(&answers),
+            Arc::clone(&terminated),
+        );
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .no_proxy()
@@ -581,7 +586,10 @@ async fn sigterm_under_load_finishes_what_is_in_flight_refuses_the_rest_and_exit
                 });
                 let after = terminated.load(Ordering::Relaxed);
                 match try_send_2026(&client, &url, &body).await {
-                    Ok((status, v)) => got.push((id, Got::Answer(status, v))),
+                    Ok((status, v)) => {
+                        answers.fetch_add(1, Ordering::Relaxed);
+                        got.push((id, Got::Answer(status, v)));
+                    }
                     Err(e) => {
                         if after {
                             refused_after_term += 1;
@@ -599,7 +607,8 @@ async fn sigterm_under_load_finishes_what_is_in_flight_refuses_the_rest_and_exit
             got
         }));
     }
-    while next_id.load(Ordering::Relaxed) < 1060 {
+    // SIGTERM once sixty answers have come back (a count of events, not of time).
+    while answers.load(Ordering::Relaxed) < 60 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sc.proc.signal("TERM");

@@ -1005,3 +1005,293 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
     );
     assert_eq!(status(&api)["hash"], hash2.as_str());
 }
+
+/// Starts a real sidecar as the injected pod `namespace/name` would run: the stored sidecar
+/// container's env, with its admin port on `ip` (the pod IP this test gives the pod, a loopback
+/// address of its own), the MCP port on a free loopback port, and `policy_dir` as its volume.
+fn sidecar_of_pod(
+    api: &ApiServer,
+    namespace: &str,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    policy_dir: &std::path::Path,
+    upstream: u16,
+) -> (Proc, u16) {
+    let stored = api.get_json("pod", namespace, name);
+    let containers = stored["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            stored["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        );
+    let sidecar = containers
+        .into_iter()
+        .find(|c| c["name"] == "mcp-guard")
+        .cloned()
+        .expect("the sidecar container");
+    let admin_port = sidecar["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "mcp-guard-admin")
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("the admin port");
+    let mut env: BTreeMap<String, String> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let port = free_port();
+    env.insert("MCP_GUARD_LISTEN".into(), format!("127.0.0.1:{port}"));
+    env.insert(
+        "MCP_GUARD_ADMIN_LISTEN".into(),
+        format!("{ip}:{admin_port}"),
+    );
+    env.insert("MCP_GUARD_UPSTREAM_PORT".into(), upstream.to_string());
+    env.insert(
+        "MCP_GUARD_POLICY_DIR".into(),
+        policy_dir.display().to_string(),
+    );
+    let mut proc = Proc::spawn(
+        "mcp-guard-sidecar",
+        std::process::Command::new(sidecar_bin()).envs(&env),
+    );
+    wait_until(Duration::from_secs(30), || {
+        if let Some(s) = proc.try_status() {
+            return Err(format!("sidecar exited ({s})\n{}", proc.logs()));
+        }
+        Ok(port_open(port))
+    })
+    .unwrap_or_else(|e| panic!("sidecar of {namespace}/{name} did not start: {e}"));
+    (proc, port)
+}
+
+/// Gives a stored pod an IP, as the kubelet would (PUT of its status).
+fn set_pod_ip(api: &ApiServer, namespace: &str, name: &str, ip: std::net::Ipv4Addr) {
+    let mut pod = api.get_json("pod", namespace, name);
+    pod["status"]["podIP"] = json!(ip.to_string());
+    pod["status"]["podIPs"] = json!([{"ip": ip.to_string()}]);
+    let dir = TempDir::new("pod-status");
+    let file = dir.path().join("pod.json");
+    std::fs::write(&file, pod.to_string()).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-f", "-X", "PUT", "--cacert"])
+        .arg(api.ca.ca_path())
+        .args(["-H", "Content-Type: application/json", "-H"])
+        .arg(format!(
+            "Authorization: Bearer {}",
+            mcp_guard_tests::apiserver::ADMIN_TOKEN
+        ))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!(
+            "{}/api/v1/namespaces/{namespace}/pods/{name}/status",
+            api.url
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_fleet_shows_each_injected_pod_with_its_policy_drift_and_counters() {
+    let _g = serial();
+    let Cluster { api, webhook } = start(&[]);
+    api.apply(&namespace("apps", &[]));
+    api.apply(&namespace("other", &[]));
+    for (name, ns) in [("fresh", "apps"), ("stale", "apps"), ("elsewhere", "other")] {
+        api.apply(&pod(name, ns, true));
+    }
+    api.apply(&source(ECHO_ONLY));
+    wait_until(Duration::from_secs(30), || {
+        let m = mirrors(&api);
+        Ok(m.get("apps").is_some_and(|r| r.contains("echo")) && m.contains_key("other"))
+    })
+    .expect("policy never mirrored");
+
+    // The distributed bundle, and an older one the stale sidecar still enforces.
+    let tmp = TempDir::new("fleet");
+    let (hash, files) = mirror_files(&api, "apps");
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let current = ConfigMapVolume::new(&tmp.path().join("current"), &refs);
+    let old: Vec<(&str, &str)> = refs
+        .iter()
+        .map(|(k, v)| {
+            (
+                *k,
+                if k.ends_with(".rego") {
+                    ECHO_AND_ADD
+                } else {
+                    *v
+                },
+            )
+        })
+        .collect();
+    let stale = ConfigMapVolume::new(&tmp.path().join("stale"), &old);
+
+    let (_server, upstream) = start_example_server();
+    let ip = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
+    let mut sidecars = Vec::new();
+    for (name, ns, last, dir) in [
+        ("fresh", "apps", 61, current.path()),
+        ("stale", "apps", 62, stale.path()),
+        ("elsewhere", "other", 63, current.path()),
+    ] {
+        sidecars.push(sidecar_of_pod(&api, ns, name, ip(last), dir, upstream));
+        set_pod_ip(&api, ns, name, ip(last));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(call_allowed(
+        &rt,
+        sidecars[0].1,
+        1,
+        "echo",
+        json!({"text": "hi"})
+    ));
+    assert!(!call_allowed(
+        &rt,
+        sidecars[0].1,
+        2,
+        "add",
+        json!({"a": 1, "b": 2})
+    ));
+
+    // A developer who may list pods in `apps` only.
+    api.apply(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: viewer, namespace: apps}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: apps}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: viewer-reads-pods, namespace: apps}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects: [{kind: ServiceAccount, name: viewer, namespace: apps}]
+"#,
+    );
+    let viewer = api.service_account_token("apps", "viewer");
+    let ca = api.ca.ca_path();
+    let base = format!("https://127.0.0.1:{}", webhook.port);
+    let fleet = |token: &str| -> (u16, Value) {
+        let auth = format!("Authorization: Bearer {token}");
+        let headers: Vec<&str> = if token.is_empty() {
+            vec![]
+        } else {
+            vec![&auth]
+        };
+        let (status, body) =
+            mcp_guard_tests::apiserver::curl_with(&ca, &format!("{base}/fleet"), &headers);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    };
+    let by_pod = |list: &Value| -> BTreeMap<String, Value> {
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (r["pod"].as_str().unwrap_or("").to_string(), r.clone()))
+            .collect()
+    };
+    // The rows fill in as the caches see the pod IPs (the view is at most 5 s old).
+    wait_until(Duration::from_secs(60), || {
+        let (status, list) = fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN);
+        let rows = by_pod(&list);
+        Ok(status == 200
+            && rows.len() == 3
+            && rows.values().all(|r| r["policyHash"].is_string())
+            && rows["fresh"]["requests"].as_u64().is_some_and(|n| n >= 2))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "the fleet never showed three observed pods ({e}): {}\n{}",
+            fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN).1,
+            webhook.proc.logs()
+        )
+    });
+    let (_, all) = fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN);
+    let rows = by_pod(&all);
+    let fresh = &rows["fresh"];
+    assert_eq!(fresh["namespace"], "apps");
+    assert_eq!(fresh["policy"], POLICY);
+    assert_eq!(fresh["distributedHash"], hash.as_str());
+    assert_eq!(fresh["policyHash"], hash.as_str());
+    assert_eq!(fresh["drift"], false, "{fresh:#}");
+    assert!(
+        fresh["denied"].as_u64().is_some_and(|n| n >= 1),
+        "{fresh:#}"
+    );
+    assert!(fresh["sidecarVersion"].is_string(), "{fresh:#}");
+    assert_eq!(fresh["images"], json!(["example.com/mcp:1"]));
+    let stale_row = &rows["stale"];
+    assert_eq!(stale_row["drift"], true, "{stale_row:#}");
+    assert_ne!(stale_row["policyHash"], hash.as_str());
+    assert_eq!(rows["elsewhere"]["namespace"], "other");
+
+    // RBAC: the viewer sees `apps` only; no token, no fleet.
+    let (status, mine) = fleet(&viewer);
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(by_pod(&mine).keys().collect::<Vec<_>>(), ["fresh", "stale"]);
+    let (status, refused) = fleet("");
+    assert_eq!(status, 401, "{refused}");
+
+    // The CLI prints the same rows.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(mcp_guard_tests::apiserver::webhook_bin())
+            .arg("fleet")
+            .args(["--url", &base, "--token", &viewer, "--ca"])
+            .arg(&ca)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let json_out: Value = serde_json::from_str(&cli(&["-o", "json"])).unwrap();
+    let cli_rows = by_pod(&json_out);
+    assert_eq!(cli_rows.keys().collect::<Vec<_>>(), ["fresh", "stale"]);
+    assert_eq!(cli_rows["stale"]["drift"], true);
+    let table = cli(&["-n", "apps"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAMESPACE") && lines[0].contains("DRIFT"),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("stale") && l.contains(" yes ")),
+        "{table}"
+    );
+    drop(sidecars);
+}

@@ -51,6 +51,8 @@ pub struct Resource {
     pub group: &'static str,
     pub resource: &'static str,
     pub verb: &'static str,
+    /// The namespace, or `None` for all namespaces (and for cluster-scoped resources).
+    pub namespace: Option<String>,
     /// One object, or `None` for the whole collection.
     pub name: Option<String>,
 }
@@ -160,6 +162,7 @@ impl Access {
                     group: Some(what.group.to_string()),
                     resource: Some(what.resource.to_string()),
                     verb: Some(what.verb.to_string()),
+                    namespace: what.namespace.clone(),
                     name: what.name.clone(),
                     ..ResourceAttributes::default()
                 }),

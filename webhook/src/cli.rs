@@ -1,4 +1,4 @@
-//! The command line of `mcp-guard-webhook`: `serve` and `inject`.
+//! The command line of `mcp-guard-webhook`: `serve`, `inject` and `fleet`.
 
 use std::process::ExitCode;
 
@@ -43,6 +43,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Inject manifests offline (YAML or JSON, several documents) and print them.
     Inject(Box<InjectArgs>),
+    /// Show every injected pod: its server, the policy it enforces against the one distributed,
+    /// its counters (from the controller's `/fleet`).
+    Fleet(Box<crate::fleet::FleetArgs>),
 }
 
 /// Parses the command line and runs the command.
@@ -60,16 +63,21 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
+        Command::Fleet(args) => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(crate::fleet::run_cli(&args)) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("mcp-guard-webhook: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+                    eprintln!("mcp-guard-webhook fleet: {e}");
+                    ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Serve(args) => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(crate::server::serve(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +87,19 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("mcp-guard-webhook: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod fleet;
+pub mod fleet_api;
 pub mod inject;
 pub mod metrics;
 pub mod offline;

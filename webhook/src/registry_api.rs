@@ -349,6 +349,7 @@ async fn may_get(access: &Access, caller: &Caller, object: Option<&str>) -> Resu
         group: GROUP,
         resource: PLURAL,
         verb: "get",
+        namespace: None,
         name: object.map(str::to_string),
     };
     Ok(access.allowed(caller, &what).await?)

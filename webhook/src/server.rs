@@ -357,6 +357,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     };
     let config = InjectConfig::from_args(&args.injector, native);
     tracing::info!(native_sidecar = config.native_sidecar, image = %config.image, "injector configured");
+    let mut fleet_view = None;
     let controller = controller_client.map(|client| {
         let settings = crate::controller::Settings {
             own_namespace: config.own_namespace.clone(),
@@ -367,11 +368,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
             namespace = settings.own_namespace,
             "policy controller starting"
         );
-        let task = tokio::spawn(crate::controller::run(
-            client.clone(),
-            settings.clone(),
-            approved.clone(),
-        ));
+        let (view, run) =
+            crate::controller::start(client.clone(), settings.clone(), approved.clone());
+        fleet_view = Some(view);
+        let task = tokio::spawn(run);
         (task, client, settings)
     });
 
@@ -390,8 +390,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         approved: approved.clone(),
         metrics,
     });
+    let fleet = Arc::new(crate::fleet_api::FleetApi::new(
+        fleet_view,
+        access.clone(),
+        state.config.default_policy.clone(),
+    ));
     let registry = registry_api::Registry { approved, access };
-    let app = router(state, registry, args.max_body_bytes);
+    let app = router(state, registry, args.max_body_bytes).merge(crate::fleet_api::router(fleet));
 
     let listener = TcpListener::bind(args.listen)
         .await

@@ -157,30 +157,75 @@ pub async fn release(client: kube::Client, settings: &Settings) {
     .await;
 }
 
-/// Runs the controller forever (spawned by `serve`).
-pub async fn run(client: kube::Client, settings: Settings, approved: Option<ApprovedServers>) {
-    let own = settings.own_namespace.clone();
-    let identity = identity(&settings.args);
+/// What the fleet view reads from the controller's caches: the injected pods, and the hash
+/// each mirror holds. Every replica has them (the caches do not wait for leadership).
+#[derive(Clone)]
+pub struct FleetView {
+    pods: Store<k8s_openapi::api::core::v1::Pod>,
+    mirrors: Store<k8s_openapi::api::core::v1::ConfigMap>,
+}
+
+impl FleetView {
+    /// The injected pods that are not being deleted.
+    pub fn injected_pods(&self) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && perimeter::governed(p))
+            .collect()
+    }
+
+    /// (namespace, policy name) → the bundle hash its mirror holds.
+    pub fn distributed(&self) -> HashMap<(String, String), String> {
+        use kube::ResourceExt;
+        self.mirrors
+            .state()
+            .iter()
+            .filter_map(|m| {
+                let hash = m.annotations().get(HASH_ANNOTATION)?.clone();
+                Some(((m.namespace()?, m.name_any()), hash))
+            })
+            .collect()
+    }
+}
+
+/// Starts the controller's caches on the current runtime and returns the fleet's view of them
+/// with the controller itself, to be spawned (by `serve`).
+pub fn start(
+    client: kube::Client,
+    settings: Settings,
+    approved: Option<ApprovedServers>,
+) -> (FleetView, impl std::future::Future<Output = ()> + Send) {
     let notify = Arc::new(Notify::new());
-    let stores = Stores {
+    let stores = stores(&client, &settings.own_namespace, &notify);
+    let view = FleetView {
+        pods: stores.pods.clone(),
+        mirrors: stores.mirrors.clone(),
+    };
+    (view, run(client, settings, approved, notify, stores))
+}
+
+/// The controller's reflector caches, each event poking `notify`.
+fn stores(client: &kube::Client, own: &str, notify: &Arc<Notify>) -> Stores {
+    Stores {
         sources: reflect(
-            Api::namespaced(client.clone(), &own),
+            Api::namespaced(client.clone(), own),
             watcher::Config::default().labels(POLICY_LABEL),
-            Arc::clone(&notify),
+            Arc::clone(notify),
             "sources",
             |_| {},
         ),
         mirrors: reflect(
             Api::all(client.clone()),
             watcher::Config::default().labels(MIRROR_LABEL),
-            Arc::clone(&notify),
+            Arc::clone(notify),
             "mirrors",
             |_| {},
         ),
         namespaces: reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
-            Arc::clone(&notify),
+            Arc::clone(notify),
             "namespaces",
             |_| {},
         ),
@@ -189,18 +234,30 @@ pub async fn run(client: kube::Client, settings: Settings, approved: Option<Appr
         pods: reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
-            Arc::clone(&notify),
+            Arc::clone(notify),
             "pods",
             perimeter::prune,
         ),
         netpols: reflect(
             Api::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}")),
-            Arc::clone(&notify),
+            Arc::clone(notify),
             "networkpolicies",
             |_| {},
         ),
-    };
+    }
+}
+
+/// Runs the controller forever.
+async fn run(
+    client: kube::Client,
+    settings: Settings,
+    approved: Option<ApprovedServers>,
+    notify: Arc<Notify>,
+    stores: Stores,
+) {
+    let own = settings.own_namespace.clone();
+    let identity = identity(&settings.args);
     let leadership = lease::Leadership::default();
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &own);
     // Stops campaigning when `run` is dropped (aborted on shutdown), before the lease is released.

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
@@ -49,19 +49,27 @@ pub struct Report {
     pub unlisted: Vec<PodRef>,
 }
 
-/// Keeps of a pod only what the report and the controller read (name, namespace, labels,
-/// deletion, images): the controller's pod cache holds every pod of the cluster.
+/// Keeps of a pod only what the report, the controller and the fleet view read (name,
+/// namespace, labels, owner, deletion, images and ports, IP, mcp-guard's status and policy
+/// annotations): the controller's pod cache holds every pod of the cluster.
 pub fn prune(pod: &mut Pod) {
-    pod.metadata.annotations = None;
+    let keep_annotations = [crate::annotations::STATUS, crate::annotations::POLICY];
+    pod.metadata.annotations = pod.metadata.annotations.take().map(|mut a| {
+        a.retain(|k, _| keep_annotations.contains(&k.as_str()));
+        a
+    });
     pod.metadata.managed_fields = None;
-    pod.metadata.owner_references = None;
     pod.metadata.finalizers = None;
-    pod.status = None;
+    pod.status = pod.status.take().map(|s| PodStatus {
+        pod_ip: s.pod_ip,
+        ..PodStatus::default()
+    });
     let keep = |cs: &Vec<Container>| -> Vec<Container> {
         cs.iter()
             .map(|c| Container {
                 name: c.name.clone(),
                 image: c.image.clone(),
+                ports: c.ports.clone(),
                 ..Container::default()
             })
             .collect()
@@ -254,7 +262,7 @@ mod tests {
     fn pruning_keeps_what_the_report_reads() {
         let mut p = pod("apps", "rogue", "example.com/tickets:1", json!({"a": "b"}));
         prune(&mut p);
-        assert!(p.metadata.annotations.is_none());
+        assert!(p.metadata.annotations.as_ref().is_none_or(|a| a.is_empty()));
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("example.com/tickets:1"));
         assert!(c.args.is_none());

@@ -471,6 +471,22 @@ fn approved_servers_get_the_perimeter_report_and_their_egress_network_policy() {
     };
     api.apply(&entry(true));
     api.apply(&namespace("apps", &[]));
+    // Admission reads the catalog from a watch: wait until it knows the entry (a server-side dry
+    // run of an opted-in pod comes back labelled with it) before creating the pods.
+    let probe = pod_of("probe", "apps", "example.com/tickets:1", true, json!({}));
+    wait_until(Duration::from_secs(60), || {
+        let out = api.kubectl(&["create", "--dry-run=server", "-o", "json"], Some(&probe));
+        Ok(out.success()
+            && serde_json::from_str::<Value>(&out.stdout).is_ok_and(|p| {
+                p["metadata"]["labels"]["mcp-guard.dev/approved-server"] == "tickets"
+            }))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "admission never saw the entry ({e})\n{}",
+            webhook.proc.logs()
+        )
+    });
     // Governed: injected by the webhook. Ungoverned: the same image, not opted in. A pod that
     // declares itself an MCP server, runs without the sidecar and is approved by no entry.
     api.apply(&pod_of(

@@ -36,19 +36,7 @@ die() {
 
 export DEBIAN_FRONTEND=noninteractive
 
-# apt_ensure PKG...: install the Debian packages that are not installed yet.
-apt_ensure() {
-  local missing=()
-  local p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or install them)"
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq </dev/null >/dev/null || log "apt-get update failed; trying the install anyway"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # etcd

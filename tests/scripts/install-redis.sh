@@ -16,18 +16,10 @@ die() {
   exit 1
 }
 
+. "$(dirname "$0")/lib.sh"
 export DEBIAN_FRONTEND=noninteractive
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or install them)"
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq </dev/null >/dev/null || log "apt-get update failed; trying the install anyway"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
-fi
+apt_ensure "${PACKAGES[@]}"
 
 SERVER="$(command -v redis-server || true)"
 [ -x "$SERVER" ] || SERVER=/usr/bin/redis-server

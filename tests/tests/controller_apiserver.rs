@@ -929,27 +929,9 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
 
     // The sidecar, started from the stored pod's sidecar container: its env, with the addresses
     // and the volume path moved to this machine.
-    let stored = api.get_json("pod", "apps", "srv");
-    let sidecar = stored["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "mcp-guard")
-        .cloned()
-        .expect("the sidecar container");
     let (_server, upstream) = start_example_server();
     let (port, admin) = (free_port(), free_port());
-    let mut env: BTreeMap<String, String> = sidecar["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_string(),
-                e["value"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let (mut env, _) = injected_sidecar(&api, "apps", "srv");
     assert_eq!(env["MCP_GUARD_POLICY_DIR"], "/etc/mcp-guard/policy");
     env.insert("MCP_GUARD_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert(
@@ -961,8 +943,6 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
         "MCP_GUARD_POLICY_DIR".into(),
         vol.path().display().to_string(),
     );
-    env.insert("MCP_GUARD_POD_NAME".into(), "srv".into());
-    env.insert("MCP_GUARD_POD_NAMESPACE".into(), "apps".into());
     let mut proc = Proc::spawn(
         "mcp-guard-sidecar",
         std::process::Command::new(sidecar_bin()).envs(&env),
@@ -1022,9 +1002,34 @@ fn sidecar_from_the_injected_spec_follows_an_edit_of_the_source_without_restart(
     assert_eq!(status(&api)["hash"], hash2.as_str());
 }
 
-/// Starts a real sidecar as the injected pod `namespace/name` would run: the stored sidecar
-/// container's env, with its admin port on `ip` (the pod IP this test gives the pod, a loopback
-/// address of its own), the MCP port on a free loopback port, and `policy_dir` as its volume.
+/// The stored pod's sidecar container as the kubelet would run it: its environment (the
+/// downward API's pod name and namespace filled in) and its admin port.
+fn injected_sidecar(
+    api: &ApiServer,
+    namespace: &str,
+    name: &str,
+) -> (BTreeMap<String, String>, u16) {
+    let stored = api.get_json("pod", namespace, name);
+    let sidecar = mcp_guard_webhook::inject::sidecar_of(&stored).expect("the sidecar container");
+    let admin_port = sidecar["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == mcp_guard_webhook::inject::ADMIN_PORT_NAME)
+        .and_then(|p| u16::try_from(p["containerPort"].as_u64()?).ok())
+        .expect("the admin port");
+    let mut env: BTreeMap<String, String> = mcp_guard_tests::container_env(sidecar, None)
+        .into_iter()
+        .collect();
+    env.insert("MCP_GUARD_POD_NAME".into(), name.into());
+    env.insert("MCP_GUARD_POD_NAMESPACE".into(), namespace.into());
+    (env, admin_port)
+}
+
+/// Starts a real sidecar as the injected pod `namespace/name` would run
+/// ([`injected_sidecar`]), with its admin port on `ip` (the pod IP this test gives the pod, a
+/// loopback address of its own), the MCP port on a free loopback port, and `policy_dir` as its
+/// volume.
 fn sidecar_of_pod(
     api: &ApiServer,
     namespace: &str,
@@ -1033,40 +1038,7 @@ fn sidecar_of_pod(
     policy_dir: &std::path::Path,
     upstream: u16,
 ) -> (Proc, u16) {
-    let stored = api.get_json("pod", namespace, name);
-    let containers = stored["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            stored["spec"]["initContainers"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        );
-    let sidecar = containers
-        .into_iter()
-        .find(|c| c["name"] == "mcp-guard")
-        .cloned()
-        .expect("the sidecar container");
-    let admin_port = sidecar["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "mcp-guard-admin")
-        .and_then(|p| p["containerPort"].as_u64())
-        .expect("the admin port");
-    let mut env: BTreeMap<String, String> = sidecar["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_string(),
-                e["value"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let (mut env, admin_port) = injected_sidecar(api, namespace, name);
     let port = free_port();
     env.insert("MCP_GUARD_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert(

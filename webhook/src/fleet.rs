@@ -86,19 +86,9 @@ pub fn targets(
             .get(POLICY)
             .cloned()
             .unwrap_or_else(|| default_policy.to_string());
-        let spec = pod.spec.as_ref();
-        let containers = spec
-            .map(|s| s.containers.iter())
-            .into_iter()
-            .flatten()
-            .chain(
-                spec.and_then(|s| s.init_containers.as_ref())
-                    .into_iter()
-                    .flatten(),
-            );
         let mut images = Vec::new();
         let mut admin_port = None;
-        for c in containers {
+        for c in crate::controller::perimeter::containers(pod) {
             if c.name == SIDECAR_NAME {
                 admin_port = c
                     .ports
@@ -219,7 +209,7 @@ pub async fn observe(targets: Vec<Target>, concurrency: usize, timeout: Duration
 async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
     let mut row = t.row;
     let Some(admin) = t.admin else {
-        row.drift = row.distributed_hash.is_some();
+        row.drift = drift(&row);
         return row;
     };
     let get = |path: &str| {
@@ -248,12 +238,15 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
         row.denied = Some(denied);
         row.tool_changes = Some(changes);
     }
-    row.drift = match (&row.distributed_hash, &row.policy_hash) {
-        (Some(d), Some(p)) => d != p,
-        (Some(_), None) => true,
-        _ => false,
-    };
+    row.drift = drift(&row);
     row
+}
+
+/// A hash was distributed and the sidecar does not (or cannot say it does) enforce it.
+fn drift(row: &Row) -> bool {
+    row.distributed_hash
+        .as_ref()
+        .is_some_and(|d| row.policy_hash.as_ref() != Some(d))
 }
 
 /// The rows as a table, like `kubectl get` (`wide` adds workload, images and tool changes).

@@ -141,6 +141,15 @@ pub struct Entry {
     pub updated: Option<String>,
 }
 
+impl Entry {
+    /// Whether this entry approves `image` in `namespace` (whatever runtime class it requires).
+    pub fn approves(&self, image: &str, namespace: &str) -> bool {
+        let image = ImageRef::parse(image);
+        (self.spec.namespaces.is_empty() || self.spec.namespaces.iter().any(|n| n == namespace))
+            && self.spec.images.iter().any(|rule| image.matches(rule))
+    }
+}
+
 /// The approved servers known to the webhook.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
@@ -206,11 +215,9 @@ impl Catalog {
         image: &'a str,
         namespace: &'a str,
     ) -> impl Iterator<Item = &'a Entry> {
-        let image = ImageRef::parse(image);
-        self.entries.iter().filter(move |e| {
-            (e.spec.namespaces.is_empty() || e.spec.namespaces.iter().any(|n| n == namespace))
-                && e.spec.images.iter().any(|rule| image.matches(rule))
-        })
+        self.entries
+            .iter()
+            .filter(move |e| e.approves(image, namespace))
     }
 
     /// Whether some entry approves `image` in `namespace` for a pod of `runtime_class`.
@@ -245,15 +252,10 @@ pub fn entry_for<'a>(catalog: &'a Catalog, pod: &Value, namespace: &str) -> Opti
         })
         .collect();
     entries.sort_by(|a, b| a.object.cmp(&b.object));
-    let approves = |e: &Entry, image: &str| {
-        catalog
-            .approving(image, namespace)
-            .any(|a| a.object == e.object)
-    };
     entries
         .iter()
-        .find(|e| images.iter().all(|i| approves(e, i)))
-        .or_else(|| entries.iter().find(|e| approves(e, first)))
+        .find(|e| images.iter().all(|i| e.approves(i, namespace)))
+        .or_else(|| entries.iter().find(|e| e.approves(first, namespace)))
         .copied()
 }
 

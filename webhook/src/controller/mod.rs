@@ -101,13 +101,15 @@ pub struct Settings {
     pub args: ControllerArgs,
 }
 
-/// Starts a reflector whose every event pokes `notify`.
+/// Starts a reflector (objects pruned by `prune`) whose events about objects `wakes` accepts,
+/// and the end of each (re)list, poke `notify`.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     notify: Arc<Notify>,
     what: &'static str,
     prune: fn(&mut K),
+    wakes: fn(&K) -> bool,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -119,7 +121,11 @@ where
         let mut s = std::pin::pin!(reflector::reflector(writer, stream));
         while let Some(ev) = s.next().await {
             match ev {
-                Ok(_) => notify.notify_one(),
+                Ok(watcher::Event::Apply(k) | watcher::Event::Delete(k)) if wakes(&k) => {
+                    notify.notify_one()
+                }
+                Ok(watcher::Event::InitDone) => notify.notify_one(),
+                Ok(_) => {}
                 Err(e) => tracing::warn!(watch = what, error = %e, "watch error; retrying"),
             }
         }
@@ -214,6 +220,7 @@ fn stores(client: &kube::Client, own: &str, notify: &Arc<Notify>) -> Stores {
             Arc::clone(notify),
             "sources",
             |_| {},
+            |_| true,
         ),
         mirrors: reflect(
             Api::all(client.clone()),
@@ -221,6 +228,7 @@ fn stores(client: &kube::Client, own: &str, notify: &Arc<Notify>) -> Stores {
             Arc::clone(notify),
             "mirrors",
             |_| {},
+            |_| true,
         ),
         namespaces: reflect(
             Api::all(client.clone()),
@@ -228,15 +236,19 @@ fn stores(client: &kube::Client, own: &str, notify: &Arc<Notify>) -> Stores {
             Arc::clone(notify),
             "namespaces",
             |_| {},
+            |_| true,
         ),
         // Every pod, not only injected ones: the perimeter report looks for approved images
-        // running without the sidecar. Pruned as they arrive, so the cache holds little.
+        // running without the sidecar. Pruned as they arrive, so the cache holds little; only
+        // pods of mcp-guard's (injected, or labelled MCP servers) start a pass at once, the
+        // others are reported at the next pass (at most --resync-interval later).
         pods: reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
             Arc::clone(notify),
             "pods",
             perimeter::prune,
+            perimeter::wakes,
         ),
         netpols: reflect(
             Api::all(client.clone()),
@@ -244,6 +256,7 @@ fn stores(client: &kube::Client, own: &str, notify: &Arc<Notify>) -> Stores {
             Arc::clone(notify),
             "networkpolicies",
             |_| {},
+            |_| true,
         ),
     }
 }

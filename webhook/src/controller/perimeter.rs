@@ -81,27 +81,32 @@ pub fn prune(pod: &mut Pod) {
     });
 }
 
+/// Whether a change to this pod starts a controller pass at once: an injected pod (policy and
+/// NetworkPolicies depend on where they run) or a pod labelled as an MCP server. Any other pod
+/// waits for the next pass, so the churn of unrelated pods costs the controller nothing.
+pub fn wakes(pod: &Pod) -> bool {
+    governed(pod) || pod.labels().get(SERVER_LABEL).map(String::as_str) == Some("true")
+}
+
 /// Whether the webhook injected the pod.
 pub fn governed(pod: &Pod) -> bool {
     pod.labels().get(LABEL_INJECTED).map(String::as_str) == Some("true")
 }
 
-fn images(pod: &Pod) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// The pod's containers and init containers.
+pub fn containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     let spec = pod.spec.as_ref();
-    let all = spec
-        .map(|s| s.containers.iter())
+    let init = spec.and_then(|s| s.init_containers.as_ref());
+    spec.map(|s| s.containers.iter())
         .into_iter()
         .flatten()
-        .chain(
-            spec.and_then(|s| s.init_containers.as_ref())
-                .into_iter()
-                .flatten(),
-        );
-    for c in all {
-        if let Some(i) = &c.image
-            && !out.contains(i)
-        {
+        .chain(init.into_iter().flatten())
+}
+
+fn images(pod: &Pod) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in containers(pod).filter_map(|c| c.image.as_ref()) {
+        if !out.contains(i) {
             out.push(i.clone());
         }
     }

@@ -208,7 +208,7 @@ pub fn mcp_name(data: &[u8]) {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(decoded) = crate::proxy::decode_header_value(raw)
+    if let Ok(decoded) = crate::proxy::headers::decode_header_value(raw)
         && !raw.starts_with("=?base64?")
     {
         assert_eq!(decoded, raw);

@@ -2,6 +2,7 @@
 //! forwarded to the MCP server only when allowed; answers stream back, list answers filtered.
 
 pub(crate) mod clients;
+pub(crate) mod headers;
 mod legacy;
 pub mod rewrite;
 
@@ -22,6 +23,7 @@ use crate::limits::{Limiter, Quota, Tripped};
 use crate::metrics::{Metrics, Outcome};
 use crate::sse;
 use crate::upstream::{Upstream, UpstreamError, strip_hop_by_hop};
+use headers::check_mirrored_headers;
 use mcp_guard_policy::mcp::{self, Class, List};
 use rewrite::{BoxError, Rewriter, SseRewriteBody};
 
@@ -82,63 +84,6 @@ fn is_content_type(headers: &HeaderMap, essence: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(essence))
-}
-
-/// Checks the `Mcp-Method` and `Mcp-Name` headers of MCP 2026-07-28 against the body. They let
-/// intermediaries route without reading the body, so a request whose headers say one thing and
-/// whose body says another is refused: the server must not be told something else than what
-/// mcp-guard decided on.
-fn check_mirrored_headers(headers: &HeaderMap, payload: &Payload) -> Result<(), String> {
-    let method_h = headers.get("mcp-method");
-    let name_h = headers.get("mcp-name");
-    if method_h.is_none() && name_h.is_none() {
-        return Ok(());
-    }
-    let Payload::Single(msg) = payload else {
-        return Err("Mcp-Method / Mcp-Name headers cannot describe a batch".into());
-    };
-    if let Some(h) = method_h {
-        let v = h
-            .to_str()
-            .map_err(|_| "the Mcp-Method header is not visible ASCII".to_owned())?;
-        if Some(v) != msg.method() {
-            return Err(format!(
-                "the Mcp-Method header {v:?} does not match the body's method {:?}",
-                msg.method().unwrap_or("(none)")
-            ));
-        }
-    }
-    if let Some(h) = name_h {
-        let raw = h
-            .to_str()
-            .map_err(|_| "the Mcp-Name header is not visible ASCII".to_owned())?;
-        let v = decode_header_value(raw)?;
-        if Some(v.as_ref()) != msg.mirrored_name() {
-            return Err(format!(
-                "the Mcp-Name header {v:?} does not match the body's name {:?}",
-                msg.mirrored_name().unwrap_or("(none)")
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A mirrored header value as MCP 2026-07-28 writes it: plain, or `=?base64?<base64>?=` for a
-/// value that is not plain printable ASCII (a tool named `grüßen`, a URI with `é`).
-pub(crate) fn decode_header_value(raw: &str) -> Result<std::borrow::Cow<'_, str>, String> {
-    use base64::Engine as _;
-    let Some(inner) = raw
-        .strip_prefix("=?base64?")
-        .and_then(|r| r.strip_suffix("?="))
-    else {
-        return Ok(std::borrow::Cow::Borrowed(raw));
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(inner)
-        .map_err(|e| format!("the Mcp-Name header {raw:?} is not valid base64: {e}"))?;
-    String::from_utf8(bytes)
-        .map(std::borrow::Cow::Owned)
-        .map_err(|_| format!("the Mcp-Name header {raw:?} does not decode to UTF-8"))
 }
 
 /// The outcome of putting every message of a body to the interceptor.

@@ -1,8 +1,14 @@
 //! The server's own tool definitions, as its `tools/list` answers showed them: policy reads a
-//! tool's annotations (`readOnlyHint`, `destructiveHint`) from here, and each definition is pinned
-//! by hash so a tool that changes under the same name is noticed.
+//! tool's annotations (`readOnlyHint`, `destructiveHint`) from here, the proxy the arguments a
+//! call mirrors into `Mcp-Param-*` headers, and each definition is pinned by hash so a tool that
+//! changes under the same name is noticed.
+//!
+//! A pin is either *of record*, given at start (the approved definitions of the server's
+//! `ApprovedServer` entry, the same for every replica and every restart), or, when none are
+//! given, the first definition this sidecar saw. With pins of record, a tool they do not name is
+//! unpinned: the policy sees it as changed, like a changed one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -10,6 +16,7 @@ use regorus::Value as RegoValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::param_headers::{self, ParamHeaders};
 use crate::value::{Keys, convert, object};
 
 /// Tools remembered at most; a server with more is unusual. Past it a new name cannot be pinned,
@@ -23,10 +30,13 @@ const UNPINNED: &str = "";
 #[derive(Debug, Clone)]
 struct Entry {
     hash: Arc<str>,
-    /// The hash first seen for this name (pinned for the life of the sidecar).
+    /// The pin of record for this name, or else the hash first seen (pinned for the life of
+    /// the sidecar); empty when unpinned.
     pinned: Arc<str>,
     /// The definition as the policy sees it, converted once per definition.
     view: RegoValue,
+    /// The arguments this definition mirrors into `Mcp-Param-*` headers.
+    params: ParamHeaders,
 }
 
 /// What changed when a list answer was recorded.
@@ -60,6 +70,35 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct ToolCatalog {
     inner: RwLock<Inner>,
+    /// Pins of record by tool name; empty when the sidecar pins what it sees first.
+    of_record: HashMap<String, Arc<str>>,
+}
+
+/// One tool as the catalog holds it, for the admin port and the fleet view.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Pin {
+    pub name: String,
+    pub hash: String,
+    /// Empty when the tool is unpinned (not among the pins of record, or the catalog was full).
+    pub pinned_hash: String,
+    pub changed: bool,
+    /// `record` (given at start) or `first_seen` (by this sidecar).
+    pub pinned_by: &'static str,
+}
+
+/// Reads pins of record: a JSON object of tool name to `sha256:<64 hex digits>`.
+pub fn parse_pins(json: &str) -> Result<BTreeMap<String, String>, String> {
+    let pins: BTreeMap<String, String> = serde_json::from_str(json)
+        .map_err(|e| format!("pinned tools are not a JSON object of name to hash: {e}"))?;
+    for (name, hash) in &pins {
+        let hex = hash.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "the pin of tool {name:?} is {hash:?}, not sha256: and 64 lower-case hex digits"
+            ));
+        }
+    }
+    Ok(pins)
 }
 
 /// `sha256:<hex>` of a tool definition's canonical JSON (object keys sorted).
@@ -80,6 +119,26 @@ pub fn definition_hash(def: &Value) -> String {
 }
 
 impl ToolCatalog {
+    /// A catalog that compares every definition with these pins of record (tool name to hash)
+    /// instead of pinning what it sees first.
+    pub fn with_pins(pins: BTreeMap<String, String>) -> Self {
+        ToolCatalog {
+            inner: RwLock::default(),
+            of_record: pins.into_iter().map(|(n, h)| (n, h.into())).collect(),
+        }
+    }
+
+    /// The pin a name gets when first listed: its pin of record (or none, when there are pins
+    /// of record and this name is not among them), else the definition's own hash.
+    fn first_pin(&self, name: &str, hash: &Arc<str>, unpinned: &Arc<str>) -> Arc<str> {
+        if self.of_record.is_empty() {
+            return Arc::clone(hash);
+        }
+        self.of_record
+            .get(name)
+            .map_or_else(|| Arc::clone(unpinned), Arc::clone)
+    }
+
     /// Records the tools of one `tools/list` answer (before filtering): pins each new name,
     /// reports each definition that differs from its pinned one, and returns every item's
     /// policy view, in list order.
@@ -107,6 +166,7 @@ impl ToolCatalog {
                 Some(e) => {
                     e.view = annotate(def, &hash, &e.pinned, keys);
                     e.hash = Arc::clone(&hash);
+                    e.params = param_headers::declared(def.get("inputSchema"));
                     if e.pinned != hash {
                         recorded.changed.push(Changed {
                             tool: name.to_owned(),
@@ -121,13 +181,22 @@ impl ToolCatalog {
                     annotate(def, &hash, &unpinned, keys)
                 }
                 None => {
-                    let view = annotate(def, &hash, &hash, keys);
+                    let pinned = self.first_pin(name, &hash, &unpinned);
+                    if pinned != hash {
+                        recorded.changed.push(Changed {
+                            tool: name.to_owned(),
+                            pinned: Arc::clone(&pinned),
+                            now: Arc::clone(&hash),
+                        });
+                    }
+                    let view = annotate(def, &hash, &pinned, keys);
                     map.insert(
                         name.to_owned(),
                         Entry {
-                            pinned: Arc::clone(&hash),
+                            pinned,
                             hash: Arc::clone(&hash),
                             view: view.clone(),
+                            params: param_headers::declared(def.get("inputSchema")),
                         },
                     );
                     view
@@ -144,6 +213,40 @@ impl ToolCatalog {
         let inner = self.inner.read();
         let e = inner.tools.get(name)?;
         Some((e.view.clone(), Arc::clone(&e.hash)))
+    }
+
+    /// What the server's last listing of tool `name` mirrors into `Mcp-Param-*` headers; `None`
+    /// when the server has not listed it.
+    pub fn param_headers(&self, name: &str) -> Option<ParamHeaders> {
+        self.inner.read().tools.get(name).map(|e| e.params.clone())
+    }
+
+    /// Every tool listed so far with its hash and pin, by name.
+    pub fn pins(&self) -> Vec<Pin> {
+        let by = if self.of_record.is_empty() {
+            "first_seen"
+        } else {
+            "record"
+        };
+        let inner = self.inner.read();
+        let mut pins: Vec<Pin> = inner
+            .tools
+            .iter()
+            .map(|(name, e)| Pin {
+                name: name.clone(),
+                hash: e.hash.to_string(),
+                pinned_hash: e.pinned.to_string(),
+                changed: e.hash != e.pinned,
+                pinned_by: by,
+            })
+            .collect();
+        pins.sort_by(|a, b| a.name.cmp(&b.name));
+        pins
+    }
+
+    /// How many pins of record this catalog was given.
+    pub fn pins_of_record(&self) -> usize {
+        self.of_record.len()
     }
 
     /// The policy view of a definition: the recorded one, or (for a tool the server has not
@@ -258,6 +361,60 @@ mod tests {
             Some(definition_hash(&late).as_str())
         );
         assert!(c.view("late").is_none(), "not pinned");
+    }
+
+    #[test]
+    fn pins_of_record_decide_changed_from_the_first_listing() {
+        let v1 = json!({"name": "echo", "description": "Echoes"});
+        let v2 = json!({"name": "echo", "description": "Echoes, and sends your files away"});
+        let new = json!({"name": "exfiltrate"});
+        let pins = parse_pins(&json!({"echo": definition_hash(&v1)}).to_string()).unwrap();
+        let seen = |c: &ToolCatalog, n: &str| -> Value {
+            serde_json::from_str(&c.view(n).unwrap().0.to_json_str().unwrap()).unwrap()
+        };
+        // A replica that starts after the server changed its tool sees the change at once.
+        let c = ToolCatalog::with_pins(pins.clone());
+        let recorded = c.record(&[v2.clone(), new.clone()]);
+        assert_eq!(recorded.changed.len(), 2, "{:?}", recorded.changed);
+        assert_eq!(seen(&c, "echo")["changed"], true);
+        assert_eq!(
+            seen(&c, "echo")["pinned_hash"].as_str(),
+            Some(definition_hash(&v1).as_str())
+        );
+        assert_eq!(
+            seen(&c, "exfiltrate")["changed"],
+            true,
+            "not among the pins"
+        );
+        assert_eq!(seen(&c, "exfiltrate")["pinned_hash"], "");
+        // The approved definition is not changed, whoever lists it first.
+        let c = ToolCatalog::with_pins(pins);
+        assert!(c.record(std::slice::from_ref(&v1)).changed.is_empty());
+        assert_eq!(seen(&c, "echo")["changed"], false);
+        let pins = c.pins();
+        assert_eq!(pins.len(), 1);
+        assert_eq!(pins[0].pinned_by, "record");
+        assert!(!pins[0].changed);
+    }
+
+    #[test]
+    fn malformed_pins_of_record_are_refused_by_name() {
+        let err = parse_pins(r#"{"echo": "sha256:abc"}"#).unwrap_err();
+        assert!(err.contains("\"echo\""), "{err}");
+        assert!(parse_pins("[1]").is_err());
+        let ok = format!(r#"{{"echo": "sha256:{}"}}"#, "0".repeat(64));
+        assert_eq!(parse_pins(&ok).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_catalog_keeps_each_tools_mirrored_parameters() {
+        let c = ToolCatalog::default();
+        let def = json!({"name": "deploy", "inputSchema": {"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"}}}});
+        c.record(std::slice::from_ref(&def));
+        let params = c.param_headers("deploy").unwrap().unwrap();
+        assert_eq!(params[0].header, "mcp-param-region");
+        assert!(c.param_headers("other").is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod mcp;
 pub mod nesting;
 pub mod offline;
+pub mod param_headers;
 pub mod value;
 
 use std::path::PathBuf;

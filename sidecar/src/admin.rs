@@ -8,8 +8,13 @@
 //!   and the policy state is known (a bundle in force, or none, which denies). It never looks at
 //!   the MCP server, which the kubelet starts only after the sidecar has started: the postStart
 //!   hook of the regular-container form and the native form's startupProbe wait on this;
-//! * `/readyz`: the pod can take traffic: started, not draining, and the MCP server accepts
-//!   connections (the readiness probe, which decides the Service's endpoints).
+//! * `/readyz`: the pod can take traffic: started, not draining, the MCP server accepts
+//!   connections, and the server has answered the sidecar's own listing of its tools (with them,
+//!   or a refusal), so the first call is decided on the server's definition of its tool (the
+//!   readiness probe, which decides the Service's endpoints).
+//!
+//! `/tools` shows the tools the sidecar knows, each with its hash and pin, and its listing's
+//! state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +27,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
+use mcp_guard_policy::catalog::ToolCatalog;
+
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::tools::Listing;
 use crate::upstream::Upstream;
 
 /// What the admin endpoints look at.
@@ -35,6 +43,10 @@ pub struct AdminState {
     pub listen: SocketAddr,
     /// The policy store, when a policy directory is configured.
     pub policy: Option<Arc<PolicyStore>>,
+    /// The server's tools as the sidecar knows them.
+    pub catalog: Arc<ToolCatalog>,
+    /// Where the sidecar's own listing of the server's tools stands.
+    pub listing: watch::Receiver<Listing>,
     pub draining: Arc<AtomicBool>,
     pub shutdown: watch::Sender<bool>,
 }
@@ -47,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/policy", get(policy))
+        .route("/tools", get(tools))
         .route("/shutdown", post(shutdown))
         .with_state(state)
 }
@@ -90,6 +103,17 @@ async fn policy(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
     })
 }
 
+/// `/tools`: the sidecar's listing state, how many pins of record it was given, and each tool
+/// it knows with its hash, pin and whether it differs.
+async fn tools(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
+    let listing = s.listing.borrow().clone();
+    axum::Json(serde_json::json!({
+        "listing": listing,
+        "pins_of_record": s.catalog.pins_of_record(),
+        "tools": s.catalog.pins(),
+    }))
+}
+
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
@@ -99,6 +123,11 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             "MCP server at {} does not accept connections\n",
             s.upstream.authority()
         );
+        return (StatusCode::SERVICE_UNAVAILABLE, msg);
+    }
+    if let Listing::Pending { last_error } = &*s.listing.borrow() {
+        let why = last_error.as_deref().unwrap_or("no answer yet");
+        let msg = format!("listing the MCP server's tools ({why})\n");
         return (StatusCode::SERVICE_UNAVAILABLE, msg);
     }
     (StatusCode::OK, "ok\n".to_owned())

@@ -74,6 +74,12 @@ pub struct ProxyConfig {
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Do not list the MCP server's tools at start. By default the sidecar lists them (as a
+    /// client would, without identity), so the first call is decided on the server's definition
+    /// of its tool, and readiness waits until the server has answered (its tools, or a refusal).
+    #[arg(long, env = env::SKIP_TOOL_LISTING)]
+    pub skip_tool_listing: bool,
+
     /// Identity: token verification and how the identity reaches the server.
     #[command(flatten)]
     pub auth: crate::auth::AuthConfig,

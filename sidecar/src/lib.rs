@@ -24,6 +24,7 @@ pub mod server;
 pub mod sse;
 pub mod telemetry;
 pub mod time;
+pub mod tools;
 pub mod upstream;
 
 use std::future::Future;
@@ -37,6 +38,7 @@ use tower::ServiceExt;
 
 pub use config::ProxyConfig;
 use intercept::{Chain, Interceptor, StaticToolFilter};
+use mcp_guard_policy::catalog::ToolCatalog;
 use metrics::Metrics;
 use policy::{PolicyInterceptor, PolicyStore};
 use proxy::Proxy;
@@ -72,6 +74,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
 fn build_interceptor(
     config: &ProxyConfig,
     metrics: &Arc<Metrics>,
+    catalog: &Arc<ToolCatalog>,
 ) -> (Arc<dyn Interceptor>, Option<Arc<PolicyStore>>) {
     let static_list: Arc<dyn Interceptor> = Arc::new(StaticToolFilter::new(
         &config.allow_tools,
@@ -92,10 +95,11 @@ fn build_interceptor(
         enforcement = config.policy.enforcement.as_str(),
         "policy enabled"
     );
-    let policy: Arc<dyn Interceptor> = Arc::new(PolicyInterceptor::new(
+    let policy: Arc<dyn Interceptor> = Arc::new(PolicyInterceptor::with_catalog(
         &config.policy,
         Arc::clone(&store),
         Arc::clone(metrics),
+        Arc::clone(catalog),
     ));
     (Arc::new(Chain(vec![static_list, policy])), Some(store))
 }
@@ -107,7 +111,14 @@ pub async fn run_proxy(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
-    let (interceptor, policy_store) = build_interceptor(&config, &metrics);
+    let catalog = Arc::new(policy::interceptor::catalog_of(&config.policy));
+    if catalog.pins_of_record() > 0 {
+        tracing::info!(
+            pins = catalog.pins_of_record(),
+            "tool definitions are compared with their pins of record"
+        );
+    }
+    let (interceptor, policy_store) = build_interceptor(&config, &metrics, &catalog);
     let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
     authenticator.log_startup();
     authenticator.set_metrics(Arc::clone(&metrics));
@@ -144,7 +155,19 @@ pub async fn run_proxy(
         Arc::clone(&metrics),
         Arc::clone(&authenticator),
         auditor.clone(),
+        Arc::clone(&catalog),
     )?;
+    let listing = if !config.skip_tool_listing {
+        tools::spawn_listing(
+            proxy.upstream().clone(),
+            &config.path,
+            config.max_list_bytes,
+            Arc::clone(&catalog),
+            Arc::clone(&metrics),
+        )
+    } else {
+        watch::channel(tools::Listing::Off).1
+    };
     {
         // Keys load off the request path; until they do, tokens are refused (fail closed).
         let authenticator = Arc::clone(&authenticator);
@@ -174,6 +197,8 @@ pub async fn run_proxy(
         upstream: proxy.upstream().clone(),
         listen: proxy_listener.local_addr().unwrap_or(config.listen),
         policy: policy_store,
+        catalog,
+        listing,
         draining,
         shutdown: stop_tx,
     });

@@ -179,6 +179,7 @@ async fn setup(extra: &[&str]) -> Fx {
         Arc::new(Metrics::new()),
         auth,
         None,
+        Arc::default(),
     )
     .unwrap();
     Fx {

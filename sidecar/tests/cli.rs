@@ -116,6 +116,9 @@ fn start_sidecar(upstream_port: u16) -> (String, tokio::task::JoinHandle<()>) {
         &upstream_port.to_string(),
         "--policy-dir",
         missing_policy.to_str().unwrap(),
+        // The "server" below is a bare TCP listener: readiness is asked of the connection alone
+        // (tests/tests/tool_pins.rs shows readiness waiting for a real server's tool listing).
+        "--skip-tool-listing",
     ])
     .unwrap()
     .c;

@@ -39,6 +39,8 @@ async fn sidecar(upstream_port: u16, extra: &[&str]) -> (SocketAddr, oneshot::Se
         admin,
         "--upstream-port".into(),
         upstream_port.to_string(),
+        // The raw socket takes exactly the connections the test expects: no listing of tools.
+        "--skip-tool-listing".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let cfg = W::try_parse_from(args).unwrap().c;

@@ -611,8 +611,13 @@ impl PyServer {
 
     /// Starts it on a given port (e.g. to bring back an upstream the sidecar already points at).
     pub fn start_on(answers: PyAnswers, port: u16) -> PyServer {
+        Self::start_on_with(answers, port, &[])
+    }
+
+    /// [`PyServer::start_on`] with more of `server.py`'s flags.
+    pub fn start_on_with(answers: PyAnswers, port: u16, extra: &[&str]) -> PyServer {
         let marker_dir = TempDir::new("py-markers");
-        let mut proc = Self::spawn(answers, marker_dir.path(), port, &[]);
+        let mut proc = Self::spawn(answers, marker_dir.path(), port, extra);
         if let Err(e) = wait_for_port(&mut proc, port, START_TIMEOUT) {
             panic!("python mcp server did not start on {port}: {e}");
         }
@@ -772,6 +777,17 @@ impl Sidecar {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
         http_blocking(addr, method, path, HTTP_TIMEOUT)
             .unwrap_or_else(|e| panic!("admin {method} {path}: {e}\n{}", self.proc.logs()))
+    }
+
+    /// Waits until `/readyz` answers 200, as the kubelet's readiness probe would (the sidecar
+    /// is ready once its server has answered the sidecar's own listing of its tools); panics
+    /// with the last answer and the logs when it does not within the start timeout.
+    pub fn wait_ready(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
+        if let Err(e) = wait_http_ok(&mut self.proc, addr, "/readyz", START_TIMEOUT) {
+            let (status, body) = self.admin("GET", "/readyz");
+            panic!("the sidecar is not ready ({status} {body}): {e}");
+        }
     }
 
     /// Panics (with its logs) when the sidecar process has exited.

@@ -286,6 +286,19 @@ impl IdentityServer {
         panic!("identity server did not start: {last}");
     }
 
+    /// The requests of clients (through the sidecar): [`Self::requests`] but the sidecar's own
+    /// listing of the server's tools at start (its `User-Agent` says `(tool listing)`).
+    pub fn client_requests(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                !r["headers"]["user-agent"].as_str().is_some_and(|ua| {
+                    ua.starts_with("mcp-guard-sidecar/") && ua.ends_with("(tool listing)")
+                })
+            })
+            .collect()
+    }
+
     /// Every request the server received so far: `{"method", "path", "headers"}`.
     pub fn requests(&self) -> Vec<Value> {
         fs::read_to_string(self.dir.path().join("requests.jsonl"))

@@ -461,14 +461,25 @@ fn approved_servers_get_the_perimeter_report_and_their_egress_network_policy() {
     let _g = serial();
     let Cluster { api, webhook } = start(&[]);
     api.install_approved_servers_crd();
-    // The entry declares the egress its server needs: its database, and nothing else.
+    // The entry declares the egress its server needs: its database, and nothing else; and it
+    // pins its server's tool definitions of record.
+    let pin = format!("sha256:{}", "ab".repeat(32));
     let entry = |egress: bool| {
-        let mut e = "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: tickets\nspec:\n  name: io.example/tickets\n  images:\n  - repository: example.com/tickets\n".to_string();
+        let mut e = format!(
+            "apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: tickets\nspec:\n  name: io.example/tickets\n  images:\n  - repository: example.com/tickets\n  tools:\n  - {{name: create_ticket, hash: \"{pin}\"}}\n"
+        );
         if egress {
             e.push_str("  egress:\n  - to:\n    - ipBlock: {cidr: 10.20.0.0/16}\n    - namespaceSelector: {matchLabels: {team: data}}\n      podSelector: {matchLabels: {app: postgres}}\n    ports:\n    - {protocol: TCP, port: 5432}\n");
         }
         e
     };
+    // The CRD's schema refuses a pin that is not a sha256, naming the field.
+    let bad = entry(false)
+        .replace("name: tickets\n", "name: bad-pin\n")
+        .replace(&pin, "sha256:abc");
+    let out = api.kubectl(&["apply", "-f", "-"], Some(&bad));
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(out.stderr.contains("spec.tools.hash"), "{}", out.stderr);
     api.apply(&entry(true));
     api.apply(&namespace("apps", &[]));
     // Admission reads the catalog from a watch: wait until it knows the entry (a server-side dry
@@ -518,6 +529,13 @@ fn approved_servers_get_the_perimeter_report_and_their_egress_network_policy() {
         json!({}),
     ));
     assert!(is_injected(&api.get_json("pod", "apps", "governed")));
+    // Its sidecar compares the server's tools with the entry's pins of record.
+    let (env, _) = injected_sidecar(&api, "apps", "governed");
+    assert_eq!(
+        env.get("MCP_GUARD_PINNED_TOOLS"),
+        Some(&format!(r#"{{"create_ticket":"{pin}"}}"#)),
+        "{env:?}"
+    );
 
     let status = || api.get_json("approvedserver", "", "tickets")["status"].clone();
     wait_until(Duration::from_secs(60), || {

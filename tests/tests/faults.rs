@@ -263,7 +263,7 @@ async fn identity_provider_down_at_start_refuses_tokens_with_503_until_it_comes_
         "readiness waits for no key"
     );
     assert!(
-        server.requests().is_empty(),
+        server.client_requests().is_empty(),
         "nothing reached the server while no key was loaded"
     );
 

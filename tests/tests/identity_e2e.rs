@@ -284,7 +284,7 @@ async fn adversarial_tokens_against_the_real_provider() {
         None,
     ));
 
-    let before = server.requests().len();
+    let before = server.client_requests().len();
     for (what, headers, target, status, error) in &cases {
         let h: Vec<(&str, &str)> = headers
             .iter()
@@ -302,7 +302,7 @@ async fn adversarial_tokens_against_the_real_provider() {
         }
     }
     assert_eq!(
-        server.requests().len(),
+        server.client_requests().len(),
         before,
         "a refused request reached the server"
     );
@@ -376,14 +376,14 @@ async fn token_exchange_at_the_provider() {
             "urn:mcp:upstream",
         ],
     );
-    let before = server.requests().len();
+    let before = server.client_requests().len();
     let (status, _) = probe(
         &bad.url("/mcp"),
         &[("authorization", &format!("Bearer {reader}"))],
     )
     .await;
     assert_eq!(status, 502);
-    assert_eq!(server.requests().len(), before);
+    assert_eq!(server.client_requests().len(), before);
     bad.assert_alive();
 }
 

@@ -161,6 +161,11 @@ const NOT_PER_WORKLOAD: &[(&str, &str)] = &[
         env::AUDIT_FILE,
         "the sidecar's root filesystem is read-only: the trail goes to stdout",
     ),
+    (
+        env::PINNED_TOOLS,
+        "admission writes it from the pod's ApprovedServer entry (spec.tools); a workload never \
+         chooses its own pins",
+    ),
 ];
 
 #[test]

@@ -163,6 +163,7 @@ async fn admin_livez_readyz_metrics() {
     let py = PyServer::start(PyAnswers::Json);
     let mut sc = Sidecar::start(py.port, &["--deny-tools", "secret_tool"]);
     assert_eq!(sc.admin("GET", "/livez").0, 200);
+    sc.wait_ready();
     assert_eq!(sc.admin("GET", "/readyz").0, 200);
     assert_serves(&mut sc).await;
     let denied = post(

@@ -121,6 +121,33 @@ pub fn sidecar_of(pod: &Value) -> Option<&Value> {
         .find(|c| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME))
 }
 
+/// Adds `name=value` to the env of the sidecar container an injection patch adds (whether the
+/// patch adds the container itself or a whole container list holding it). Returns whether it
+/// found the container.
+pub fn add_sidecar_env(patch: &mut json_patch::Patch, name: &str, value: &str) -> bool {
+    let is_sidecar = |c: &Value| c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME);
+    for op in &mut patch.0 {
+        let json_patch::PatchOperation::Add(add) = op else {
+            continue;
+        };
+        let container = if is_sidecar(&add.value) {
+            Some(&mut add.value)
+        } else if let Value::Array(list) = &mut add.value {
+            list.iter_mut().find(|c| is_sidecar(c))
+        } else {
+            None
+        };
+        if let Some(Value::Object(c)) = container {
+            let env = c.entry("env").or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(env) = env {
+                env.push(serde_json::json!({"name": name, "value": value}));
+                return true;
+            }
+        }
+    }
+    false
+}
+
 fn try_mutate(cfg: &InjectConfig, ctx: PodContext<'_>) -> Result<Outcome, Vec<AnnotationError>> {
     let pod = ctx.pod;
     let opt_in = match selection::select(

@@ -261,7 +261,9 @@ impl Offline {
         };
         match inject::mutate(&self.config, ctx) {
             Outcome::Injected { mut patch, .. } => {
-                patch.0.extend(runs_as);
+                if let Some(r) = runs_as {
+                    r.apply(&mut patch);
+                }
                 json_patch::patch(&mut pod, &patch)
                     .map_err(|source| OfflineError::Patch { index, source })?;
                 if pointer.is_empty() {

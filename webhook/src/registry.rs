@@ -76,6 +76,20 @@ pub struct ApprovedServerSpec {
     /// The controller keeps an egress NetworkPolicy with these rules plus DNS.
     #[serde(default)]
     pub egress: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyEgressRule>>,
+    /// The pinned tool definitions of record: admission hands them to the sidecar of every pod
+    /// that runs as this entry, so every replica and restart compares the server's tools with
+    /// the same approved hashes. Empty: each sidecar pins what it sees first.
+    #[serde(default)]
+    pub tools: Vec<PinnedTool>,
+}
+
+/// One pinned tool definition of record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedTool {
+    pub name: String,
+    /// `sha256:<hex>` of the definition, as the sidecar hashes it (its admin `/tools`).
+    pub hash: String,
 }
 
 /// The version of an entry that names none.
@@ -109,6 +123,18 @@ impl ApprovedServerSpec {
             return Err(format!(
                 "spec.version {version:?}: a version range; name one version (1.2.3)"
             ));
+        }
+        for t in &self.tools {
+            let hex = t.hash.strip_prefix("sha256:").unwrap_or_default();
+            if t.name.is_empty()
+                || hex.len() != 64
+                || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(format!(
+                    "spec.tools {:?}: needs a name and a hash sha256:<64 lower-case hex digits>, not {:?}",
+                    t.name, t.hash
+                ));
+            }
         }
         for r in &self.remotes {
             if !matches!(r.transport.as_str(), "streamable-http" | "sse") {
@@ -259,20 +285,56 @@ pub fn entry_for<'a>(catalog: &'a Catalog, pod: &Value, namespace: &str) -> Opti
         .copied()
 }
 
-/// [`assess`], and for a pod that passes, the operation labelling it with the entry it runs as
-/// ([`entry_for`], [`label_op`]): the caller appends it to the injection patch.
+/// What an injected pod takes from the entry it runs as: the label its egress NetworkPolicy
+/// selects, and the entry's pinned tools for its sidecar.
+#[derive(Debug, Clone)]
+pub struct RunsAs {
+    label: Option<json_patch::PatchOperation>,
+    /// The pins of record as the sidecar reads them (`MCP_GUARD_PINNED_TOOLS`), when the entry
+    /// names any.
+    pins: Option<String>,
+}
+
+impl RunsAs {
+    fn of(entry: &Entry) -> RunsAs {
+        let pins = (!entry.spec.tools.is_empty()).then(|| {
+            let map: BTreeMap<&str, &str> = entry
+                .spec
+                .tools
+                .iter()
+                .map(|t| (t.name.as_str(), t.hash.as_str()))
+                .collect();
+            serde_json::to_string(&map).unwrap_or_default()
+        });
+        RunsAs {
+            label: label_op(&entry.object),
+            pins,
+        }
+    }
+
+    /// Adds them to the injection patch (which has made sure the pod has labels).
+    pub fn apply(self, patch: &mut json_patch::Patch) {
+        if let Some(pins) = self.pins {
+            crate::inject::add_sidecar_env(patch, mcp_guard_common::env::PINNED_TOOLS, &pins);
+        }
+        patch.0.extend(self.label);
+    }
+}
+
+/// [`assess`], and for a pod that passes, what it takes from the entry it runs as
+/// ([`entry_for`], [`RunsAs`]): the caller applies it to the injection patch.
 pub fn admit(
     catalog: Option<&Catalog>,
     subject: Subject<'_>,
     default: Mode,
-) -> (Verdict, Option<json_patch::PatchOperation>) {
+) -> (Verdict, Option<RunsAs>) {
     let (pod, namespace) = (subject.pod, subject.namespace);
     let verdict = assess(catalog, subject, default);
-    let label = match (&verdict, catalog) {
-        (Verdict::Pass, Some(c)) => entry_for(c, pod, namespace).and_then(|e| label_op(&e.object)),
+    let runs_as = match (&verdict, catalog) {
+        (Verdict::Pass, Some(c)) => entry_for(c, pod, namespace).map(RunsAs::of),
         _ => None,
     };
-    (verdict, label)
+    (verdict, runs_as)
 }
 
 /// The operation that labels a pod with the entry it runs as ([`APPROVED_LABEL`]), appended to

@@ -289,7 +289,9 @@ async fn review(st: &AppState, body: &[u8]) -> Result<AdmissionResponse, (&'stat
         .unwrap_or("");
     match inject::mutate(&st.config, ctx) {
         Outcome::Injected { mut patch, traffic } => {
-            patch.0.extend(runs_as);
+            if let Some(r) = runs_as {
+                r.apply(&mut patch);
+            }
             match resp.clone().with_patch(patch) {
                 Ok(r) => {
                     st.metrics.injected(traffic);

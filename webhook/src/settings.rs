@@ -399,6 +399,12 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Duration,
         help: "on SIGTERM, how long open requests and streams may take to finish",
     },
+    Setting {
+        name: "skip-tool-listing",
+        env: env::SKIP_TOOL_LISTING,
+        kind: Kind::Bool,
+        help: "the sidecar does not list the server's tools at start (by default it does, and readiness waits for the answer)",
+    },
 ];
 
 /// Settings that only make sense for one workload: not accepted mesh-wide, ignored on a

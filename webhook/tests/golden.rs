@@ -151,7 +151,8 @@ fn golden() {
             namespace_annotations: &case.options.namespace_annotations,
             workload_name: None,
         };
-        // The label admission adds to an approved pod it injects (what its egress policy selects).
+        // What admission adds to an approved pod it injects: the label its egress policy selects,
+        // and the entry's pinned tools in the sidecar's env.
         let mut runs_as = None;
         if let Some(objects) = &case.options.approved_servers {
             let catalog = Catalog {
@@ -164,8 +165,8 @@ fn golden() {
                 namespace_labels: &case.options.namespace_labels,
                 own_namespace: &cfg.own_namespace,
             };
-            let (verdict, label) = admit(Some(&catalog), subject, cfg.approval_mode);
-            runs_as = label;
+            let (verdict, entry) = admit(Some(&catalog), subject, cfg.approval_mode);
+            runs_as = entry;
             let verdict = match verdict {
                 Verdict::Pass => "pass".to_string(),
                 Verdict::Refuse(m) => format!("refuse: {m}"),
@@ -197,7 +198,9 @@ fn golden() {
                 check_expected(&patch_path, "[]\n", &mut failures);
             }
             Outcome::Injected { mut patch, .. } => {
-                patch.0.extend(runs_as);
+                if let Some(r) = runs_as {
+                    r.apply(&mut patch);
+                }
                 if std::env::var_os("UPDATE_GOLDEN").is_some() {
                     let _ = fs::remove_file(&error_path);
                 }

@@ -19,6 +19,7 @@ pub const HEADER_TIMEOUT: &str = "MCP_GUARD_HEADER_TIMEOUT";
 pub const UPSTREAM_TIMEOUT: &str = "MCP_GUARD_UPSTREAM_TIMEOUT";
 pub const IDLE_TIMEOUT: &str = "MCP_GUARD_IDLE_TIMEOUT";
 pub const DRAIN_TIMEOUT: &str = "MCP_GUARD_DRAIN_TIMEOUT";
+pub const SKIP_TOOL_LISTING: &str = "MCP_GUARD_SKIP_TOOL_LISTING";
 
 // Logging (the sidecar's command line).
 /// Log filter, in `tracing` EnvFilter syntax.
@@ -63,6 +64,9 @@ pub const POLICY_POLL_INTERVAL: &str = "MCP_GUARD_POLICY_POLL_INTERVAL";
 pub const SERVER_NAME: &str = "MCP_GUARD_SERVER_NAME";
 pub const POD_NAMESPACE: &str = "MCP_GUARD_POD_NAMESPACE";
 pub const POD_NAME: &str = "MCP_GUARD_POD_NAME";
+/// Pins of record: a JSON object of tool name to `sha256:<hex>` (the webhook writes it from the
+/// pod's `ApprovedServer` entry).
+pub const PINNED_TOOLS: &str = "MCP_GUARD_PINNED_TOOLS";
 
 // Rate limits (`LimitsConfig`).
 pub const RATE_LIMIT_REDIS_URL: &str = "MCP_GUARD_RATE_LIMIT_REDIS_URL";

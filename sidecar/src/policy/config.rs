@@ -63,4 +63,11 @@ pub struct PolicyConfig {
     /// Name of the pod (policy input `server.pod`).
     #[arg(long, env = env::POD_NAME, default_value = "")]
     pub pod_name: String,
+
+    /// Pins of record, a JSON object of tool name to `sha256:<hex>` of its approved definition
+    /// (`input.tool.pinned_hash`), the same for every replica and restart. Without it, each
+    /// sidecar pins the definitions it sees first. With it, a tool not named is unpinned (policy
+    /// sees it as changed).
+    #[arg(long, env = env::PINNED_TOOLS, value_parser = mcp_guard_policy::catalog::parse_pins)]
+    pub pinned_tools: Option<std::collections::BTreeMap<String, String>>,
 }

@@ -105,10 +105,19 @@ pub struct PolicyInterceptor {
     mode: Enforcement,
     hide_reasons: bool,
     server: RegoValue,
-    catalog: ToolCatalog,
+    catalog: Arc<ToolCatalog>,
     metrics: Arc<Metrics>,
     visible_cache: Mutex<VisibleCache>,
     tasks: Mutex<TaskOrigins>,
+}
+
+/// The tool catalog `config` asks for: compared with its pins of record, or pinning what it sees
+/// first.
+pub fn catalog_of(config: &PolicyConfig) -> ToolCatalog {
+    match &config.pinned_tools {
+        Some(pins) => ToolCatalog::with_pins(pins.clone()),
+        None => ToolCatalog::default(),
+    }
 }
 
 /// The policy frame of a request: its caller, client, session and transport.
@@ -157,7 +166,19 @@ fn list_item_of(list: List, name: &str) -> Value {
 }
 
 impl PolicyInterceptor {
+    /// An interceptor with a catalog of its own, pinned as `config` says.
     pub fn new(config: &PolicyConfig, store: Arc<PolicyStore>, metrics: Arc<Metrics>) -> Self {
+        Self::with_catalog(config, store, metrics, Arc::new(catalog_of(config)))
+    }
+
+    /// An interceptor that decides on the tool definitions of `catalog`, which the proxy and the
+    /// sidecar's own listing share.
+    pub fn with_catalog(
+        config: &PolicyConfig,
+        store: Arc<PolicyStore>,
+        metrics: Arc<Metrics>,
+        catalog: Arc<ToolCatalog>,
+    ) -> Self {
         PolicyInterceptor {
             store,
             mode: config.enforcement,
@@ -168,7 +189,7 @@ impl PolicyInterceptor {
                 pod: config.pod_name.clone(),
             }
             .to_value(),
-            catalog: ToolCatalog::default(),
+            catalog,
             metrics,
             visible_cache: Mutex::new(VisibleCache::default()),
             tasks: Mutex::new(TaskOrigins::default()),
@@ -423,18 +444,7 @@ impl Interceptor for PolicyInterceptor {
             return out;
         };
         let views = if list == List::Tools {
-            let recorded = self.catalog.record(items);
-            if recorded.unpinned > 0 {
-                tracing::warn!(
-                    unpinned = recorded.unpinned,
-                    "tool catalog full: tools listed for the first time are not pinned; policy sees them as changed"
-                );
-            }
-            for c in recorded.changed {
-                self.metrics.tool_changed();
-                tracing::warn!(tool = %c.tool, pinned = %c.pinned, now = %c.now, "tool definition changed since it was first listed");
-            }
-            recorded.views
+            crate::tools::record(&self.catalog, &self.metrics, items)
         } else {
             Vec::new()
         };

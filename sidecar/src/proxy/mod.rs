@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::sse;
 use crate::upstream::{Upstream, UpstreamError, strip_hop_by_hop};
 use headers::check_mirrored_headers;
+use mcp_guard_policy::catalog::ToolCatalog;
 use mcp_guard_policy::mcp::{self, Class, List};
 use rewrite::{BoxError, Rewriter, SseRewriteBody};
 
@@ -54,6 +55,8 @@ struct Inner {
     auth: Arc<crate::auth::Authenticator>,
     /// The audit trail, when it is on.
     audit: Option<Arc<crate::audit::Auditor>>,
+    /// The server's tool definitions: what a call mirrors into `Mcp-Param-*` headers.
+    catalog: Arc<ToolCatalog>,
 }
 
 /// A JSON-RPC error as an HTTP response.
@@ -117,6 +120,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         auth: Arc<crate::auth::Authenticator>,
         audit: Option<Arc<crate::audit::Auditor>>,
+        catalog: Arc<ToolCatalog>,
     ) -> Result<Self, UpstreamError> {
         let upstream = Upstream::new(
             &config.upstream_host,
@@ -139,6 +143,7 @@ impl Proxy {
                 metrics,
                 auth,
                 audit,
+                catalog,
             }),
         })
     }
@@ -382,7 +387,7 @@ impl Proxy {
             Payload::Single(m) => m.id().cloned(),
             Payload::Batch(_) => None,
         };
-        if let Err(msg) = check_mirrored_headers(&parts.headers, &payload) {
+        if let Err(msg) = check_mirrored_headers(&parts.headers, &payload, &self.inner.catalog) {
             self.record(&payload, Outcome::Invalid, None, start);
             return error(
                 StatusCode::BAD_REQUEST,
@@ -815,6 +820,7 @@ mod tests {
             metrics,
             Arc::new(crate::auth::Authenticator::disabled()),
             None,
+            Arc::default(),
         )
         .unwrap()
     }

@@ -2,6 +2,7 @@
 
 Usage: python server.py --port PORT [--json-response | --sse-response | --legacy-sse]
                         [--stateless] [--marker-dir DIR] [--public-cache]
+                        [--echo-description TEXT] [--header-params]
 
 Streamable HTTP on 127.0.0.1:PORT/mcp (JSON or SSE answers), or with --legacy-sse the older
 HTTP+SSE transport (GET /sse, POST /messages/?session_id=..). Tools:
@@ -13,6 +14,12 @@ HTTP+SSE transport (GET /sse, POST /messages/?session_id=..). Tools:
   grüßen(name)          -> "Grüß dich, <name>": a non-ASCII tool name, which 2026-07-28 clients
                            send base64-wrapped in the Mcp-Name header (=?base64?...?=)
 Resources: note://café (non-ASCII URI, same header encoding), note://plain.
+
+--echo-description TEXT: echo's description (a changed definition under the same name, as a
+server that turns a tool against its users would list it).
+--header-params: one more tool, deploy(region, replicas, note), whose region and replicas the
+input schema mirrors into Mcp-Param-Region / Mcp-Param-Replicas headers (x-mcp-header, MCP
+2026-07-28); each run prints DEPLOY_RAN <region> to stderr.
 
 --public-cache: list results carry the MCP 2026-07-28 caching hints `cacheScope: "public"`,
 `ttlMs: 60000` (the same for every caller, as far as this server knows).
@@ -30,8 +37,11 @@ import sys
 import threading
 import time
 
+from typing import Annotated
+
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
 
 
 def main() -> None:
@@ -44,6 +54,8 @@ def main() -> None:
     ap.add_argument("--stateless", action="store_true")
     ap.add_argument("--marker-dir", default=None)
     ap.add_argument("--public-cache", action="store_true")
+    ap.add_argument("--echo-description", default="Echoes the text back.")
+    ap.add_argument("--header-params", action="store_true")
     args = ap.parse_args()
 
     hints = {}
@@ -54,10 +66,21 @@ def main() -> None:
         "mcp-guard-py-test-server", version="1.0.0", log_level="WARNING", cache_hints=hints or None
     )
 
-    @server.tool()
+    @server.tool(description=args.echo_description)
     def echo(text: str) -> str:
-        """Echoes the text back."""
         return text
+
+    if args.header_params:
+
+        @server.tool()
+        def deploy(
+            region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
+            replicas: Annotated[int, Field(json_schema_extra={"x-mcp-header": "Replicas"})] = 1,
+            note: str = "",
+        ) -> str:
+            """Deploys to a region (its arguments are mirrored into headers)."""
+            print(f"DEPLOY_RAN {region}", file=sys.stderr, flush=True)
+            return f"deployed {replicas} to {region}"
 
     @server.tool()
     def add(a: int, b: int) -> int:

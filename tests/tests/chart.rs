@@ -1043,6 +1043,29 @@ fn plain_manifests_apply_on_a_real_apiserver_with_least_privilege() {
             webhook.logs()
         )
     });
+    // The NetworkPolicy admits the sidecars' admin port from exactly the pods the chart's
+    // Deployment runs (the controller's fleet view), in its namespace.
+    let np = api.get_json("networkpolicy", "tools", "mcp-guard-sidecar-only");
+    let admin_rule = &np["spec"]["ingress"][1];
+    assert_eq!(
+        admin_rule["ports"],
+        json!([{"port": 15020, "protocol": "TCP"}]),
+        "{np:#}"
+    );
+    let from = &admin_rule["from"][0];
+    assert_eq!(
+        from["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], NAMESPACE,
+        "{np:#}"
+    );
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = from["podSelector"]["matchLabels"].as_object().unwrap();
+    assert!(!selector.is_empty(), "{np:#}");
+    for (k, v) in selector {
+        assert_eq!(
+            &pod_labels[k], v,
+            "the controller's pods carry {k}={v}: {pod_labels}"
+        );
+    }
     let logs = webhook.logs();
     assert!(
         !logs.to_lowercase().contains("forbidden"),

@@ -714,8 +714,19 @@ fn network_policy_selects_injected_pods_and_admits_only_the_sidecar_port() {
         let spec = &np["spec"];
         assert_eq!(spec["policyTypes"], json!(["Ingress"]), "{np:#}");
         let rules = spec["ingress"].as_array().unwrap();
-        assert_eq!(rules.len(), 1, "{np:#}");
+        assert_eq!(rules.len(), 2, "{np:#}");
         assert!(rules[0]["from"].is_null(), "{np:#}");
+        // The second admits the admin port, from the controller's pods only (the fleet view).
+        assert_eq!(
+            rules[1]["ports"],
+            json!([{"port": 15020, "protocol": "TCP"}]),
+            "{np:#}"
+        );
+        assert_eq!(
+            rules[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "webhook",
+            "{np:#}"
+        );
         let got: Vec<Value> = rules[0]["ports"]
             .as_array()
             .unwrap()

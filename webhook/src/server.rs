@@ -364,6 +364,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         let settings = crate::controller::Settings {
             own_namespace: config.own_namespace.clone(),
             sidecar_port: config.sidecar_port,
+            admin_port: config.admin_port,
             args: args.controller.clone(),
         };
         tracing::info!(

@@ -98,6 +98,9 @@ pub struct ControllerArgs {
 pub struct Settings {
     pub own_namespace: String,
     pub sidecar_port: u16,
+    /// The sidecars' admin port, which the fleet view reads and the strict-ingress
+    /// NetworkPolicy admits from the controller.
+    pub admin_port: u16,
     pub args: ControllerArgs,
 }
 

@@ -3,7 +3,8 @@
 //! - the strict-ingress one ([`NAME`]) in each namespace with injected pods: it selects the
 //!   injected pods whose traffic mode leaves the server listening at the pod IP (`takeover`,
 //!   `explicit`; `redirect` closes that in the pod) and admits ingress only on the sidecar's port
-//!   plus the exempt ports;
+//!   plus the exempt ports, and on the sidecar's admin port from the controller's own pods (the
+//!   fleet view reads it);
 //! - an egress one per `ApprovedServer` that declares `spec.egress` ([`egress_name`]), in each
 //!   namespace where pods of that entry run (admission labels them [`APPROVED_LABEL`]): they
 //!   reach what the entry lists, and DNS, and nothing else.
@@ -12,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
-    NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
@@ -60,13 +61,58 @@ pub fn parse_ports(s: &str) -> (Vec<u16>, Vec<String>) {
     (ports, bad)
 }
 
+/// Labels of the controller's pods (the chart's webhook Deployment), in its own namespace.
+pub const CONTROLLER_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/part-of", "mcp-guard"),
+    ("app.kubernetes.io/component", "webhook"),
+];
+
+/// Who may reach the sidecars' admin port: the controller's pods in `namespace`, on `port`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminPeer<'a> {
+    pub namespace: &'a str,
+    pub port: u16,
+}
+
+/// One TCP port of a NetworkPolicy rule.
+fn tcp(port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(port))),
+        protocol: Some("TCP".to_string()),
+        end_port: None,
+    }
+}
+
 /// The desired NetworkPolicy for `namespace`.
 pub fn desired(
     namespace: &str,
     sidecar_port: u16,
     exempt: &[u16],
+    admin: AdminPeer<'_>,
     labels: &BTreeMap<String, String>,
 ) -> NetworkPolicy {
+    let controller = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(
+                [(
+                    "kubernetes.io/metadata.name".to_string(),
+                    admin.namespace.to_string(),
+                )]
+                .into(),
+            ),
+            match_expressions: None,
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(
+                CONTROLLER_POD_LABELS
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            match_expressions: None,
+        }),
+        ip_block: None,
+    };
     let mut ports: Vec<u16> = std::iter::once(sidecar_port)
         .chain(exempt.iter().copied())
         .collect();
@@ -96,19 +142,16 @@ pub fn desired(
                 ]),
             }),
             policy_types: Some(vec!["Ingress".to_string()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: None,
-                ports: Some(
-                    ports
-                        .into_iter()
-                        .map(|p| NetworkPolicyPort {
-                            port: Some(IntOrString::Int(i32::from(p))),
-                            protocol: Some("TCP".to_string()),
-                            end_port: None,
-                        })
-                        .collect(),
-                ),
-            }]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(ports.into_iter().map(tcp).collect()),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![controller]),
+                    ports: Some(vec![tcp(admin.port)]),
+                },
+            ]),
             egress: None,
         }),
     }
@@ -194,7 +237,11 @@ fn desired_netpols(
             }
             exempt.extend(ports);
         }
-        let np = desired(ns, ctx.settings.sidecar_port, &exempt, &labels);
+        let admin = AdminPeer {
+            namespace: &ctx.settings.own_namespace,
+            port: ctx.settings.admin_port,
+        };
+        let np = desired(ns, ctx.settings.sidecar_port, &exempt, admin, &labels);
         wanted.insert((ns.clone(), NAME.to_string()), np);
     }
     let Some(catalog) = ctx.approved.as_ref().and_then(ApprovedServers::catalog) else {
@@ -287,19 +334,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admits_only_the_sidecar_and_exempt_ports() {
-        let np = desired("apps", 15001, &[9090, 15001], &BTreeMap::new());
+    fn admits_only_the_sidecar_and_exempt_ports_and_the_admin_port_from_the_controller() {
+        let admin = AdminPeer {
+            namespace: "mcp-guard",
+            port: 15020,
+        };
+        let np = desired("apps", 15001, &[9090, 15001], admin, &BTreeMap::new());
         let spec = np.spec.unwrap_or_default();
-        let ports: Vec<_> = spec.ingress.unwrap_or_default()[0]
-            .ports
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.port)
-            .collect();
+        let ingress = spec.ingress.unwrap_or_default();
+        let ports = |rule: &NetworkPolicyIngressRule| -> Vec<_> {
+            rule.ports
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.port)
+                .collect()
+        };
+        assert_eq!(ingress.len(), 2);
         assert_eq!(
-            ports,
+            ports(&ingress[0]),
             [Some(IntOrString::Int(9090)), Some(IntOrString::Int(15001))]
+        );
+        assert!(ingress[0].from.is_none(), "anyone may reach the MCP port");
+        assert_eq!(ports(&ingress[1]), [Some(IntOrString::Int(15020))]);
+        let from = serde_json::to_value(&ingress[1].from).unwrap();
+        assert_eq!(
+            from,
+            serde_json::json!([{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mcp-guard"}},
+                "podSelector": {"matchLabels": {
+                    "app.kubernetes.io/component": "webhook",
+                    "app.kubernetes.io/part-of": "mcp-guard"
+                }}
+            }]),
+            "only the controller's pods, in its own namespace"
         );
         assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
     }

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use mcp_guard_tests::apiserver::{
     ApiServer, Webhook, mutating_webhook_config, validating_webhook_config, wait_until,
 };
+use mcp_guard_tests::suite::post_2026;
 use mcp_guard_tests::volume::ConfigMapVolume;
 use mcp_guard_tests::{
-    PROTOCOL_2026, Proc, TempDir, call_body, free_port, http_blocking, port_open, sidecar_bin,
-    start_example_server, with_meta_2026,
+    Proc, TempDir, call_body, free_port, http_blocking, port_open, sidecar_bin,
+    start_example_server,
 };
 use serde_json::{Value, json};
 
@@ -888,25 +889,15 @@ fn two_replicas_elect_one_leader_and_fail_over() {
 /// One stateless 2026-07-28 `tools/call` through the sidecar: whether it was answered with a
 /// result (allowed) rather than an error (denied).
 fn call_allowed(rt: &tokio::runtime::Runtime, port: u16, id: i64, tool: &str, args: Value) -> bool {
-    let body = with_meta_2026(call_body(id, tool, args));
-    let answer: Value = rt.block_on(async {
-        let resp = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .post(format!("http://127.0.0.1:{port}/mcp"))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", PROTOCOL_2026)
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", tool)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null)
-    });
-    answer.get("result").is_some()
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let r = rt.block_on(post_2026(
+        &url,
+        call_body(id, tool, args),
+        "tools/call",
+        Some(tool),
+    ));
+    r.response(&json!(id))
+        .is_some_and(|answer| answer.get("result").is_some())
 }
 
 /// `namespace`'s mirror of the default policy: (hash, files).

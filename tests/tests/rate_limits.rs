@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use mcp_guard_tests::oidc::{Provider, RESOURCE, gen_key};
 use mcp_guard_tests::redis::Redis;
+use mcp_guard_tests::suite::headers_2026;
 use mcp_guard_tests::*;
 use serde_json::{Value, json};
 
@@ -59,30 +60,14 @@ struct Answer {
 
 /// POSTs one `tools/call` as a 2026-07-28 client with `token`.
 async fn call(url: &str, token: &str, id: i64, tool: &str, args: Value) -> Answer {
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": tool, "arguments": args, "_meta": meta_2026()}});
-    let resp = http_client()
-        .post(url)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", PROTOCOL_2026)
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", tool)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = resp.text().await.unwrap();
+    let auth = format!("Bearer {token}");
+    let mut headers = headers_2026("tools/call", Some(tool));
+    headers.push(("authorization", &auth));
+    let r = post(url, &with_meta_2026(call_body(id, tool, args)), &headers).await;
     Answer {
-        status,
-        retry_after,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        status: r.status,
+        retry_after: r.header("retry-after"),
+        body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
     }
 }
 

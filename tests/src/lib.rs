@@ -881,6 +881,12 @@ pub fn inspector_json(url: &str, transport: &str, args: &[&str]) -> Value {
 /// `transport` is `http` or `sse`; `mode` is `auto` (2026-07-28 when the server offers it) or
 /// `legacy`. See the script for the operations.
 pub fn py_client(url: &str, transport: &str, mode: &str, ops: &Value) -> Value {
+    try_py_client(url, transport, mode, ops).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`py_client`], with a client that could not connect as an error rather than a panic: for a
+/// wait that polls through a Service whose endpoints are changing.
+pub fn try_py_client(url: &str, transport: &str, mode: &str, ops: &Value) -> Result<Value, String> {
     let p = peers();
     let out = run_bounded(
         "python-mcp-client",
@@ -899,20 +905,21 @@ pub fn py_client(url: &str, transport: &str, mode: &str, ops: &Value) -> Value {
             .env("PYTHONUNBUFFERED", "1"),
         CLIENT_TIMEOUT,
     );
-    let doc: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
+    let doc: Value = serde_json::from_str(out.stdout.trim()).map_err(|e| {
+        format!(
             "python client ({mode}, {url}) gave no JSON ({e}; status {:?}):\nstdout: {}\nstderr: {}",
             out.status,
             out.stdout,
             tail(&out.stderr, 6000)
         )
-    });
-    assert!(
-        out.success() && doc.get("connect_error").is_none(),
-        "python client ({mode}, {url}) could not connect: {doc}\nstderr: {}",
-        tail(&out.stderr, 6000)
-    );
-    doc
+    })?;
+    if !out.success() || doc.get("connect_error").is_some() {
+        return Err(format!(
+            "python client ({mode}, {url}) could not connect: {doc}\nstderr: {}",
+            tail(&out.stderr, 6000)
+        ));
+    }
+    Ok(doc)
 }
 
 /// The `results` array of a [`py_client`] document.

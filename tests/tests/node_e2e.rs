@@ -53,7 +53,7 @@ use mcp_guard_tests::oidc::{Provider, RESOURCE, gen_key, probe};
 use mcp_guard_tests::otlp::Receiver;
 use mcp_guard_tests::{
     TempDir, assert_denied, call_body, http_blocking, inspector, inspector_json, post, py_client,
-    tool_names, workspace_root,
+    tool_names, try_py_client, workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -111,8 +111,14 @@ fn client(node: &Node, ops: Value) -> Vec<Value> {
     doc["results"].as_array().cloned().unwrap_or_default()
 }
 
+/// The tools a `tools/list` through the Service shows; a client that cannot connect (the
+/// Service's endpoints changing under a rollout) gives one entry saying so, as `listed_as` does.
 fn listed(node: &Node) -> Vec<String> {
-    let r = client(node, json!([{"op": "list"}]));
+    let ops = json!([{"op": "list"}]);
+    let r = match try_py_client(&service_url(node), "http", "legacy", &ops) {
+        Ok(doc) => doc["results"].as_array().cloned().unwrap_or_default(),
+        Err(e) => return vec![format!("<client failed: {e}>")],
+    };
     let mut names: Vec<String> = r[0]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("tools/list through the Service failed: {r:?}"))

@@ -1,6 +1,7 @@
 //! The admin port: liveness, the startup gate, readiness, Prometheus metrics, the policy status,
-//! and a `/shutdown` that only a process in the same pod (loopback) may call, so a Job's main
-//! container can end its sidecar.
+//! the tools, what the sidecar has seen for the controller's dashboard (`/access`, `/denies`,
+//! [`crate::observed`]), and a `/shutdown` that only a process in the same pod (loopback) may
+//! call, so a Job's main container can end its sidecar.
 //!
 //! Three health endpoints, three meanings, so no probe waits on something it cannot get:
 //! * `/livez`: the process runs (liveness);
@@ -49,6 +50,8 @@ pub struct AdminState {
     pub listing: watch::Receiver<Listing>,
     pub draining: Arc<AtomicBool>,
     pub shutdown: watch::Sender<bool>,
+    /// The tools, callers and refusals seen, when the interception point records them.
+    pub observed: Option<Arc<crate::observed::Observed>>,
 }
 
 /// The admin router; each connection adds its peer address as an extension.
@@ -60,6 +63,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/policy", get(policy))
         .route("/tools", get(tools))
+        .route("/access", get(access))
+        .route("/denies", get(denies))
         .route("/shutdown", post(shutdown))
         .with_state(state)
 }
@@ -112,6 +117,23 @@ async fn tools(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
         "pins_of_record": s.catalog.pins_of_record(),
         "tools": s.catalog.pins(),
     }))
+}
+
+/// `/access`: for each tool and each role set seen, whether the policy shows it and lets it be
+/// called ([`crate::observed::access`]).
+async fn access(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
+    axum::Json(match &s.observed {
+        Some(o) => crate::observed::access(o),
+        None => serde_json::json!({"policyHash": null, "tools": []}),
+    })
+}
+
+/// `/denies`: the last refusals and their reasons ([`crate::observed::denies`]).
+async fn denies(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
+    axum::Json(match &s.observed {
+        Some(o) => crate::observed::denies(o),
+        None => serde_json::json!({"denies": []}),
+    })
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

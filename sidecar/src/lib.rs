@@ -17,6 +17,7 @@ pub mod intercept;
 pub mod jsonrpc;
 pub mod limits;
 pub mod metrics;
+pub mod observed;
 pub mod pod;
 pub mod policy;
 pub mod proxy;
@@ -118,7 +119,11 @@ pub async fn run_proxy(
             "tool definitions are compared with their pins of record"
         );
     }
-    let (interceptor, policy_store) = build_interceptor(&config, &metrics, &catalog);
+    let (interceptor, policy_store, observed) = observed::watch(
+        build_interceptor(&config, &metrics, &catalog),
+        &config.policy,
+        &catalog,
+    );
     let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
     authenticator.log_startup();
     authenticator.set_metrics(Arc::clone(&metrics));
@@ -201,6 +206,7 @@ pub async fn run_proxy(
         listing,
         draining,
         shutdown: stop_tx,
+        observed: Some(observed),
     });
     let admin = admin::with_minted_jwks(admin, authenticator.minted_jwks());
     tracing::info!(

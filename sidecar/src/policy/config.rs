@@ -71,3 +71,15 @@ pub struct PolicyConfig {
     #[arg(long, env = env::PINNED_TOOLS, value_parser = mcp_guard_policy::catalog::parse_pins)]
     pub pinned_tools: Option<std::collections::BTreeMap<String, String>>,
 }
+
+impl PolicyConfig {
+    /// The policy input's `server`: this pod and the server it runs, converted once.
+    pub fn server_value(&self) -> regorus::Value {
+        mcp_guard_policy::input::ServerInfo {
+            name: self.server_name.clone(),
+            namespace: self.pod_namespace.clone(),
+            pod: self.pod_name.clone(),
+        }
+        .to_value()
+    }
+}

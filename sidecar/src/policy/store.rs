@@ -30,6 +30,18 @@ pub struct Status {
     pub last_error_at: Option<String>,
     /// Hash of the bundle that failed, so an operator sees which edit was refused.
     pub rejected_hash: Option<String>,
+    /// The last [`HISTORY`] bundles put in force, newest first (the first is the one in force).
+    pub history: Vec<Loaded>,
+}
+
+/// Bundles remembered in [`Status::history`].
+pub const HISTORY: usize = 10;
+
+/// A bundle that went into force, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Loaded {
+    pub hash: String,
+    pub loaded_at: String,
 }
 
 pub struct PolicyStore {
@@ -86,8 +98,17 @@ impl PolicyStore {
                 let previous = self.current.swap(Some(Arc::new(compiled)));
                 {
                     let mut st = self.status.write();
+                    let at = now_rfc3339();
                     st.hash = Some(hash.clone());
-                    st.loaded_at = Some(now_rfc3339());
+                    st.loaded_at = Some(at.clone());
+                    st.history.insert(
+                        0,
+                        Loaded {
+                            hash: hash.clone(),
+                            loaded_at: at,
+                        },
+                    );
+                    st.history.truncate(HISTORY);
                     st.rejected_hash = None;
                     st.last_error = None;
                     st.last_error_at = None;
@@ -210,6 +231,12 @@ mod tests {
         let st = store.status();
         assert_eq!(st.hash.as_deref(), Some(&*good));
         assert!(st.last_error.is_some() && st.rejected_hash.is_some());
+        assert_eq!(
+            st.history.len(),
+            1,
+            "a refused bundle is no part of the history"
+        );
+        assert_eq!(st.history[0].hash, *good);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -207,6 +207,24 @@ impl ApprovedServers {
         }
         Some(crate::registry::Catalog { entries })
     }
+
+    /// Each entry's object name and `status` (the perimeter report the controller writes on
+    /// it; `Null` before the first), by object name; `None` until the first list has arrived.
+    pub fn statuses(&self) -> Option<std::collections::BTreeMap<String, serde_json::Value>> {
+        if !self.synced.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.store
+                .state()
+                .iter()
+                .filter_map(|o| {
+                    let status = o.data.get("status").cloned().unwrap_or_default();
+                    Some((o.metadata.name.clone()?, status))
+                })
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -177,18 +177,36 @@ pub fn parse_metrics(text: &str) -> (u64, u64, u64) {
     (requests, denied, changes)
 }
 
-/// Fills each row from its sidecar: at most `concurrency` sidecars at a time, each request
-/// within `timeout`. An unreachable sidecar keeps its row, with the error.
-pub async fn observe(targets: Vec<Target>, concurrency: usize, timeout: Duration) -> Vec<Row> {
-    let client = match reqwest::Client::builder()
+/// The HTTP client that asks the sidecars' admin ports, each request within `timeout`.
+fn admin_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .no_proxy()
         .build()
-    {
+        .map_err(|e| format!("no HTTP client: {e}"))
+}
+
+/// `GET http://ADMIN/PATH` on a sidecar's admin port: the body of a successful answer.
+async fn admin_get(
+    client: &reqwest::Client,
+    admin: SocketAddr,
+    path: &str,
+) -> Result<String, String> {
+    let url = format!("http://{admin}{path}");
+    let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    resp.text().await.map_err(|e| e.to_string())
+}
+
+/// Fills each row from its sidecar: at most `concurrency` sidecars at a time, each request
+/// within `timeout`. An unreachable sidecar keeps its row, with the error.
+pub async fn observe(targets: Vec<Target>, concurrency: usize, timeout: Duration) -> Vec<Row> {
+    let client = match admin_client(timeout) {
         Ok(c) => c,
-        Err(e) => {
-            let why = format!("no HTTP client: {e}");
+        Err(why) => {
             return targets
                 .into_iter()
                 .map(|t| Row {
@@ -212,17 +230,7 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
         row.drift = drift(&row);
         return row;
     };
-    let get = |path: &str| {
-        let url = format!("http://{admin}{path}");
-        async move {
-            let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("{url}: HTTP {}", resp.status()));
-            }
-            resp.text().await.map_err(|e| e.to_string())
-        }
-    };
-    match get("/policy").await {
+    match admin_get(client, admin, "/policy").await {
         Ok(body) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             row.policy_hash = v.get("hash").and_then(|h| h.as_str()).map(str::to_string);
@@ -232,7 +240,7 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
         }
         Err(e) => row.error = Some(format!("sidecar not reachable: {e}")),
     }
-    if let Ok(text) = get("/metrics").await {
+    if let Ok(text) = admin_get(client, admin, "/metrics").await {
         let (requests, denied, changes) = parse_metrics(&text);
         row.requests = Some(requests);
         row.denied = Some(denied);
@@ -242,6 +250,62 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
     row
 }
 
+/// What one sidecar says beyond its row, for a server's page: its `/policy` (with the history
+/// of the bundles it put in force), `/tools` (who may see and call each tool) and `/denies`
+/// (its last refusals). A part it could not give is `Null`, with the reason in `error`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Detail {
+    pub namespace: String,
+    pub pod: String,
+    pub policy: serde_json::Value,
+    pub tools: serde_json::Value,
+    pub denies: serde_json::Value,
+    pub error: Option<String>,
+}
+
+/// Asks each target's sidecar for its [`Detail`], as [`observe`] does for the rows.
+pub async fn details(targets: Vec<Target>, concurrency: usize, timeout: Duration) -> Vec<Detail> {
+    let client = admin_client(timeout);
+    futures_util::stream::iter(targets)
+        .map(|t| {
+            let client = client.clone();
+            async move {
+                let mut d = Detail {
+                    namespace: t.row.namespace,
+                    pod: t.row.pod,
+                    ..Detail::default()
+                };
+                let (client, admin) = match (client, t.admin) {
+                    (Ok(c), Some(a)) => (c, a),
+                    (Err(e), _) => {
+                        d.error = Some(e);
+                        return d;
+                    }
+                    (_, None) => {
+                        d.error = t.row.error;
+                        return d;
+                    }
+                };
+                for (path, slot) in [
+                    ("/policy", &mut d.policy),
+                    ("/tools", &mut d.tools),
+                    ("/denies", &mut d.denies),
+                ] {
+                    match admin_get(&client, admin, path).await {
+                        Ok(body) => *slot = serde_json::from_str(&body).unwrap_or_default(),
+                        Err(e) => {
+                            d.error.get_or_insert(format!("sidecar not reachable: {e}"));
+                        }
+                    }
+                }
+                d
+            }
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
 /// A hash was distributed and the sidecar does not (or cannot say it does) enforce it.
 fn drift(row: &Row) -> bool {
     row.distributed_hash
@@ -249,49 +313,105 @@ fn drift(row: &Row) -> bool {
         .is_some_and(|d| row.policy_hash.as_ref() != Some(d))
 }
 
+/// One column of the fleet table: the CLI's table and the dashboard's HTML table are both made
+/// from [`COLUMNS`], so they cannot disagree.
+pub struct Column {
+    pub header: &'static str,
+    /// Shown only by `-o wide` (the dashboard shows every column).
+    pub wide: bool,
+    pub cell: fn(&Row) -> String,
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_string()
+}
+
+fn count(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
+/// The header of the column naming the pod's server (the dashboard links it).
+pub const SERVER: &str = "SERVER";
+/// The header of the drift column (the dashboard flags it).
+pub const DRIFT: &str = "DRIFT";
+
+/// The fleet table's columns, in order.
+pub const COLUMNS: [Column; 13] = [
+    Column {
+        header: "NAMESPACE",
+        wide: false,
+        cell: |r| r.namespace.clone(),
+    },
+    Column {
+        header: "POD",
+        wide: false,
+        cell: |r| r.pod.clone(),
+    },
+    Column {
+        header: SERVER,
+        wide: false,
+        cell: |r| or_dash(r.server.as_deref()),
+    },
+    Column {
+        header: "VERSION",
+        wide: false,
+        cell: |r| or_dash(r.sidecar_version.as_deref()),
+    },
+    Column {
+        header: "POLICY",
+        wide: false,
+        cell: |r| r.policy.clone(),
+    },
+    Column {
+        header: "HASH",
+        wide: false,
+        cell: |r| or_dash(r.policy_hash.as_deref().map(short).as_deref()),
+    },
+    Column {
+        header: DRIFT,
+        wide: false,
+        cell: |r| if r.drift { "yes" } else { "no" }.to_string(),
+    },
+    Column {
+        header: "REQUESTS",
+        wide: false,
+        cell: |r| count(r.requests),
+    },
+    Column {
+        header: "DENIED",
+        wide: false,
+        cell: |r| count(r.denied),
+    },
+    Column {
+        header: "STATUS",
+        wide: false,
+        cell: |r| r.error.clone().unwrap_or_else(|| "ok".to_string()),
+    },
+    Column {
+        header: "WORKLOAD",
+        wide: true,
+        cell: |r| or_dash(r.workload.as_deref()),
+    },
+    Column {
+        header: "TOOL-CHANGES",
+        wide: true,
+        cell: |r| count(r.tool_changes),
+    },
+    Column {
+        header: "IMAGES",
+        wide: true,
+        cell: |r| r.images.join(","),
+    },
+];
+
 /// The rows as a table, like `kubectl get` (`wide` adds workload, images and tool changes).
 pub fn table(rows: &[Row], wide: bool) -> String {
-    let mut lines: Vec<Vec<String>> = Vec::new();
-    let mut header = vec![
-        "NAMESPACE",
-        "POD",
-        "SERVER",
-        "VERSION",
-        "POLICY",
-        "HASH",
-        "DRIFT",
-        "REQUESTS",
-        "DENIED",
-        "STATUS",
-    ];
-    if wide {
-        header.extend(["WORKLOAD", "TOOL-CHANGES", "IMAGES"]);
-    }
-    lines.push(header.iter().map(|h| h.to_string()).collect());
-    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let columns: Vec<&Column> = COLUMNS.iter().filter(|c| wide || !c.wide).collect();
+    let mut lines: Vec<Vec<String>> = vec![columns.iter().map(|c| c.header.to_string()).collect()];
     for r in rows {
-        let mut line = vec![
-            r.namespace.clone(),
-            r.pod.clone(),
-            or_dash(r.server.clone()),
-            or_dash(r.sidecar_version.clone()),
-            r.policy.clone(),
-            or_dash(r.policy_hash.as_ref().map(|h| short(h))),
-            if r.drift { "yes" } else { "no" }.to_string(),
-            or_dash(r.requests.map(|n| n.to_string())),
-            or_dash(r.denied.map(|n| n.to_string())),
-            r.error.clone().unwrap_or_else(|| "ok".to_string()),
-        ];
-        if wide {
-            line.extend([
-                or_dash(r.workload.clone()),
-                or_dash(r.tool_changes.map(|n| n.to_string())),
-                r.images.join(","),
-            ]);
-        }
-        lines.push(line);
+        lines.push(columns.iter().map(|c| (c.cell)(r)).collect());
     }
-    let widths: Vec<usize> = (0..lines[0].len())
+    let widths: Vec<usize> = (0..columns.len())
         .map(|i| {
             lines
                 .iter()
@@ -314,7 +434,7 @@ pub fn table(rows: &[Row], wide: bool) -> String {
 }
 
 /// `sha256:0123456789ab…` → `0123456789ab`.
-fn short(hash: &str) -> String {
+pub fn short(hash: &str) -> String {
     let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
     hex.chars().take(12).collect()
 }

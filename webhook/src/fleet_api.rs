@@ -1,5 +1,5 @@
-//! `GET /fleet`: the fleet's rows ([`crate::fleet`]) over HTTPS, for the CLI and (later) the
-//! dashboard. The caller is authenticated by the API server (TokenReview) and sees the pods of
+//! `GET /fleet`: the fleet's rows ([`crate::fleet`]) over HTTPS, for the CLI and the dashboard
+//! ([`crate::dashboard`]). The caller is authenticated by the API server (TokenReview) and sees the pods of
 //! the namespaces where RBAC lets it `list pods` (SubjectAccessReview, [`crate::access`]), so the
 //! fleet shows nobody more than `kubectl get pods` would. The rows are observed at most once per
 //! [`FRESH`] however many callers ask (one observation at a time), at most [`CONCURRENCY`]
@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::Mutex;
 
-use crate::access::{Access, Resource};
+use crate::access::{Access, Caller, Refusal, Resource};
 use crate::controller::FleetView;
 use crate::fleet::{self, Filter, FleetList, Row};
 use crate::registry_api::ApiError;
@@ -61,10 +61,7 @@ impl FleetApi {
         {
             return rows.clone();
         }
-        let pods = view.injected_pods();
-        let refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-        let targets = fleet::targets(&refs, &view.distributed(), &self.default_policy);
-        let rows = fleet::observe(targets, CONCURRENCY, TIMEOUT).await;
+        let rows = fleet::observe(self.all_targets(view), CONCURRENCY, TIMEOUT).await;
         *last = Some((Instant::now(), rows.clone()));
         rows
     }
@@ -93,12 +90,7 @@ async fn fleet_for(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<FleetList, ApiError> {
-    let (Some(view), Some(access)) = (&api.view, &api.access) else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the fleet view needs the controller (serve --controller) and cluster access".into(),
-        ));
-    };
+    let (view, access) = api.parts()?;
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -108,28 +100,81 @@ async fn fleet_for(
         server: params.get("server").filter(|s| !s.is_empty()).cloned(),
     };
     let rows = api.rows(view).await;
-    let namespaces: BTreeSet<&str> = rows
-        .iter()
-        .filter(|r| filter.keeps(r))
-        .map(|r| r.namespace.as_str())
-        .collect();
-    let mut allowed = BTreeSet::new();
-    for ns in namespaces {
-        let what = Resource {
-            group: "",
-            resource: "pods",
-            verb: "list",
-            namespace: Some(ns.to_string()),
-            name: None,
-        };
-        if access.allowed(&caller, &what).await? {
-            allowed.insert(ns.to_string());
+    Ok(FleetList {
+        items: api.visible(&caller, rows, |r| filter.keeps(r)).await?,
+    })
+}
+
+/// Whether RBAC lets `caller` list the pods of `namespace`: who sees a pod's row.
+pub async fn may_list_pods(
+    access: &Access,
+    caller: &Caller,
+    namespace: &str,
+) -> Result<bool, Refusal> {
+    let what = Resource {
+        group: "",
+        resource: "pods",
+        verb: "list",
+        namespace: Some(namespace.to_string()),
+        name: None,
+    };
+    access.allowed(caller, &what).await
+}
+
+impl FleetApi {
+    /// The controller's view and the API server's reviews, or 503 without them.
+    pub fn parts(&self) -> Result<(&FleetView, &Arc<Access>), ApiError> {
+        match (&self.view, &self.access) {
+            (Some(view), Some(access)) => Ok((view, access)),
+            _ => Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the fleet view needs the controller (serve --controller) and cluster access"
+                    .into(),
+            )),
         }
     }
-    Ok(FleetList {
-        items: rows
+
+    /// The rows `keep` accepts of the namespaces where `caller` may list pods.
+    pub async fn visible(
+        &self,
+        caller: &Caller,
+        rows: Vec<Row>,
+        keep: impl Fn(&Row) -> bool,
+    ) -> Result<Vec<Row>, ApiError> {
+        let (_, access) = self.parts()?;
+        let namespaces: BTreeSet<&str> = rows
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| r.namespace.as_str())
+            .collect();
+        let mut allowed = BTreeSet::new();
+        for ns in namespaces {
+            if may_list_pods(access, caller, ns).await? {
+                allowed.insert(ns.to_string());
+            }
+        }
+        Ok(rows
             .into_iter()
-            .filter(|r| filter.keeps(r) && allowed.contains(&r.namespace))
-            .collect(),
-    })
+            .filter(|r| keep(r) && allowed.contains(&r.namespace))
+            .collect())
+    }
+
+    /// Every injected pod's row to observe, and where its sidecar answers.
+    fn all_targets(&self, view: &FleetView) -> Vec<fleet::Target> {
+        let pods = view.injected_pods();
+        let refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+        fleet::targets(&refs, &view.distributed(), &self.default_policy)
+    }
+
+    /// Where the sidecars of `rows` answer: their targets, as the last observation found them.
+    pub fn targets_of(&self, view: &FleetView, rows: &[Row]) -> Vec<fleet::Target> {
+        let wanted: BTreeSet<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.pod.as_str()))
+            .collect();
+        self.all_targets(view)
+            .into_iter()
+            .filter(|t| wanted.contains(&(t.row.namespace.as_str(), t.row.pod.as_str())))
+            .collect()
+    }
 }

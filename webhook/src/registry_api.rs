@@ -344,7 +344,11 @@ async fn prepare(
 }
 
 /// RBAC: may `caller` get `object` (or, with `None`, every approved server)?
-async fn may_get(access: &Access, caller: &Caller, object: Option<&str>) -> Result<bool, ApiError> {
+pub(crate) async fn may_get(
+    access: &Access,
+    caller: &Caller,
+    object: Option<&str>,
+) -> Result<bool, ApiError> {
     let what = Resource {
         group: GROUP,
         resource: PLURAL,

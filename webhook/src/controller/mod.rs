@@ -172,6 +172,8 @@ pub async fn release(client: kube::Client, settings: &Settings) {
 pub struct FleetView {
     pods: Store<k8s_openapi::api::core::v1::Pod>,
     mirrors: Store<k8s_openapi::api::core::v1::ConfigMap>,
+    /// mcp-guard's own namespace (left out of the perimeter report).
+    own_namespace: String,
 }
 
 impl FleetView {
@@ -182,6 +184,18 @@ impl FleetView {
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none() && perimeter::governed(p))
             .collect()
+    }
+
+    /// A pod of the cache (pruned as [`perimeter::prune`] says), by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<k8s_openapi::api::core::v1::Pod>> {
+        self.pods
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// The perimeter report over the cached pods: the one the controller writes on each
+    /// `ApprovedServer`'s status, plus the labelled MCP servers no entry approves.
+    pub fn perimeter(&self, catalog: &crate::registry::Catalog) -> perimeter::Report {
+        report::over(&self.pods, &self.own_namespace, catalog)
     }
 
     /// (namespace, policy name) → the bundle hash its mirror holds.
@@ -210,6 +224,7 @@ pub fn start(
     let view = FleetView {
         pods: stores.pods.clone(),
         mirrors: stores.mirrors.clone(),
+        own_namespace: settings.own_namespace.clone(),
     };
     (view, run(client, settings, approved, notify, stores))
 }

@@ -4,10 +4,22 @@
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::Store;
 
 use super::context::{Ctx, MANAGER, SYSTEM_NAMESPACES, has_status, truncate};
 use super::perimeter;
 use crate::cluster::ApprovedServers;
+use crate::registry::Catalog;
+
+/// The perimeter report over the cached `pods`, leaving out mcp-guard's own namespace (`own`)
+/// and the system namespaces.
+pub(super) fn over(pods: &Store<Pod>, own: &str, catalog: &Catalog) -> perimeter::Report {
+    let pods = pods.state();
+    let refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    perimeter::report(catalog, &refs, |ns| {
+        ns == own || SYSTEM_NAMESPACES.contains(&ns)
+    })
+}
 
 /// Writes the perimeter report on each `ApprovedServer`'s status (when it changed) and raises
 /// an Event for each pod newly found outside the perimeter.
@@ -15,12 +27,7 @@ pub(super) async fn reconcile(ctx: &Ctx) -> Result<(), kube::Error> {
     let Some(catalog) = ctx.approved.as_ref().and_then(ApprovedServers::catalog) else {
         return Ok(());
     };
-    let own = &ctx.settings.own_namespace;
-    let pods = ctx.stores.pods.state();
-    let refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-    let report = perimeter::report(&catalog, &refs, |ns| {
-        ns == own || SYSTEM_NAMESPACES.contains(&ns)
-    });
+    let report = over(&ctx.stores.pods, &ctx.settings.own_namespace, &catalog);
     let mut last = ctx.perimeter.lock().await;
     let before = last.clone().unwrap_or_default();
     let api = crate::cluster::approved_servers_api(ctx.client.clone());

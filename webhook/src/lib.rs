@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod fleet;
 pub mod fleet_api;
 pub mod inject;

@@ -1,7 +1,8 @@
 //! `mcp-guard-webhook serve`: the HTTPS admission server. `/mutate` answers `AdmissionReview` v1
 //! (kube's types) with [`crate::inject::mutate`]'s decision, `/validate` refuses policy
 //! ConfigMaps that do not compile ([`crate::validate`]); `/livez`, `/readyz` and `/metrics` sit
-//! beside them on the same TLS port. With `--controller` the policy-distribution controller
+//! beside them on the same TLS port, with the registry API, `/fleet` and the dashboard
+//! (`/dashboard/`, [`crate::dashboard`]). With `--controller` the policy-distribution controller
 //! ([`crate::controller`]) runs in the same process.
 
 use std::collections::BTreeMap;
@@ -334,6 +335,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let mut controller_client = None;
     let mut approved = None;
     let mut access: Option<Arc<crate::access::Access>> = None;
+    let mut kube_client = None;
     let (namespaces, native) = if args.no_kube {
         if args.controller.enabled {
             tracing::warn!("--controller ignored with --no-kube");
@@ -355,6 +357,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         }
         approved = Some(ApprovedServers::start(client.clone()));
         access = Some(Arc::new(crate::access::Access::new(client.clone())));
+        kube_client = Some(client.clone());
         (Some(Namespaces::start(client)), native)
     };
     let config = InjectConfig::from_args(&args.injector, native);
@@ -398,8 +401,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         access.clone(),
         state.config.default_policy.clone(),
     ));
+    let dashboard = Arc::new(crate::dashboard::Dashboard {
+        fleet: Arc::clone(&fleet),
+        approved: approved.clone(),
+        client: kube_client,
+        sessions: crate::dashboard::session::Sessions::default(),
+    });
     let registry = registry_api::Registry { approved, access };
-    let app = router(state, registry, args.max_body_bytes).merge(crate::fleet_api::router(fleet));
+    let app = router(state, registry, args.max_body_bytes)
+        .merge(crate::fleet_api::router(fleet))
+        .merge(crate::dashboard::router(dashboard));
 
     let listener = TcpListener::bind(args.listen)
         .await

@@ -73,15 +73,18 @@ pub fn page(title: &str, who: Option<&str>, body: &str) -> String {
 
 /// The login form (POST `/dashboard/login`), with why it is shown.
 pub fn login(message: &str, next: &str) -> String {
+    let refused = if message.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"error\" id=\"refused\">{}</p>", esc(message))
+    };
     format!(
-        "<p class=\"error\" id=\"refused\">{}</p>\
-         <form class=\"login\" method=\"post\" action=\"/dashboard/login\">\
+        "{refused}<form class=\"login\" method=\"post\" action=\"/dashboard/login\">\
          <p>Paste a Kubernetes token (<code>kubectl create token NAME</code>). The API server \
          reviews it once; the browser keeps only a session cookie. You see the namespaces \
          where you may list pods.</p>\
          <textarea name=\"token\" autocomplete=\"off\" required></textarea>\
          <input type=\"hidden\" name=\"next\" value=\"{}\"><p><button>Sign in</button></p></form>",
-        esc(message),
         esc(next)
     )
 }

@@ -19,6 +19,7 @@ bash tests/scripts/install-node.sh
 bash tests/scripts/install-oidc.sh
 bash tests/scripts/install-otlp.sh
 bash tests/scripts/install-redis.sh
+bash tests/scripts/install-chromium.sh
 bash tests/scripts/install-helm.sh
 bash tests/scripts/install-musl.sh
 cargo build --workspace --bins --locked

@@ -7,7 +7,6 @@
 # and no TTY (works with CI=true).
 set -euo pipefail
 
-CACHE="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}"
 PACKAGES=(redis-server)
 
 log() { printf 'install-redis: %s\n' "$*" >&2; }
@@ -21,18 +20,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 apt_ensure "${PACKAGES[@]}"
 
-SERVER="$(command -v redis-server || true)"
-[ -x "$SERVER" ] || SERVER=/usr/bin/redis-server
-[ -x "$SERVER" ] || die "redis-server installed but not found"
+SERVER="$(installed redis-server)"
 VERSION="$("$SERVER" --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')"
 [ -n "$VERSION" ] || die "cannot read the version of $SERVER"
 
-mkdir -p "$CACHE/redis"
-ENV_FILE="$CACHE/redis/env.sh"
-cat >"$ENV_FILE.tmp" <<EOT
-# Written by tests/scripts/install-redis.sh; read by tests/src/redis.rs. Plain KEY=VALUE lines.
-REDIS_SERVER=$SERVER
-REDIS_VERSION=$VERSION
-EOT
-mv "$ENV_FILE.tmp" "$ENV_FILE"
+ENV_FILE="$(write_env redis "REDIS_SERVER=$SERVER" "REDIS_VERSION=$VERSION")"
 echo "redis-server $VERSION at $SERVER; env file: $ENV_FILE"

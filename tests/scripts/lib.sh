@@ -16,3 +16,26 @@ apt_ensure() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
     --no-install-recommends "${missing[@]}" </dev/null >/dev/null
 }
+
+# installed NAME: the path of the program NAME a package just installed (dies when there is none).
+installed() {
+  local p
+  p="$(command -v "$1" || true)"
+  [ -x "$p" ] || p="/usr/bin/$1"
+  [ -x "$p" ] || die "$1 installed but not found"
+  printf '%s\n' "$p"
+}
+
+# write_env DIR KEY=VALUE...: writes ${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/DIR/env.sh, the
+# plain KEY=VALUE lines a suite reads (tests/src/lib.rs installed_bin), atomically; prints its path.
+write_env() {
+  local dir="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/$1"
+  shift
+  mkdir -p "$dir"
+  {
+    printf '# Written by tests/scripts/%s. Plain KEY=VALUE lines.\n' "$(basename "$0")"
+    printf '%s\n' "$@"
+  } >"$dir/env.sh.tmp"
+  mv "$dir/env.sh.tmp" "$dir/env.sh"
+  printf '%s\n' "$dir/env.sh"
+}

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 pub mod apiserver;
+pub mod chromium;
 pub mod node;
 pub mod oidc;
 pub mod otlp;
@@ -107,6 +108,30 @@ pub fn example_server_bin() -> PathBuf {
 /// loopback port: (process, port).
 pub fn start_example_server() -> (Proc, u16) {
     start_example_server_with(&["--stateless-json"])
+}
+
+/// The program `key` names in `$MCP_GUARD_CACHE/<dir>/env.sh`, written by
+/// `tests/scripts/<script>`; panics naming the script when it is not installed.
+pub fn installed_bin(dir: &str, key: &str, script: &str) -> PathBuf {
+    let env_file = cache_dir().join(dir).join("env.sh");
+    let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
+        panic!(
+            "{dir} is not installed ({}: {e}): run tests/scripts/{script}",
+            env_file.display()
+        )
+    });
+    let prefix = format!("{key}=");
+    let bin = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{} has no {key}", env_file.display()));
+    assert!(
+        bin.exists(),
+        "{} does not exist: run tests/scripts/{script}",
+        bin.display()
+    );
+    bin
 }
 
 /// `${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}`.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{Proc, cache_dir, free_port, port_open};
+use crate::{Proc, free_port, port_open};
 
 /// A redis-server process.
 #[derive(Debug)]
@@ -18,24 +18,7 @@ pub struct Redis {
 
 /// `REDIS_SERVER` from `$MCP_GUARD_CACHE/redis/env.sh`; panics naming the install script.
 pub fn redis_server_bin() -> PathBuf {
-    let env_file = cache_dir().join("redis").join("env.sh");
-    let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
-        panic!(
-            "Redis is not installed ({}: {e}): run tests/scripts/install-redis.sh",
-            env_file.display()
-        )
-    });
-    let bin = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("REDIS_SERVER="))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{} has no REDIS_SERVER", env_file.display()));
-    assert!(
-        bin.exists(),
-        "{} does not exist: run tests/scripts/install-redis.sh",
-        bin.display()
-    );
-    bin
+    crate::installed_bin("redis", "REDIS_SERVER", "install-redis.sh")
 }
 
 impl Redis {

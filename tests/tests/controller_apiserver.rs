@@ -62,6 +62,9 @@ rules:
   resources: [pods]
   verbs: [list, watch]
 - apiGroups: [""]
+  resources: [endpoints]
+  verbs: [list]
+- apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
@@ -457,6 +460,26 @@ fn pod_of(name: &str, namespace: &str, image: &str, inject: bool, labels: Value)
     p.to_string()
 }
 
+/// Two pods in `apps` outside the perimeter: `rogue` runs an image the `tickets` entry approves
+/// without the sidecar; `stray` is labelled an MCP server, runs without the sidecar, and no
+/// entry approves its image.
+fn outside_the_perimeter(api: &ApiServer) {
+    api.apply(&pod_of(
+        "rogue",
+        "apps",
+        "example.com/tickets:1",
+        false,
+        json!({}),
+    ));
+    api.apply(&pod_of(
+        "stray",
+        "apps",
+        "example.com/stray:1",
+        false,
+        json!({"mcp-guard.dev/server": "true"}),
+    ));
+}
+
 #[test]
 fn approved_servers_get_the_perimeter_report_and_their_egress_network_policy() {
     let _g = serial();
@@ -508,20 +531,7 @@ fn approved_servers_get_the_perimeter_report_and_their_egress_network_policy() {
         true,
         json!({}),
     ));
-    api.apply(&pod_of(
-        "rogue",
-        "apps",
-        "example.com/tickets:1",
-        false,
-        json!({}),
-    ));
-    api.apply(&pod_of(
-        "stray",
-        "apps",
-        "example.com/stray:1",
-        false,
-        json!({"mcp-guard.dev/server": "true"}),
-    ));
+    outside_the_perimeter(&api);
     api.apply(&pod_of(
         "web",
         "apps",
@@ -1115,78 +1125,113 @@ fn set_pod_ip(api: &ApiServer, namespace: &str, name: &str, ip: std::net::Ipv4Ad
     );
 }
 
-#[test]
-fn the_fleet_shows_each_injected_pod_with_its_policy_drift_and_counters() {
-    let _g = serial();
-    let Cluster { api, webhook } = start(&[]);
-    api.apply(&namespace("apps", &[]));
-    api.apply(&namespace("other", &[]));
-    for (name, ns) in [("fresh", "apps"), ("stale", "apps"), ("elsewhere", "other")] {
-        api.apply(&pod(name, ns, true));
-    }
-    api.apply(&source(ECHO_ONLY));
-    wait_until(Duration::from_secs(30), || {
-        let m = mirrors(&api);
-        Ok(m.get("apps").is_some_and(|r| r.contains("echo")) && m.contains_key("other"))
-    })
-    .expect("policy never mirrored");
+/// Three injected pods with real sidecars, as the fleet tests need them: `fresh` and `stale` in
+/// `apps` (`stale` enforcing an older bundle than the one distributed), `elsewhere` in `other`;
+/// one allowed and one denied call through `fresh`; a ServiceAccount `viewer` that may list pods
+/// in `apps` only. Ready once `/fleet` shows the three pods observed.
+struct Fleet {
+    _sidecars: Vec<(Proc, u16)>,
+    _upstream: Proc,
+    _tmp: TempDir,
+    _rt: tokio::runtime::Runtime,
+    /// The bundle distributed to `apps`.
+    hash: String,
+    viewer: String,
+    base: String,
+    ca: std::path::PathBuf,
+    cluster: Cluster,
+}
 
-    // The distributed bundle, and an older one the stale sidecar still enforces.
-    let tmp = TempDir::new("fleet");
-    let (hash, files) = mirror_files(&api, "apps");
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let current = ConfigMapVolume::new(&tmp.path().join("current"), &refs);
-    let old: Vec<(&str, &str)> = refs
-        .iter()
-        .map(|(k, v)| {
-            (
-                *k,
-                if k.ends_with(".rego") {
-                    ECHO_AND_ADD
-                } else {
-                    *v
-                },
-            )
+fn by_pod(list: &Value) -> BTreeMap<String, Value> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["pod"].as_str().unwrap_or("").to_string(), r.clone()))
+        .collect()
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let cluster = start(&[]);
+        let api = &cluster.api;
+        api.apply(&namespace("apps", &[]));
+        api.apply(&namespace("other", &[]));
+        for (name, ns) in [("fresh", "apps"), ("stale", "apps"), ("elsewhere", "other")] {
+            api.apply(&pod(name, ns, true));
+        }
+        api.apply(&source(ECHO_ONLY));
+        wait_until(Duration::from_secs(30), || {
+            let m = mirrors(api);
+            Ok(m.get("apps").is_some_and(|r| r.contains("echo")) && m.contains_key("other"))
         })
-        .collect();
-    let stale = ConfigMapVolume::new(&tmp.path().join("stale"), &old);
+        .expect("policy never mirrored");
 
-    let (_server, upstream) = start_example_server();
-    let ip = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
-    let mut sidecars = Vec::new();
-    for (name, ns, last, dir) in [
-        ("fresh", "apps", 61, current.path()),
-        ("stale", "apps", 62, stale.path()),
-        ("elsewhere", "other", 63, current.path()),
-    ] {
-        sidecars.push(sidecar_of_pod(&api, ns, name, ip(last), dir, upstream));
-        set_pod_ip(&api, ns, name, ip(last));
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    assert!(call_allowed(
-        &rt,
-        sidecars[0].1,
-        1,
-        "echo",
-        json!({"text": "hi"})
-    ));
-    assert!(!call_allowed(
-        &rt,
-        sidecars[0].1,
-        2,
-        "add",
-        json!({"a": 1, "b": 2})
-    ));
+        // The distributed bundle, and an older one the stale sidecar still enforces.
+        let tmp = TempDir::new("fleet");
+        let (hash, files) = mirror_files(api, "apps");
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let current = ConfigMapVolume::new(&tmp.path().join("current"), &refs);
+        let old: Vec<(&str, &str)> = refs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    *k,
+                    if k.ends_with(".rego") {
+                        ECHO_AND_ADD
+                    } else {
+                        *v
+                    },
+                )
+            })
+            .collect();
+        let stale = ConfigMapVolume::new(&tmp.path().join("stale"), &old);
 
-    // A developer who may list pods in `apps` only.
-    api.apply(
-        r#"apiVersion: v1
+        let (server, upstream) = start_example_server();
+        let ip = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
+        let mut sidecars = Vec::new();
+        for (name, ns, last, dir) in [
+            ("fresh", "apps", 61, current.path()),
+            ("stale", "apps", 62, stale.path()),
+            ("elsewhere", "other", 63, current.path()),
+        ] {
+            sidecars.push(sidecar_of_pod(api, ns, name, ip(last), dir, upstream));
+            set_pod_ip(api, ns, name, ip(last));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(call_allowed(
+            &rt,
+            sidecars[0].1,
+            1,
+            "echo",
+            json!({"text": "hi"})
+        ));
+        assert!(!call_allowed(
+            &rt,
+            sidecars[0].1,
+            2,
+            "add",
+            json!({"a": 1, "b": 2})
+        ));
+        // A list, so the sidecar knows the server's tools.
+        let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}});
+        let url = format!("http://127.0.0.1:{}/mcp", sidecars[0].1);
+        let listed = rt.block_on(post_2026(&url, list, "tools/list", None));
+        assert!(
+            listed
+                .response(&json!(3))
+                .is_some_and(|a| a["result"]["tools"].is_array())
+        );
+
+        // A developer who may list pods in `apps` only.
+        api.apply(
+            r#"apiVersion: v1
 kind: ServiceAccount
 metadata: {name: viewer, namespace: apps}
 ---
@@ -1204,45 +1249,64 @@ metadata: {name: viewer-reads-pods, namespace: apps}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
 subjects: [{kind: ServiceAccount, name: viewer, namespace: apps}]
 "#,
-    );
-    let viewer = api.service_account_token("apps", "viewer");
-    let ca = api.ca.ca_path();
-    let base = format!("https://127.0.0.1:{}", webhook.port);
-    let fleet = |token: &str| -> (u16, Value) {
+        );
+        let viewer = api.service_account_token("apps", "viewer");
+        let ca = api.ca.ca_path();
+        let base = format!("https://127.0.0.1:{}", cluster.webhook.port);
+        let fleet = Fleet {
+            _sidecars: sidecars,
+            _upstream: server,
+            _tmp: tmp,
+            _rt: rt,
+            hash,
+            viewer,
+            base,
+            ca,
+            cluster,
+        };
+        // The rows fill in as the caches see the pod IPs (the view is at most 5 s old).
+        wait_until(Duration::from_secs(60), || {
+            let (status, list) = fleet.fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN);
+            let rows = by_pod(&list);
+            Ok(status == 200
+                && rows.len() == 3
+                && rows.values().all(|r| r["policyHash"].is_string())
+                && rows["fresh"]["requests"].as_u64().is_some_and(|n| n >= 2))
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "the fleet never showed three observed pods ({e}): {}\n{}",
+                fleet.fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN).1,
+                fleet.cluster.webhook.proc.logs()
+            )
+        });
+        fleet
+    }
+
+    /// `GET PATH` on the webhook with `token` (none when empty): the status and the body.
+    fn get(&self, path: &str, token: &str) -> (u16, String) {
         let auth = format!("Authorization: Bearer {token}");
         let headers: Vec<&str> = if token.is_empty() {
             vec![]
         } else {
             vec![&auth]
         };
-        let (status, body) =
-            mcp_guard_tests::apiserver::curl_with(&ca, &format!("{base}/fleet"), &headers);
+        mcp_guard_tests::apiserver::curl_with(&self.ca, &format!("{}{path}", self.base), &headers)
+    }
+
+    /// `GET /fleet` with `token`: the status and the JSON.
+    fn fleet(&self, token: &str) -> (u16, Value) {
+        let (status, body) = self.get("/fleet", token);
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    };
-    let by_pod = |list: &Value| -> BTreeMap<String, Value> {
-        list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| (r["pod"].as_str().unwrap_or("").to_string(), r.clone()))
-            .collect()
-    };
-    // The rows fill in as the caches see the pod IPs (the view is at most 5 s old).
-    wait_until(Duration::from_secs(60), || {
-        let (status, list) = fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN);
-        let rows = by_pod(&list);
-        Ok(status == 200
-            && rows.len() == 3
-            && rows.values().all(|r| r["policyHash"].is_string())
-            && rows["fresh"]["requests"].as_u64().is_some_and(|n| n >= 2))
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "the fleet never showed three observed pods ({e}): {}\n{}",
-            fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN).1,
-            webhook.proc.logs()
-        )
-    });
+    }
+}
+
+#[test]
+fn the_fleet_shows_each_injected_pod_with_its_policy_drift_and_counters() {
+    let _g = serial();
+    let f = Fleet::start();
+    let (hash, viewer, base, ca) = (&f.hash, &f.viewer, &f.base, &f.ca);
+    let fleet = |token: &str| f.fleet(token);
     let (_, all) = fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN);
     let rows = by_pod(&all);
     let fresh = &rows["fresh"];
@@ -1263,7 +1327,7 @@ subjects: [{kind: ServiceAccount, name: viewer, namespace: apps}]
     assert_eq!(rows["elsewhere"]["namespace"], "other");
 
     // RBAC: the viewer sees `apps` only; no token, no fleet.
-    let (status, mine) = fleet(&viewer);
+    let (status, mine) = fleet(viewer);
     assert_eq!(status, 200, "{mine}");
     assert_eq!(by_pod(&mine).keys().collect::<Vec<_>>(), ["fresh", "stale"]);
     let (status, refused) = fleet("");
@@ -1273,8 +1337,8 @@ subjects: [{kind: ServiceAccount, name: viewer, namespace: apps}]
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(mcp_guard_tests::apiserver::webhook_bin())
             .arg("fleet")
-            .args(["--url", &base, "--token", &viewer, "--ca"])
-            .arg(&ca)
+            .args(["--url", base, "--token", viewer, "--ca"])
+            .arg(ca)
             .args(args)
             .output()
             .unwrap();
@@ -1301,5 +1365,165 @@ subjects: [{kind: ServiceAccount, name: viewer, namespace: apps}]
             .any(|l| l.contains("stale") && l.contains(" yes ")),
         "{table}"
     );
-    drop(sidecars);
+}
+
+/// The web dashboard in a real browser (headless chromium): the fleet table with the stale pod's
+/// drift flagged, a server's page with its tools, who may see and call them, its refusals and
+/// its policy history, and the governance page with the pods outside the perimeter, a Service
+/// that mixes governed and ungoverned pods, and the drift. Refused without a session or a token;
+/// the same pages load after the login form. Saves the screenshots docs/fleet.md shows.
+#[test]
+fn the_dashboard_shows_the_fleet_a_server_and_the_perimeter_in_a_browser() {
+    let _g = serial();
+    let f = Fleet::start();
+    let api = &f.cluster.api;
+    api.install_approved_servers_crd();
+    api.apply("apiVersion: mcp-guard.dev/v1alpha1\nkind: ApprovedServer\nmetadata:\n  name: tickets\nspec:\n  name: io.example/tickets\n  images:\n  - repository: example.com/tickets\n");
+    outside_the_perimeter(api);
+    // A Service whose endpoints are a governed and an ungoverned pod (its Endpoints written by
+    // hand: the Service has no selector).
+    api.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: tools, namespace: apps}
+spec:
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: tools, namespace: apps}
+subsets:
+- addresses:
+  - {ip: 10.250.0.1, targetRef: {kind: Pod, namespace: apps, name: fresh}}
+  - {ip: 10.250.0.2, targetRef: {kind: Pod, namespace: apps, name: rogue}}
+  ports: [{port: 8080}]
+"#,
+    );
+    let status = || api.get_json("approvedserver", "", "tickets")["status"].clone();
+    wait_until(Duration::from_secs(60), || {
+        Ok(status()["ungovernedPods"] == 1)
+    })
+    .unwrap_or_else(|e| panic!("no perimeter status ({e}): {}", status()));
+
+    // Without a session or a token: the login form, no data; with a token: the page.
+    let (code, page) = f.get("/dashboard/", "");
+    assert_eq!(code, 401, "{page}");
+    assert!(
+        page.contains("name=\"token\"") && !page.contains("fresh"),
+        "{page}"
+    );
+    let (code, page) = f.get("/dashboard/", mcp_guard_tests::apiserver::ADMIN_TOKEN);
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("data-pod=\"apps/fresh\""), "{page}");
+    // The viewer's token shows the namespace it may list pods in, and no other.
+    let (code, page) = f.get("/dashboard/", &f.viewer);
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("apps/stale") && !page.contains("other/elsewhere"),
+        "{page}"
+    );
+
+    let browser = mcp_guard_tests::chromium::Browser::new();
+    let url = |path: &str| format!("{}{path}", f.base);
+    let dom = browser.dom(&url("/dashboard/"));
+    assert!(
+        dom.contains("id=\"refused\"") && dom.contains("name=\"token\""),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("apps/fresh"),
+        "refused, yet data shown: {dom}"
+    );
+    let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img");
+    std::fs::create_dir_all(&img).unwrap();
+    browser.screenshot(&url("/dashboard/"), &img.join("dashboard-login.png"));
+
+    // The login form: the token is reviewed once; the browser keeps a session cookie.
+    browser.submit(
+        &url("/dashboard/login"),
+        &[
+            ("token", mcp_guard_tests::apiserver::ADMIN_TOKEN),
+            ("next", "/dashboard/"),
+        ],
+    );
+    let dom = browser.dom(&url("/dashboard/"));
+    assert!(
+        dom.contains("id=\"who\""),
+        "no session after the login form: {dom}"
+    );
+    assert!(
+        dom.contains("data-pod=\"apps/stale\" class=\"drift\""),
+        "the stale pod's drift is not flagged: {dom}"
+    );
+    assert!(dom.contains("data-pod=\"apps/fresh\">"), "{dom}");
+    assert!(dom.contains("data-pod=\"other/elsewhere\">"), "{dom}");
+    browser.screenshot(&url("/dashboard/"), &img.join("dashboard-fleet.png"));
+
+    // A server's page: `fresh` runs no ApprovedServer, so its page is its namespace and name.
+    let server = url("/dashboard/server?name=apps%2Ffresh");
+    let dom = browser.dom(&server);
+    assert!(dom.contains("data-tool=\"echo\""), "{dom}");
+    assert!(dom.contains("data-tool=\"add\""), "{dom}");
+    // The calls went without a token: the anonymous caller may see and call echo, not add.
+    let row = |tool: &str| {
+        let start = dom.find(&format!("data-tool=\"{tool}\"")).unwrap();
+        dom[start..start + dom[start..].find("</tr>").unwrap()].to_string()
+    };
+    assert!(row("echo").contains("see, call"), "{}", row("echo"));
+    assert!(row("add").contains(">hidden<"), "{}", row("add"));
+    let denies = &dom[dom.find("id=\"denies\"").unwrap()..];
+    assert!(
+        denies.contains("<td>add</td>") && denies.contains("policy"),
+        "{denies}"
+    );
+    let history = &dom[dom.find("id=\"history\"").unwrap()..];
+    let short = f.hash.trim_start_matches("sha256:")[..12].to_string();
+    assert!(history.contains(&short), "{history}");
+    browser.screenshot(&server, &img.join("dashboard-server.png"));
+
+    let governance = url("/dashboard/governance");
+    let dom = browser.dom(&governance);
+    let section = |id: &str| {
+        let start = dom
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no #{id}: {dom}"));
+        dom[start..start + dom[start..].find("</table>").unwrap_or(0)].to_string()
+    };
+    assert!(
+        section("servers").contains("data-server=\"tickets\""),
+        "{dom}"
+    );
+    assert!(
+        section("ungoverned").contains("data-pod=\"apps/rogue\""),
+        "{dom}"
+    );
+    assert!(
+        section("unlisted").contains("data-pod=\"apps/stray\""),
+        "{dom}"
+    );
+    let mixed = section("mixed");
+    assert!(
+        mixed.contains("data-service=\"apps/tools\"")
+            && mixed.contains("fresh")
+            && mixed.contains("rogue"),
+        "{dom}"
+    );
+    assert!(
+        section("drift").contains("data-pod=\"apps/stale\""),
+        "{dom}"
+    );
+    assert!(
+        !section("drift").contains("data-pod=\"apps/fresh\""),
+        "{dom}"
+    );
+    browser.screenshot(&governance, &img.join("dashboard-governance.png"));
+
+    // The logout form makes the browser forget its session: the same page is refused again.
+    browser.submit(&url("/dashboard/logout"), &[]);
+    let dom = browser.dom(&url("/dashboard/"));
+    assert!(
+        dom.contains("id=\"refused\"") && !dom.contains("apps/fresh"),
+        "{dom}"
+    );
+    assert_no_forbidden(&f.cluster.webhook);
 }

@@ -1219,7 +1219,7 @@ impl Fleet {
             "add",
             json!({"a": 1, "b": 2})
         ));
-        // A list, so the sidecar knows the server's tools.
+        // A client lists the tools too (the sidecar also lists them itself at start).
         let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}});
         let url = format!("http://127.0.0.1:{}/mcp", sidecars[0].1);
         let listed = rt.block_on(post_2026(&url, list, "tools/list", None));

@@ -251,14 +251,14 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
 }
 
 /// What one sidecar says beyond its row, for a server's page: its `/policy` (with the history
-/// of the bundles it put in force), `/tools` (who may see and call each tool) and `/denies`
-/// (its last refusals). A part it could not give is `Null`, with the reason in `error`.
+/// of the bundles it put in force), `/access` (each tool, its pin, who may see and call it) and
+/// `/denies` (its last refusals). A part it could not give is `Null`, with the reason in `error`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Detail {
     pub namespace: String,
     pub pod: String,
     pub policy: serde_json::Value,
-    pub tools: serde_json::Value,
+    pub access: serde_json::Value,
     pub denies: serde_json::Value,
     pub error: Option<String>,
 }
@@ -288,7 +288,7 @@ pub async fn details(targets: Vec<Target>, concurrency: usize, timeout: Duration
                 };
                 for (path, slot) in [
                     ("/policy", &mut d.policy),
-                    ("/tools", &mut d.tools),
+                    ("/access", &mut d.access),
                     ("/denies", &mut d.denies),
                 ] {
                     match admin_get(&client, admin, path).await {

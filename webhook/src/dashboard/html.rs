@@ -178,12 +178,14 @@ fn access_label(a: &Value) -> &'static str {
     }
 }
 
-/// One tool across the pods of a server: its description, its definitions' hashes, and per
+/// One tool across the pods of a server: its definitions' hashes, whether one is not the pinned
+/// one, and per
 /// role set what the pods' policies let it do.
 #[derive(Default)]
 struct ToolAcross {
-    description: Option<String>,
     hashes: BTreeSet<String>,
+    /// A pod's sidecar holds a definition that is not the pinned one.
+    changed: bool,
     access: BTreeMap<String, BTreeSet<&'static str>>,
 }
 
@@ -196,14 +198,12 @@ pub fn server_page(rows: &[Row], details: &[Detail]) -> String {
     let mut tools: BTreeMap<String, ToolAcross> = BTreeMap::new();
     let mut role_sets: BTreeSet<String> = BTreeSet::new();
     for d in details {
-        for t in d.tools["tools"].as_array().into_iter().flatten() {
+        for t in d.access["tools"].as_array().into_iter().flatten() {
             let Some(name) = t["name"].as_str() else {
                 continue;
             };
             let e = tools.entry(name.to_string()).or_default();
-            if e.description.is_none() {
-                e.description = t["description"].as_str().map(str::to_string);
-            }
+            e.changed |= t["changed"].as_bool() == Some(true);
             if let Some(h) = t["hash"].as_str() {
                 e.hashes.insert(h.to_string());
             }
@@ -217,24 +217,20 @@ pub fn server_page(rows: &[Row], details: &[Detail]) -> String {
     out.push_str("<h2>Tools</h2>");
     if tools.is_empty() {
         out.push_str(
-            "<p class=\"muted\" id=\"tools\">No sidecar has seen a tools/list answer yet.</p>",
+            "<p class=\"muted\" id=\"tools\">No sidecar knows the server's tools yet.</p>",
         );
     } else {
         out.push_str(
             "<p class=\"muted\">Per role set seen by the sidecars: what the policy in force \
              decides for a list (see) and for a call without arguments (call).</p>\
-             <table id=\"tools\"><tr><th>TOOL</th><th>DESCRIPTION</th>",
+             <table id=\"tools\"><tr><th>TOOL</th>",
         );
         for r in &role_sets {
             out.push_str(&format!("<th>{}</th>", esc(r)));
         }
         out.push_str("<th>DEFINITION</th></tr>");
         for (name, t) in &tools {
-            out.push_str(&format!(
-                "<tr data-tool=\"{0}\"><td>{0}</td><td>{1}</td>",
-                esc(name),
-                esc(t.description.as_deref().unwrap_or(""))
-            ));
+            out.push_str(&format!("<tr data-tool=\"{0}\"><td>{0}</td>", esc(name)));
             for r in &role_sets {
                 let cell = match t.access.get(r) {
                     None => "-".to_string(),
@@ -255,12 +251,15 @@ pub fn server_page(rows: &[Row], details: &[Detail]) -> String {
                     esc(&cell)
                 ));
             }
-            let def = match t.hashes.len() {
+            let mut def = match t.hashes.len() {
                 0 => "-".to_string(),
                 1 => t.hashes.iter().map(|h| fleet::short(h)).collect(),
                 n => format!("{n} definitions across pods"),
             };
-            let class = if t.hashes.len() > 1 {
+            if t.changed {
+                def.push_str(" (changed since pinned)");
+            }
+            let class = if t.hashes.len() > 1 || t.changed {
                 " class=\"flag\""
             } else {
                 ""
@@ -564,7 +563,7 @@ mod tests {
             namespace: "apps".into(),
             pod: pod.into(),
             policy: json!({"history": [{"hash": hash, "loaded_at": "2026-12-06T10:00:00Z"}]}),
-            tools: json!({"tools": [{"name": "add", "description": "adds", "hash": "sha256:1",
+            access: json!({"tools": [{"name": "add", "hash": "sha256:1", "changed": see,
                 "access": [{"roles": ["admin"], "visible": true, "callable": true},
                            {"roles": null, "visible": see, "callable": false}]}]}),
             denies: json!({"denies": [{"time": "2026-12-06T10:01:00Z", "method": "tools/call",
@@ -586,6 +585,7 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("&lt;b&gt;no&lt;/b&gt;"));
+        assert!(html.contains("changed since pinned"), "{html}");
         assert!(
             html.contains("<td>a</td><td>bbbb</td><td>yes</td>"),
             "{html}"

@@ -1067,8 +1067,14 @@ fn sidecar_of_pod(
     ip: std::net::Ipv4Addr,
     policy_dir: &std::path::Path,
     upstream: u16,
+    extra_env: &[(&str, &str)],
 ) -> (Proc, u16) {
     let (mut env, admin_port) = injected_sidecar(api, namespace, name);
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let port = free_port();
     env.insert("MCP_GUARD_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert(
@@ -1193,12 +1199,21 @@ impl Fleet {
         let (server, upstream) = start_example_server();
         let ip = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
         let mut sidecars = Vec::new();
-        for (name, ns, last, dir) in [
-            ("fresh", "apps", 61, current.path()),
-            ("stale", "apps", 62, stale.path()),
-            ("elsewhere", "other", 63, current.path()),
+        // `stale` also runs a server whose echo is not the approved definition: its pins of
+        // record (as admission writes them from an ApprovedServer) name another hash.
+        let approved_elsewise = format!(r#"{{"echo":"sha256:{}"}}"#, "0".repeat(64));
+        for (name, ns, last, dir, env) in [
+            ("fresh", "apps", 61, current.path(), vec![]),
+            (
+                "stale",
+                "apps",
+                62,
+                stale.path(),
+                vec![("MCP_GUARD_PINNED_TOOLS", approved_elsewise.as_str())],
+            ),
+            ("elsewhere", "other", 63, current.path(), vec![]),
         ] {
-            sidecars.push(sidecar_of_pod(api, ns, name, ip(last), dir, upstream));
+            sidecars.push(sidecar_of_pod(api, ns, name, ip(last), dir, upstream, &env));
             set_pod_ip(api, ns, name, ip(last));
         }
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1323,6 +1338,20 @@ fn the_fleet_shows_each_injected_pod_with_its_policy_drift_and_counters() {
     assert_eq!(fresh["images"], json!(["example.com/mcp:1"]));
     let stale_row = &rows["stale"];
     assert_eq!(stale_row["drift"], true, "{stale_row:#}");
+    // Pin drift: the server's echo differs from its pin of record (the tools the pins do not
+    // name are unpinned, so they show as changed too).
+    let changed: Vec<&str> = stale_row["changedTools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changedTools: {stale_row:#}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(changed.contains(&"echo"), "{stale_row:#}");
+    assert!(
+        stale_row["toolChanges"].as_u64().is_some_and(|n| n >= 1),
+        "{stale_row:#}"
+    );
+    assert!(fresh.get("changedTools").is_none(), "{fresh:#}");
     assert_ne!(stale_row["policyHash"], hash.as_str());
     assert_eq!(rows["elsewhere"]["namespace"], "other");
 
@@ -1353,6 +1382,13 @@ fn the_fleet_shows_each_injected_pod_with_its_policy_drift_and_counters() {
     let cli_rows = by_pod(&json_out);
     assert_eq!(cli_rows.keys().collect::<Vec<_>>(), ["fresh", "stale"]);
     assert_eq!(cli_rows["stale"]["drift"], true);
+    assert!(
+        cli_rows["stale"]["changedTools"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("echo"))),
+        "{}",
+        cli_rows["stale"]
+    );
     let table = cli(&["-n", "apps"]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(

@@ -51,9 +51,12 @@ pub struct Row {
     pub requests: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denied: Option<u64>,
-    /// Tool definitions that changed since the sidecar first saw them.
+    /// Tool definitions the sidecar saw differ from their pins (its `/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_changes: Option<u64>,
+    /// The tools whose definition differs from their pin now (its `/tools`): pin drift.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_tools: Vec<String>,
     /// Why the sidecar could not be read, or the policy error it reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -146,7 +149,7 @@ pub fn targets(
 
 /// The counters the fleet shows, from a sidecar's `/metrics` (OpenMetrics text): every
 /// `mcp_guard_requests_total` sample, those with `outcome="denied"`, and
-/// `mcp_guard_tool_changes_total`.
+/// `mcp_guard_tool_definition_changes_total`.
 pub fn parse_metrics(text: &str) -> (u64, u64, u64) {
     let (mut requests, mut denied, mut changes) = (0u64, 0u64, 0u64);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -170,11 +173,23 @@ pub fn parse_metrics(text: &str) -> (u64, u64, u64) {
                     denied += v;
                 }
             }
-            "mcp_guard_tool_changes_total" => changes += v,
+            "mcp_guard_tool_definition_changes_total" => changes += v,
             _ => {}
         }
     }
     (requests, denied, changes)
+}
+
+/// The tools a sidecar's `/tools` shows as differing from their pin, by name.
+pub fn changed_tools(text: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    v.get("tools")
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.get("changed").and_then(|c| c.as_bool()) == Some(true))
+        .filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .collect()
 }
 
 /// The HTTP client that asks the sidecars' admin ports, each request within `timeout`.
@@ -245,6 +260,9 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
         row.requests = Some(requests);
         row.denied = Some(denied);
         row.tool_changes = Some(changes);
+    }
+    if let Ok(text) = admin_get(client, admin, "/tools").await {
+        row.changed_tools = changed_tools(&text);
     }
     row.drift = drift(&row);
     row
@@ -336,7 +354,7 @@ pub const SERVER: &str = "SERVER";
 pub const DRIFT: &str = "DRIFT";
 
 /// The fleet table's columns, in order.
-pub const COLUMNS: [Column; 13] = [
+pub const COLUMNS: [Column; 14] = [
     Column {
         header: "NAMESPACE",
         wide: false,
@@ -396,6 +414,17 @@ pub const COLUMNS: [Column; 13] = [
         header: "TOOL-CHANGES",
         wide: true,
         cell: |r| count(r.tool_changes),
+    },
+    Column {
+        header: "PIN-DRIFT",
+        wide: true,
+        cell: |r| {
+            if r.changed_tools.is_empty() {
+                "-".to_string()
+            } else {
+                r.changed_tools.join(",")
+            }
+        },
     },
     Column {
         header: "IMAGES",
@@ -618,7 +647,7 @@ mod tests {
             mcp_guard_requests_total{method=\"tools/call\",outcome=\"allowed\"} 7\n\
             mcp_guard_requests_total{method=\"tools/call\",outcome=\"denied\"} 2\n\
             mcp_guard_requests_total{method=\"tools/list\",outcome=\"allowed\"} 3\n\
-            mcp_guard_tool_changes_total 1\n\
+            mcp_guard_tool_definition_changes_total 1\n\
             mcp_guard_requests_created 1.7e9\n# EOF\n";
         assert_eq!(parse_metrics(text), (12, 2, 1));
     }

@@ -1136,10 +1136,11 @@ fn set_pod_ip(api: &ApiServer, namespace: &str, name: &str, ip: std::net::Ipv4Ad
 /// one allowed and one denied call through `fresh`; a ServiceAccount `viewer` that may list pods
 /// in `apps` only. Ready once `/fleet` shows the three pods observed.
 struct Fleet {
-    _sidecars: Vec<(Proc, u16)>,
+    /// Each pod's sidecar and its MCP port: fresh, stale, elsewhere.
+    sidecars: Vec<(Proc, u16)>,
     _upstream: Proc,
     _tmp: TempDir,
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
     /// The bundle distributed to `apps`.
     hash: String,
     viewer: String,
@@ -1269,10 +1270,10 @@ subjects: [{kind: ServiceAccount, name: viewer, namespace: apps}]
         let ca = api.ca.ca_path();
         let base = format!("https://127.0.0.1:{}", cluster.webhook.port);
         let fleet = Fleet {
-            _sidecars: sidecars,
+            sidecars,
             _upstream: server,
             _tmp: tmp,
-            _rt: rt,
+            rt,
             hash,
             viewer,
             base,
@@ -1401,6 +1402,31 @@ fn the_fleet_shows_each_injected_pod_with_its_policy_drift_and_counters() {
             .any(|l| l.contains("stale") && l.contains(" yes ")),
         "{table}"
     );
+
+    // Rates: calls to `fresh` after one observation show in the next as a rate above zero;
+    // `elsewhere`, which nobody calls, shows zero. (Each /fleet older than 5 s observes anew.)
+    for id in 10..13 {
+        assert!(call_allowed(
+            &f.rt,
+            f.sidecars[0].1,
+            id,
+            "echo",
+            json!({"text": "again"})
+        ));
+    }
+    wait_until(Duration::from_secs(60), || {
+        let rows = by_pod(&fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN).1);
+        Ok(rows["fresh"]["requestsPerSecond"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+            && rows["elsewhere"]["requestsPerSecond"] == json!(0.0))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "no rates ({e}): {}",
+            fleet(mcp_guard_tests::apiserver::ADMIN_TOKEN).1
+        )
+    });
 }
 
 /// The web dashboard in a real browser (headless chromium): the fleet table with the stale pod's

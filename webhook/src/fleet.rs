@@ -20,7 +20,7 @@ use crate::inject::{ADMIN_PORT_NAME, SIDECAR_NAME};
 use crate::registry::APPROVED_LABEL;
 
 /// One injected pod as the fleet view shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Row {
     pub namespace: String,
@@ -51,6 +51,12 @@ pub struct Row {
     pub requests: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denied: Option<u64>,
+    /// Requests and denials per second between the last two observations of this sidecar
+    /// (absent on the first, or when its counters went back: a restarted sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_per_second: Option<f64>,
     /// Tool definitions the sidecar saw differ from their pins (its `/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_changes: Option<u64>,
@@ -178,6 +184,32 @@ pub fn parse_metrics(text: &str) -> (u64, u64, u64) {
         }
     }
     (requests, denied, changes)
+}
+
+/// Rates from two observations `elapsed` apart: each row of `now` gets the requests and denials
+/// per second since the same pod's row in `before`. A pod seen for the first time, or whose
+/// counters went back (its sidecar restarted), gets none.
+pub fn with_rates(before: &[Row], mut now: Vec<Row>, elapsed: Duration) -> Vec<Row> {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return now;
+    }
+    let earlier: HashMap<(&str, &str), &Row> = before
+        .iter()
+        .map(|r| ((r.namespace.as_str(), r.pod.as_str()), r))
+        .collect();
+    let rate = |now: Option<u64>, then: Option<u64>| match (now, then) {
+        (Some(n), Some(t)) if n >= t => Some((n - t) as f64 / secs),
+        _ => None,
+    };
+    for row in &mut now {
+        let Some(prev) = earlier.get(&(row.namespace.as_str(), row.pod.as_str())) else {
+            continue;
+        };
+        row.requests_per_second = rate(row.requests, prev.requests);
+        row.denied_per_second = rate(row.denied, prev.denied);
+    }
+    now
 }
 
 /// The tools a sidecar's `/tools` shows as differing from their pin, by name.
@@ -344,6 +376,10 @@ fn or_dash(v: Option<&str>) -> String {
     v.unwrap_or("-").to_string()
 }
 
+fn per_second(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |r| format!("{r:.1}"))
+}
+
 fn count(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
@@ -354,7 +390,7 @@ pub const SERVER: &str = "SERVER";
 pub const DRIFT: &str = "DRIFT";
 
 /// The fleet table's columns, in order.
-pub const COLUMNS: [Column; 14] = [
+pub const COLUMNS: [Column; 16] = [
     Column {
         header: "NAMESPACE",
         wide: false,
@@ -399,6 +435,16 @@ pub const COLUMNS: [Column; 14] = [
         header: "DENIED",
         wide: false,
         cell: |r| count(r.denied),
+    },
+    Column {
+        header: "REQ/S",
+        wide: false,
+        cell: |r| per_second(r.requests_per_second),
+    },
+    Column {
+        header: "DENY/S",
+        wide: false,
+        cell: |r| per_second(r.denied_per_second),
     },
     Column {
         header: "STATUS",
@@ -587,7 +633,7 @@ pub async fn run_cli(args: &FleetArgs) -> Result<(), String> {
 }
 
 /// `GET /fleet`'s answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetList {
     pub items: Vec<Row>,
 }
@@ -639,6 +685,29 @@ mod tests {
         assert_eq!(b.row.images, ["example.com/tickets:1"]);
         assert_eq!(b.row.sidecar_version.as_deref(), Some("0.1.0"));
         assert_eq!(b.row.distributed_hash.as_deref(), Some("sha256:ab"));
+    }
+
+    #[test]
+    fn rates_are_the_counters_difference_over_the_time_between_observations() {
+        let row = |pod: &str, requests: u64, denied: u64| Row {
+            namespace: "apps".into(),
+            pod: pod.into(),
+            requests: Some(requests),
+            denied: Some(denied),
+            ..Row::default()
+        };
+        let before = [row("a", 10, 2), row("b", 50, 5)];
+        let now = vec![row("a", 40, 2), row("b", 7, 0), row("c", 3, 1)];
+        let rows = with_rates(&before, now, Duration::from_secs(10));
+        assert_eq!(rows[0].requests_per_second, Some(3.0));
+        assert_eq!(rows[0].denied_per_second, Some(0.0));
+        assert_eq!(
+            rows[1].requests_per_second, None,
+            "restarted: counters went back"
+        );
+        assert_eq!(rows[2].requests_per_second, None, "seen for the first time");
+        let text = table(&rows, false);
+        assert!(text.contains("REQ/S") && text.contains("3.0"), "{text}");
     }
 
     #[test]

@@ -53,7 +53,8 @@ impl FleetApi {
         }
     }
 
-    /// The rows, observed now unless a fresh observation exists.
+    /// The rows, observed now unless a fresh observation exists; rates over the time since the
+    /// observation before.
     pub async fn rows(&self, view: &FleetView) -> Vec<Row> {
         let mut last = self.last.lock().await;
         if let Some((at, rows)) = last.as_ref()
@@ -62,6 +63,10 @@ impl FleetApi {
             return rows.clone();
         }
         let rows = fleet::observe(self.all_targets(view), CONCURRENCY, TIMEOUT).await;
+        let rows = match last.as_ref() {
+            Some((at, before)) => fleet::with_rates(before, rows, at.elapsed()),
+            None => rows,
+        };
         *last = Some((Instant::now(), rows.clone()));
         rows
     }

@@ -80,6 +80,12 @@ pub struct ProxyConfig {
     #[arg(long, env = env::SKIP_TOOL_LISTING)]
     pub skip_tool_listing: bool,
 
+    /// Leave out the per-call metrics of `/metrics` (`mcp_guard_calls_total`,
+    /// `mcp_guard_call_duration_seconds`), which are otherwise counted whether or not the audit
+    /// trail or OpenTelemetry is on.
+    #[arg(long, env = env::CALL_METRICS_DISABLED, default_value_t = false)]
+    pub call_metrics_disabled: bool,
+
     /// Identity: token verification and how the identity reaches the server.
     #[command(flatten)]
     pub auth: crate::auth::AuthConfig,

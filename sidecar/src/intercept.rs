@@ -90,6 +90,39 @@ pub struct DecisionNote {
     pub limit: Option<String>,
 }
 
+/// The decision on one client message as the decide stage took it: the verdict the proxy acts
+/// on, and what the observers record of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub note: DecisionNote,
+    /// How long deciding took.
+    pub took: std::time::Duration,
+}
+
+impl Decision {
+    /// Puts `msg` to `interceptor`.
+    pub fn of(interceptor: &dyn Interceptor, ctx: &Context<'_>, msg: &Message) -> Decision {
+        let t = std::time::Instant::now();
+        let mut note = DecisionNote::default();
+        let verdict = interceptor.check_noted(ctx, msg, &mut note);
+        Decision {
+            verdict,
+            note,
+            took: t.elapsed(),
+        }
+    }
+
+    /// A message nothing decides on (a response of the client to the server).
+    pub fn allowed() -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            note: DecisionNote::default(),
+            took: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// What filtering one list answer did, for the audit trail.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filtered {

@@ -17,6 +17,7 @@ pub mod intercept;
 pub mod jsonrpc;
 pub mod limits;
 pub mod metrics;
+pub mod observe;
 pub mod observed;
 pub mod pod;
 pub mod policy;
@@ -105,6 +106,42 @@ fn build_interceptor(
     (Arc::new(Chain(vec![static_list, policy])), Some(store))
 }
 
+/// The observers of the request path, each on its own switch: the audit trail
+/// (`--audit-disabled`), spans and OTLP call meters (an OTLP endpoint), the Prometheus call
+/// metrics (`--call-metrics-disabled`). `None` when every one is off: then no worker runs.
+fn start_observer(
+    config: &ProxyConfig,
+    server: observe::ServerRef,
+    metrics: &Arc<Metrics>,
+    telemetry: Option<&telemetry::Telemetry>,
+) -> Result<Option<Arc<observe::Observer>>, Error> {
+    let mut consumers: Vec<Box<dyn observe::Consumer>> = Vec::new();
+    if let Some(lines) =
+        audit::Lines::open(&config.audit, server, Arc::clone(metrics)).map_err(Error::Audit)?
+    {
+        consumers.push(Box::new(lines));
+    }
+    if let Some(t) = telemetry {
+        consumers.push(Box::new(t.spans()));
+        if let Some(meters) = t.call_meters() {
+            consumers.push(Box::new(meters));
+        }
+    }
+    if !config.call_metrics_disabled {
+        consumers.push(Box::new(metrics::Calls(Arc::clone(metrics))));
+    }
+    let settings = observe::Settings {
+        queue: config.audit.audit_queue,
+        mode: config.policy.enforcement.as_str(),
+        spans: telemetry.is_some(),
+    };
+    let lost: observe::Lost = {
+        let metrics = Arc::clone(metrics);
+        Arc::new(move |n| metrics.audit_dropped(n))
+    };
+    observe::Observer::start(settings, consumers, lost).map_err(Error::Audit)
+}
+
 /// Runs the proxy and the admin server until `shutdown` resolves or `/shutdown` is called, then
 /// drains open requests for at most the configured drain time.
 pub async fn run_proxy(
@@ -127,21 +164,14 @@ pub async fn run_proxy(
     let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
     authenticator.log_startup();
     authenticator.set_metrics(Arc::clone(&metrics));
-    let server_ref = audit::ServerRef {
+    let server_ref = observe::ServerRef {
         name: config.policy.server_name.clone(),
         namespace: config.policy.pod_namespace.clone(),
         pod: config.policy.pod_name.clone(),
     };
     let telemetry = telemetry::Telemetry::start(&config.telemetry, &server_ref, &metrics)
         .map_err(Error::Telemetry)?;
-    let auditor = audit::Auditor::start(
-        &config.audit,
-        server_ref,
-        config.policy.enforcement,
-        Arc::clone(&metrics),
-        telemetry.clone(),
-    )
-    .map_err(Error::Audit)?;
+    let observer = start_observer(&config, server_ref, &metrics, telemetry.as_ref())?;
     let limiter = Arc::new(
         limits::Limiter::from_config(
             &config.limits,
@@ -159,7 +189,7 @@ pub async fn run_proxy(
         limiter,
         Arc::clone(&metrics),
         Arc::clone(&authenticator),
-        auditor.clone(),
+        observer.clone(),
         Arc::clone(&catalog),
     )?;
     let listing = if !config.skip_tool_listing {
@@ -253,8 +283,8 @@ pub async fn run_proxy(
         config.drain_timeout,
     );
     tokio::join!(proxy_server, admin_server);
-    if let Some(a) = &auditor {
-        a.flush(std::time::Duration::from_secs(2)).await;
+    if let Some(o) = &observer {
+        o.flush(std::time::Duration::from_secs(2)).await;
     }
     if let Some(t) = telemetry {
         let done = tokio::task::spawn_blocking(move || t.shutdown());

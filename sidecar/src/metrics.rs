@@ -62,7 +62,7 @@ struct CallLabels {
 }
 
 /// Tool names that get their own label value; past this many, `other`.
-const MAX_TOOL_SERIES: usize = 256;
+pub(crate) const MAX_TOOL_SERIES: usize = 256;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -88,6 +88,32 @@ struct LimitLabels {
 /// Limit names that get their own label value; past this many, `other`.
 const MAX_LIMIT_SERIES: usize = 256;
 
+/// Names that get a label value of their own up to a bound, and `other` past it, so that a
+/// client cannot inflate a metric's cardinality with made-up names.
+pub(crate) struct Bounded {
+    max: usize,
+    seen: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Bounded {
+    pub(crate) fn new(max: usize) -> Bounded {
+        Bounded {
+            max,
+            seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The label value for `name`.
+    pub(crate) fn label(&self, name: &str) -> String {
+        let mut seen = self.seen.lock();
+        if seen.contains(name) || (seen.len() < self.max && seen.insert(name.to_owned())) {
+            name.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
 /// The sidecar's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -101,9 +127,9 @@ pub struct Metrics {
     key_refreshes: Family<ResultLabels, Counter>,
     calls: Family<CallLabels, Counter>,
     call_durations: Family<CallLabels, Histogram>,
-    tools_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
+    tools_seen: Bounded,
     rate_limited: Family<LimitLabels, Counter>,
-    limits_seen: parking_lot::Mutex<std::collections::HashSet<String>>,
+    limits_seen: Bounded,
     rate_limit_fallbacks: Counter,
     rate_limit_store_up: Gauge,
     rate_limit_buckets: Gauge,
@@ -208,14 +234,14 @@ impl Metrics {
         );
         Metrics {
             rate_limited,
-            limits_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            limits_seen: Bounded::new(MAX_LIMIT_SERIES),
             rate_limit_fallbacks,
             rate_limit_store_up,
             rate_limit_buckets,
             key_refreshes,
             calls,
             call_durations,
-            tools_seen: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            tools_seen: Bounded::new(MAX_TOOL_SERIES),
             registry,
             requests,
             durations,
@@ -227,8 +253,8 @@ impl Metrics {
         }
     }
 
-    /// Counts one audited request (on the audit writer thread, off the request path). Tool names
-    /// get their own label value up to a bound, then `other`.
+    /// Counts one observed request (on the observation worker's thread, off the request path).
+    /// Tool names get their own label value up to a bound, then `other`.
     pub fn record_call(
         &self,
         method: &str,
@@ -239,14 +265,7 @@ impl Metrics {
     ) {
         let tool = match tool {
             None => String::new(),
-            Some(t) => {
-                let mut seen = self.tools_seen.lock();
-                if seen.contains(t) || (seen.len() < MAX_TOOL_SERIES && seen.insert(t.to_owned())) {
-                    t.to_owned()
-                } else {
-                    "other".to_owned()
-                }
-            }
+            Some(t) => self.tools_seen.label(t),
         };
         let labels = CallLabels {
             method: method_label(Some(method)),
@@ -261,16 +280,7 @@ impl Metrics {
     /// A request was refused by rate limit `limit`, counted in `store`. Limit names get their
     /// own label value up to a bound, then `other`.
     pub fn rate_limited(&self, limit: &str, store: &'static str) {
-        let limit = {
-            let mut seen = self.limits_seen.lock();
-            if seen.contains(limit)
-                || (seen.len() < MAX_LIMIT_SERIES && seen.insert(limit.to_owned()))
-            {
-                limit.to_owned()
-            } else {
-                "other".to_owned()
-            }
-        };
+        let limit = self.limits_seen.label(limit);
         self.rate_limited
             .get_or_create(&LimitLabels { limit, store })
             .inc();
@@ -382,6 +392,22 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// The call metrics (`mcp_guard_calls_total`, `mcp_guard_call_duration_seconds`) as a consumer
+/// of observations; off with `--call-metrics-disabled`.
+pub struct Calls(pub std::sync::Arc<Metrics>);
+
+impl crate::observe::Consumer for Calls {
+    fn observe(&mut self, o: &crate::observe::Observation<'_>) {
+        self.0.record_call(
+            o.method,
+            o.tool(),
+            o.decision.label(),
+            o.outcome,
+            o.total.as_secs_f64(),
+        );
     }
 }
 

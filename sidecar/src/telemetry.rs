@@ -1,14 +1,12 @@
-//! OpenTelemetry: a server span per audited MCP request, exported over OTLP (HTTP/protobuf or
-//! gRPC), with the W3C trace context taken from the request and passed on to the MCP server.
-//!
-//! The request path only picks the ids (the incoming `traceparent`'s trace id, a new span id) and
-//! puts a `traceparent` on the forwarded request. The span itself is built, with its real start
-//! and end times, by the audit writer thread when the request's record is complete, and handed to
-//! the SDK's batch processor, whose queue never blocks: telemetry costs the request path two
-//! random numbers and one header.
+//! OpenTelemetry: a server span per observed MCP request and the call meters, exported over
+//! OTLP (HTTP/protobuf or gRPC). Both are consumers of the observation record
+//! ([`crate::observe`]): [`Spans`] builds each span, with its real start and end times, on the
+//! observation worker's thread and hands it to the SDK's batch processor, whose queue never
+//! blocks; [`CallMeters`] counts the calls. The request path only picks the ids
+//! ([`crate::observe::trace`]) and puts a `traceparent` on the forwarded request: telemetry costs
+//! it two random numbers and one header.
 
 use std::cell::Cell;
-use std::time::SystemTime;
 
 use clap::Args;
 use mcp_guard_common::env;
@@ -18,9 +16,12 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
-use std::collections::HashSet;
+
+use crate::metrics::{Bounded, MAX_TOOL_SERIES};
+use crate::observe::trace::TraceContext;
+use crate::observe::{Consumer, Observation};
+use mcp_guard_policy::mcp::{ItemKind, Method};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -30,7 +31,6 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
 };
-use parking_lot::Mutex;
 
 /// OpenTelemetry flags. The standard `OTEL_*` variables apply as well (`OTEL_SERVICE_NAME`,
 /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_*`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`,
@@ -65,104 +65,6 @@ pub fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The sampling ratio of new traces, as `f64` bits (1.0 until `--otlp-sampling-ratio` says
-/// otherwise): read on every request that starts a trace.
-static ROOT_SAMPLING: AtomicU64 = AtomicU64::new(1.0f64.to_bits());
-
-/// Whether a new trace with this id is recorded at `ratio`: the W3C/OpenTelemetry trace-id
-/// ratio rule (the id's low 63 bits against `ratio` × 2^63), so the sidecar's `traceparent` flag
-/// and the SDK's `TraceIdRatioBased` sampler always agree on the same trace.
-fn ratio_samples(trace_id: u128, ratio: f64) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
-    ((trace_id as u64) >> 1) < bound
-}
-
-/// The W3C trace context of one request as the sidecar handles it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    pub trace_id: u128,
-    /// The caller's span, when the request carried a `traceparent`.
-    pub parent: Option<u64>,
-    /// The sidecar's server span: the parent the MCP server sees.
-    pub span_id: u64,
-    pub sampled: bool,
-}
-
-/// Parses a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): (trace id, span id, flags).
-pub fn parse_traceparent(s: &str) -> Option<(u128, u64, u8)> {
-    let s = s.trim();
-    let mut parts = s.split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let flags = parts.next()?;
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
-    // Version 00 has exactly four fields; later versions may add more.
-    if !hex(version, 2) || version.eq_ignore_ascii_case("ff") || !hex(trace, 32) || !hex(span, 16) {
-        return None;
-    }
-    if !hex(flags, 2) || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    let trace = u128::from_str_radix(trace, 16).ok()?;
-    let span = u64::from_str_radix(span, 16).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    (trace != 0 && span != 0).then_some((trace, span, flags))
-}
-
-impl TraceContext {
-    /// A new server span: a child of `parent` when the request carried one, else a new trace.
-    pub fn new(parent: Option<(u128, u64, u8)>) -> Self {
-        let ids = RandomIdGenerator::default();
-        let span_id = u64::from_be_bytes(ids.new_span_id().to_bytes());
-        match parent {
-            Some((trace_id, parent, flags)) => TraceContext {
-                trace_id,
-                parent: Some(parent),
-                span_id,
-                sampled: flags & 1 == 1,
-            },
-            None => {
-                let trace_id = u128::from_be_bytes(ids.new_trace_id().to_bytes());
-                let ratio = f64::from_bits(ROOT_SAMPLING.load(Ordering::Relaxed));
-                TraceContext {
-                    trace_id,
-                    parent: None,
-                    span_id,
-                    sampled: ratio_samples(trace_id, ratio),
-                }
-            }
-        }
-    }
-
-    /// Only the caller's trace id, for the audit line when OpenTelemetry is off.
-    pub fn observed(parent: (u128, u64, u8)) -> Self {
-        TraceContext {
-            trace_id: parent.0,
-            parent: Some(parent.1),
-            span_id: parent.1,
-            sampled: parent.2 & 1 == 1,
-        }
-    }
-
-    /// The `traceparent` the MCP server gets: this trace, the sidecar's span as parent.
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
-    }
-
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
-    }
-}
-
 thread_local! {
     /// The ids the next span built on this thread takes (see [`PresetIds`]).
     static NEXT_IDS: Cell<Option<(u128, u64)>> = const { Cell::new(None) };
@@ -194,13 +96,7 @@ impl IdGenerator for PresetIds {
 #[derive(Debug)]
 struct Quiet<E> {
     inner: E,
-    failures: crate::audit::RateLimited,
-}
-
-impl std::fmt::Debug for crate::audit::RateLimited {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RateLimited")
-    }
+    failures: crate::observe::RateLimited,
 }
 
 impl<E: SpanExporter> SpanExporter for Quiet<E> {
@@ -227,23 +123,6 @@ impl<E: SpanExporter> SpanExporter for Quiet<E> {
     }
 }
 
-/// What one span says.
-pub struct SpanRecord {
-    pub name: String,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub trace: TraceContext,
-    /// This span's id (the request's [`TraceContext::span_id`] for its first message).
-    pub span_id: u64,
-    pub attributes: Vec<KeyValue>,
-    /// `Some(description)` marks the span as failed.
-    pub error: Option<String>,
-}
-
-/// Distinct tool names a metric series is kept for; beyond them the tool is `other`, so that
-/// clients calling made-up tools cannot inflate the metrics' cardinality.
-const MAX_TOOL_SERIES: usize = 256;
-
 /// The tracer and meter providers, when OTLP export is configured.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -257,13 +136,13 @@ struct Meters {
     provider: SdkMeterProvider,
     requests: Counter<u64>,
     duration: Histogram<f64>,
-    tools: Arc<Mutex<HashSet<String>>>,
+    tools: Arc<Bounded>,
 }
 
 /// The OTLP metric exporter, its failures logged at most once per interval.
 struct QuietMetrics<E> {
     inner: E,
-    failures: crate::audit::RateLimited,
+    failures: crate::observe::RateLimited,
 }
 
 impl<E: PushMetricExporter> PushMetricExporter for QuietMetrics<E> {
@@ -298,7 +177,7 @@ impl Telemetry {
     /// runtime (the gRPC client needs it).
     pub fn start(
         config: &TelemetryConfig,
-        server: &crate::audit::ServerRef,
+        server: &crate::observe::ServerRef,
         metrics: &Arc<crate::metrics::Metrics>,
     ) -> Result<Option<Telemetry>, String> {
         if env(env::OTEL_SDK_DISABLED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
@@ -384,7 +263,7 @@ impl Telemetry {
         };
         let mut provider = SdkTracerProvider::builder();
         if let Some(ratio) = config.otlp_sampling_ratio {
-            ROOT_SAMPLING.store(ratio.to_bits(), Ordering::Relaxed);
+            crate::observe::trace::set_root_sampling(ratio);
             provider = provider.with_sampler(Sampler::ParentBased(Box::new(
                 Sampler::TraceIdRatioBased(ratio),
             )));
@@ -392,7 +271,7 @@ impl Telemetry {
         let provider = provider
             .with_batch_exporter(Quiet {
                 inner: exporter,
-                failures: crate::audit::RateLimited::new(),
+                failures: crate::observe::RateLimited::new(),
             })
             .with_id_generator(PresetIds::default())
             .with_resource(resource)
@@ -406,71 +285,17 @@ impl Telemetry {
         }))
     }
 
-    /// Counts one audited request and its duration (on the audit writer thread).
-    pub fn record(
-        &self,
-        method: &str,
-        tool: Option<&str>,
-        decision: &'static str,
-        outcome: &'static str,
-        seconds: f64,
-    ) {
-        let Some(m) = &self.meters else {
-            return;
-        };
-        let mut attrs = Vec::with_capacity(4);
-        attrs.push(KeyValue::new(
-            "mcp.method.name",
-            crate::metrics::method_label(Some(method)),
-        ));
-        if let Some(t) = tool {
-            let known = {
-                let mut tools = m.tools.lock();
-                tools.contains(t) || (tools.len() < MAX_TOOL_SERIES && tools.insert(t.to_owned()))
-            };
-            let t = if known {
-                t.to_owned()
-            } else {
-                "other".to_owned()
-            };
-            attrs.push(KeyValue::new("gen_ai.tool.name", t));
+    /// The span consumer of observations.
+    pub fn spans(&self) -> Spans {
+        Spans {
+            tracer: self.tracer.clone(),
         }
-        attrs.push(KeyValue::new("mcp_guard.decision", decision));
-        attrs.push(KeyValue::new("mcp_guard.outcome", outcome));
-        m.requests.add(1, &attrs);
-        m.duration.record(seconds, &attrs);
     }
 
-    /// Builds and ends one span (on the audit writer thread).
-    pub fn span(&self, s: SpanRecord) {
-        let parent = match s.trace.parent {
-            Some(p) => Context::new().with_remote_span_context(SpanContext::new(
-                TraceId::from_bytes(s.trace.trace_id.to_be_bytes()),
-                SpanId::from_bytes(p.to_be_bytes()),
-                if s.trace.sampled {
-                    TraceFlags::SAMPLED
-                } else {
-                    TraceFlags::default()
-                },
-                true,
-                TraceState::default(),
-            )),
-            None => Context::new(),
-        };
-        NEXT_IDS.with(|c| c.set(Some((s.trace.trace_id, s.span_id))));
-        let mut span = self
-            .tracer
-            .span_builder(s.name)
-            .with_kind(SpanKind::Server)
-            .with_start_time(s.start)
-            .with_attributes(s.attributes)
-            .start_with_context(&self.tracer, &parent);
-        NEXT_IDS.with(|c| c.set(None));
-        use opentelemetry::trace::Span as _;
-        if let Some(e) = s.error {
-            span.set_status(Status::error(e));
-        }
-        span.end_with_timestamp(s.end);
+    /// The OTLP call meters as a consumer of observations; `None` when OTLP metrics are off
+    /// (`OTEL_METRICS_EXPORTER=none`).
+    pub fn call_meters(&self) -> Option<CallMeters> {
+        self.meters.clone().map(CallMeters)
     }
 
     /// Exports what is queued and stops (blocking: call off the runtime's workers).
@@ -483,6 +308,141 @@ impl Telemetry {
         {
             tracing::warn!(error = %e, "OpenTelemetry metrics shutdown");
         }
+    }
+}
+
+/// Spans as a consumer of observations: one server span per observed message.
+pub struct Spans {
+    tracer: SdkTracer,
+}
+
+impl Consumer for Spans {
+    fn observe(&mut self, o: &Observation<'_>) {
+        let Some(trace) = o.trace else {
+            return;
+        };
+        let span_id = if o.first {
+            trace.span_id
+        } else {
+            TraceContext::new(None).span_id
+        };
+        let parent = match trace.parent {
+            Some(p) => Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_bytes(trace.trace_id.to_be_bytes()),
+                SpanId::from_bytes(p.to_be_bytes()),
+                if trace.sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            )),
+            None => Context::new(),
+        };
+        let (name, attributes, error) = span_of(o);
+        NEXT_IDS.with(|c| c.set(Some((trace.trace_id, span_id))));
+        let mut span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(o.time)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        NEXT_IDS.with(|c| c.set(None));
+        use opentelemetry::trace::Span as _;
+        if let Some(e) = error {
+            span.set_status(Status::error(e));
+        }
+        span.end_with_timestamp(o.time + o.total);
+    }
+}
+
+/// The name, attributes and error status of the server span of one observed message.
+fn span_of(o: &Observation<'_>) -> (String, Vec<KeyValue>, Option<String>) {
+    use opentelemetry::{Array, StringValue, Value as OtelValue};
+    let name = match o.target {
+        Some(t) => format!("{} {t}", o.method),
+        None => o.method.to_owned(),
+    };
+    let mut attributes = Vec::with_capacity(16);
+    attributes.push(KeyValue::new("mcp.method.name", o.method.to_owned()));
+    if let (Some(t), Some(kind)) = (o.target, o.target_kind) {
+        let key = match kind {
+            ItemKind::Tool => "gen_ai.tool.name",
+            ItemKind::Prompt => "gen_ai.prompt.name",
+            ItemKind::Resource | ItemKind::ResourceTemplate => "mcp.resource.uri",
+            ItemKind::Task => "mcp.task.id",
+        };
+        attributes.push(KeyValue::new(key, t.to_owned()));
+    }
+    if o.mcp == Method::ToolsCall {
+        attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+    }
+    if let Some(s) = o.session {
+        attributes.push(KeyValue::new("mcp.session.id", s.to_owned()));
+    }
+    if let Some(v) = o.client.and_then(|c| c.protocol_version.as_deref()) {
+        attributes.push(KeyValue::new("mcp.protocol.version", v.to_owned()));
+    }
+    if let Some(i) = o.identity {
+        attributes.push(KeyValue::new("enduser.id", i.sub.clone()));
+    }
+    if let Some(id) = o.request_id {
+        attributes.push(KeyValue::new("jsonrpc.request.id", id.get().to_owned()));
+    }
+    let d = &o.decision;
+    attributes.push(KeyValue::new("mcp_guard.decision", d.label()));
+    attributes.push(KeyValue::new("mcp_guard.decision.mode", d.mode));
+    if !d.reasons.is_empty() {
+        let reasons: Vec<StringValue> = d.reasons.iter().map(|r| r.clone().into()).collect();
+        attributes.push(KeyValue::new(
+            "mcp_guard.decision.reasons",
+            OtelValue::Array(Array::String(reasons)),
+        ));
+    }
+    if let Some(p) = &d.policy {
+        attributes.push(KeyValue::new("mcp_guard.policy.hash", p.to_string()));
+    }
+    attributes.push(KeyValue::new("mcp_guard.outcome", o.outcome));
+    attributes.push(KeyValue::new("mcp_guard.audit_id", o.audit_id.clone()));
+    if let Some(s) = o.status {
+        attributes.push(KeyValue::new("http.response.status_code", i64::from(s)));
+    }
+    if let Some(c) = o.error_code {
+        attributes.push(KeyValue::new("rpc.jsonrpc.error_code", c));
+    }
+    let error = (o.outcome != "ok").then(|| {
+        let kind = match o.error_code {
+            Some(c) => c.to_string(),
+            None => o.outcome.to_owned(),
+        };
+        attributes.push(KeyValue::new("error.type", kind));
+        o.outcome.to_owned()
+    });
+    (name, attributes, error)
+}
+
+/// The OTLP call meters as a consumer of observations: `mcp_guard.requests` and
+/// `mcp.server.operation.duration`, by method, tool, decision and outcome.
+pub struct CallMeters(Meters);
+
+impl Consumer for CallMeters {
+    fn observe(&mut self, o: &Observation<'_>) {
+        let m = &self.0;
+        let mut attrs = Vec::with_capacity(4);
+        attrs.push(KeyValue::new(
+            "mcp.method.name",
+            crate::metrics::method_label(Some(o.method)),
+        ));
+        if let Some(t) = o.tool() {
+            attrs.push(KeyValue::new("gen_ai.tool.name", m.tools.label(t)));
+        }
+        attrs.push(KeyValue::new("mcp_guard.decision", o.decision.label()));
+        attrs.push(KeyValue::new("mcp_guard.outcome", o.outcome));
+        let seconds = o.total.as_secs_f64();
+        m.requests.add(1, &attrs);
+        m.duration.record(seconds, &attrs);
     }
 }
 
@@ -519,7 +479,7 @@ fn meters(
     .map_err(|e| format!("cannot set up the OTLP metric exporter: {e}"))?;
     let reader = PeriodicReader::builder(QuietMetrics {
         inner: exporter,
-        failures: crate::audit::RateLimited::new(),
+        failures: crate::observe::RateLimited::new(),
     })
     .build();
     let provider = SdkMeterProvider::builder()
@@ -573,13 +533,14 @@ fn meters(
         provider,
         requests,
         duration,
-        tools: Arc::new(Mutex::new(HashSet::new())),
+        tools: Arc::new(Bounded::new(MAX_TOOL_SERIES)),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::trace::ratio_samples;
 
     #[test]
     fn the_root_sampling_rule_is_the_sdks() {
@@ -609,39 +570,5 @@ mod tests {
         assert!(parse_ratio("0.25").is_ok() && parse_ratio("1").is_ok());
         assert!(parse_ratio("1.5").is_err() && parse_ratio("-0.1").is_err());
         assert!(parse_ratio("half").unwrap_err().contains("from 0 to 1"));
-    }
-
-    #[test]
-    fn traceparent_round_trip() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let p = parse_traceparent(tp).unwrap();
-        assert_eq!(
-            p,
-            (0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1)
-        );
-        let c = TraceContext::new(Some(p));
-        assert_eq!(c.trace_id, p.0);
-        assert_eq!(c.parent, Some(p.1));
-        assert_ne!(c.span_id, p.1);
-        let out = c.traceparent();
-        assert!(
-            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
-            "{out}"
-        );
-        assert!(out.ends_with("-01"), "{out}");
-        assert_eq!(parse_traceparent(&out).map(|x| x.0), Some(p.0));
-        let root = TraceContext::new(None);
-        assert!(root.parent.is_none() && root.sampled && root.trace_id != 0);
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
-        ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad}");
-        }
     }
 }

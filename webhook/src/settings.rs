@@ -325,6 +325,12 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Count,
         help: "requests whose records may wait for the writer; beyond that records are dropped (counted and logged), never waited for",
     },
+    Setting {
+        name: "call-metrics-disabled",
+        env: env::CALL_METRICS_DISABLED,
+        kind: Kind::Bool,
+        help: "leave the per-call metrics (`mcp_guard_calls_total`, `mcp_guard_call_duration_seconds`) out of the sidecar's `/metrics`",
+    },
     // Rate limits (the limits themselves come from the policy).
     Setting {
         name: "rate-limit-redis-url",

@@ -81,6 +81,9 @@ pub const AUDIT_REDACT: &str = "MCP_GUARD_AUDIT_REDACT";
 pub const AUDIT_MAX_ARGUMENT_BYTES: &str = "MCP_GUARD_AUDIT_MAX_ARGUMENT_BYTES";
 pub const AUDIT_QUEUE: &str = "MCP_GUARD_AUDIT_QUEUE";
 
+// The Prometheus call metrics (`ProxyConfig`).
+pub const CALL_METRICS_DISABLED: &str = "MCP_GUARD_CALL_METRICS_DISABLED";
+
 // OpenTelemetry export (`TelemetryConfig`).
 pub const OTLP_ENDPOINT: &str = "MCP_GUARD_OTLP_ENDPOINT";
 pub const OTLP_PROTOCOL: &str = "MCP_GUARD_OTLP_PROTOCOL";

@@ -54,7 +54,7 @@ pub struct Rewriter {
     sniff: bool,
     endpoint: Option<EndpointHook>,
     /// Where what each list filtering did is noted for the audit trail, by request id.
-    audit: Option<crate::audit::ListNotes>,
+    audit: Option<crate::observe::ListNotes>,
     /// Task-augmented `tools/call` requests awaiting their answer: (id key, tool).
     task_calls: Vec<(String, String)>,
 }
@@ -88,7 +88,7 @@ impl Rewriter {
     }
 
     /// Notes what each list filtering does in `notes` (the audit record of the request).
-    pub fn with_audit(mut self, notes: Option<crate::audit::ListNotes>) -> Self {
+    pub fn with_audit(mut self, notes: Option<crate::observe::ListNotes>) -> Self {
         self.audit = notes;
         self
     }

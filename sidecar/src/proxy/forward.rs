@@ -1,0 +1,247 @@
+//! The stack's last stage: what the [`Decision`] keeps goes to the MCP server on loopback (the
+//! trace context put on it), and the server's answer streams back through the rewriter, merged
+//! with the sidecar's own answers to the denied requests. What nothing is left to forward of is
+//! answered here; on the older transport, answers travel on the session's GET stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+
+use super::decide::Decision;
+use super::parse::Exchange;
+use super::rewrite::{Rewriter, SseRewriteBody};
+use super::{
+    SESSION_HEADER, accepted, clients, error, is_content_type, json_response, upstream_error,
+};
+use crate::intercept::Interceptor;
+use crate::jsonrpc::{Payload, code};
+use crate::metrics::Outcome;
+use crate::observe::Recording;
+use crate::sse;
+use crate::upstream::{Upstream, strip_hop_by_hop};
+use mcp_guard_policy::mcp;
+
+/// How a forwarded exchange ended: the answer, how the request metrics count the messages that
+/// went on, and when the answer's headers were ready.
+pub(super) struct Done {
+    pub(super) answer: Response<Body>,
+    pub(super) outcome: Outcome,
+    pub(super) at: Instant,
+}
+
+impl Done {
+    fn now(answer: Response<Body>, outcome: Outcome) -> Done {
+        Done {
+            answer,
+            outcome,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// The forward stage.
+pub(super) struct Forward {
+    pub(super) upstream: Upstream,
+    pub(super) interceptor: Arc<dyn Interceptor>,
+    pub(super) clients: Arc<clients::ClientTable>,
+    pub(super) max_list_bytes: usize,
+}
+
+impl Forward {
+    /// Forwards what `d` keeps of `x` and answers the client; `rec` notes when the request went
+    /// out and whether the server failed.
+    pub(super) async fn forward(
+        &self,
+        x: &mut Exchange,
+        mut d: Decision,
+        rec: &mut Recording,
+    ) -> Done {
+        if let Some(session) = &x.legacy {
+            // Answers on the older transport travel on the GET stream, the sidecar's own too.
+            for (id, list) in &d.pending {
+                session.expect(id.clone(), *list);
+            }
+            for err in &d.denied {
+                if !session
+                    .inject(sse::message_event(err.to_string().as_bytes()))
+                    .await
+                {
+                    tracing::warn!(
+                        endpoint = x.endpoint,
+                        "SSE stream closed before a denial could be sent"
+                    );
+                }
+            }
+            if d.remaining == 0 {
+                return Done::now(accepted(), Outcome::Ok);
+            }
+        } else if d.remaining == 0 {
+            return Done::now(answer_here(&x.payload, d), Outcome::Ok);
+        }
+        let body = match &d.forward {
+            None => x.body.clone(),
+            Some(msgs) if msgs.len() == 1 && matches!(x.payload, Payload::Single(_)) => {
+                Bytes::from(msgs[0].to_string())
+            }
+            Some(msgs) => Bytes::from(Value::Array(msgs.clone()).to_string()),
+        };
+        let mut headers = std::mem::take(&mut x.parts.headers);
+        rec.propagate(&mut headers);
+        rec.forwarding();
+        let method = x.parts.method.clone();
+        let sent = self
+            .upstream
+            .send(method, x.parts.uri.path_and_query(), headers, body)
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                rec.upstream_failed();
+                return Done::now(upstream_error(&e, x.single_id()), Outcome::UpstreamError);
+            }
+        };
+        let at = Instant::now();
+        self.remember_session(x, &resp);
+        let rewriter = self.rewriter(x, &mut d, rec);
+        let denied = if x.legacy.is_some() {
+            Vec::new()
+        } else {
+            d.denied
+        };
+        let answer = answer(resp, rewriter, denied, self.max_list_bytes).await;
+        Done {
+            answer,
+            outcome: Outcome::Ok,
+            at,
+        }
+    }
+
+    /// The session an `initialize` opened, remembered with its client and its owner.
+    fn remember_session(&self, x: &Exchange, resp: &Response<hyper::body::Incoming>) {
+        if let (Some(c), Payload::Single(m)) = (&x.client, &x.payload)
+            && m.mcp == mcp::Method::Initialize
+            && let Some(sid) = resp
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        {
+            let owner = clients::Owner::of(x.identity.as_deref());
+            self.clients.remember(sid, Arc::clone(c), owner);
+        }
+    }
+
+    /// The rewriter of this exchange's answer: the lists it asked for filtered for its caller,
+    /// what filtering hid noted for the observers.
+    fn rewriter(&self, x: &Exchange, d: &mut Decision, rec: &mut Recording) -> Rewriter {
+        let notes = if d.pending.is_empty() {
+            None
+        } else {
+            rec.list_notes()
+        };
+        Rewriter::new(
+            Arc::clone(&self.interceptor),
+            x.transport,
+            x.session_id.clone(),
+            Box::new(std::mem::take(&mut d.pending)),
+            false,
+        )
+        .with_identity(x.identity.clone())
+        .with_audit(notes)
+        .with_task_calls(std::mem::take(&mut d.task_calls))
+    }
+}
+
+/// The answer when nothing is left to forward: the refusals, or 429 for a single message a rate
+/// limit refused, or 202 when only notifications were denied.
+fn answer_here(payload: &Payload, d: Decision) -> Response<Body> {
+    if let Some((secs, err)) = d.limited {
+        return too_many_requests(secs, &err);
+    }
+    match payload {
+        Payload::Single(_) => match d.denied.into_iter().next() {
+            Some(err) => json_response(StatusCode::OK, Bytes::from(err.to_string())),
+            None => accepted(),
+        },
+        Payload::Batch(_) => {
+            let all = Value::Array(d.denied).to_string();
+            json_response(StatusCode::OK, Bytes::from(all))
+        }
+    }
+}
+
+/// Streams the server's answer back, rewriting what must change and merging in the answers
+/// to denied requests of a batch.
+pub(super) async fn answer(
+    resp: Response<hyper::body::Incoming>,
+    mut rewriter: Rewriter,
+    denied: Vec<Value>,
+    max_list_bytes: usize,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let ok = parts.status.is_success();
+
+    if ok && is_content_type(&parts.headers, "text/event-stream") {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let leading = denied
+            .iter()
+            .map(|d| sse::message_event(d.to_string().as_bytes()));
+        let body = SseRewriteBody::new(body, rewriter).with_leading(leading);
+        return Response::from_parts(parts, Body::new(body));
+    }
+    if ok && parts.status == StatusCode::ACCEPTED && !denied.is_empty() {
+        // Only notifications went through; the denied requests still need their answers.
+        let all = Value::Array(denied).to_string();
+        return json_response(StatusCode::OK, Bytes::from(all));
+    }
+    if ok
+        && is_content_type(&parts.headers, "application/json")
+        && (rewriter.active() || !denied.is_empty())
+    {
+        let bytes = match Limited::new(body, max_list_bytes).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let msg = format!("cannot read the MCP server's answer: {e}");
+                tracing::warn!("{msg}");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    None,
+                    code::UPSTREAM_UNAVAILABLE,
+                    &msg,
+                );
+            }
+        };
+        let mut out = rewriter.rewrite_json(&bytes).unwrap_or(bytes);
+        if !denied.is_empty() {
+            out = merge_answers(&out, denied);
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(out));
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// HTTP 429 with `Retry-After`, carrying the JSON-RPC error.
+fn too_many_requests(secs: u64, err: &Value) -> Response<Body> {
+    let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, Bytes::from(err.to_string()));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+    resp
+}
+
+/// Adds the sidecar's own answers to the server's JSON answer (a batch answer stays a batch).
+fn merge_answers(server: &[u8], mut denied: Vec<Value>) -> Bytes {
+    let mut all = match serde_json::from_slice::<Value>(server) {
+        Ok(Value::Array(items)) => items,
+        Ok(v) => vec![v],
+        Err(_) => Vec::new(),
+    };
+    all.append(&mut denied);
+    Bytes::from(Value::Array(all).to_string())
+}

@@ -314,6 +314,48 @@ impl PolicyInterceptor {
         self.item_visible(bundle, frame.list_item(list, &entry, tool))
     }
 
+    /// The refusal of a governed request while no bundle ever compiled (fail closed).
+    fn without_policy(&self, method: &str, name: &str, note: &mut DecisionNote) -> Verdict {
+        note.reasons = vec!["no policy loaded".into()];
+        tracing::warn!(
+            method,
+            name,
+            "no policy loaded; refused (forwarded in shadow mode)"
+        );
+        let v = self.refuse(
+            method,
+            note,
+            Verdict::Deny {
+                code: code::DENIED,
+                message: "mcp-guard has no valid policy loaded; the request is refused".into(),
+                data: None,
+            },
+        );
+        note.source = Some("no policy loaded");
+        v
+    }
+
+    /// The answer to a request the policy denied, with its reasons unless they are hidden.
+    fn denial(&self, bundle: &CompiledBundle, reasons: &[String]) -> Verdict {
+        let (message, data) = if self.hide_reasons {
+            ("denied by policy".to_owned(), None)
+        } else {
+            let message = match reasons {
+                [] => "denied by policy".to_owned(),
+                r => format!("denied by policy: {}", r.join("; ")),
+            };
+            (
+                message,
+                Some(json!({"reasons": reasons, "policy": &*bundle.hash})),
+            )
+        };
+        Verdict::Deny {
+            code: code::DENIED,
+            message,
+            data,
+        }
+    }
+
     /// A refusal: enforced, or in shadow mode noted and forwarded.
     fn refuse(&self, method: &str, note: &mut DecisionNote, verdict: Verdict) -> Verdict {
         note.source = Some("policy");
@@ -345,23 +387,7 @@ impl Interceptor for PolicyInterceptor {
             .filter(|i| i.kind == ItemKind::Task)
             .and_then(|i| self.tasks.lock().get(i.name));
         let Some(bundle) = self.store.current() else {
-            note.reasons = vec!["no policy loaded".into()];
-            tracing::warn!(
-                method,
-                name,
-                "no policy loaded; refused (forwarded in shadow mode)"
-            );
-            let v = self.refuse(
-                method,
-                note,
-                Verdict::Deny {
-                    code: code::DENIED,
-                    message: "mcp-guard has no valid policy loaded; the request is refused".into(),
-                    data: None,
-                },
-            );
-            note.source = Some("no policy loaded");
-            return v;
+            return self.without_policy(method, name, note);
         };
         let frame = frame(ctx, &self.server);
         note.policy_hash = Some(Arc::clone(&bundle.hash));
@@ -407,27 +433,8 @@ impl Interceptor for PolicyInterceptor {
         {
             return self.refuse(method, note, not_found(it));
         }
-        let (message, data) = if self.hide_reasons {
-            ("denied by policy".to_owned(), None)
-        } else {
-            let message = match decision.reasons.as_slice() {
-                [] => "denied by policy".to_owned(),
-                r => format!("denied by policy: {}", r.join("; ")),
-            };
-            (
-                message,
-                Some(json!({"reasons": decision.reasons, "policy": &*bundle.hash})),
-            )
-        };
-        self.refuse(
-            method,
-            note,
-            Verdict::Deny {
-                code: code::DENIED,
-                message,
-                data,
-            },
-        )
+        let denial = self.denial(&bundle, &decision.reasons);
+        self.refuse(method, note, denial)
     }
 
     fn rewrites(&self, _list: List) -> bool {

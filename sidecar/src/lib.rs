@@ -149,7 +149,7 @@ pub async fn run_proxy(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
-    let catalog = Arc::new(policy::interceptor::catalog_of(&config.policy));
+    let catalog = Arc::new(config.policy.tool_catalog());
     if catalog.pins_of_record() > 0 {
         tracing::info!(
             pins = catalog.pins_of_record(),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs a real browser for the dashboard suite (tests/tests/dashboard_browser.rs): Debian's
+# Installs a real browser for the dashboard suite (`the_dashboard_shows_…` in tests/tests/controller_apiserver.rs): Debian's
 # `chromium` package, run headless by the suite (`--headless=new --dump-dom` for the rendered DOM,
 # `--screenshot` for docs/img/). Writes ${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/chromium/env.sh
 # (CHROMIUM, CHROMIUM_VERSION) that the suite reads. Idempotent: apt-get runs only when the

@@ -125,11 +125,7 @@ impl ApprovedServerSpec {
             ));
         }
         for t in &self.tools {
-            let hex = t.hash.strip_prefix("sha256:").unwrap_or_default();
-            if t.name.is_empty()
-                || hex.len() != 64
-                || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            {
+            if t.name.is_empty() || !mcp_guard_policy::catalog::is_pin(&t.hash) {
                 return Err(format!(
                     "spec.tools {:?}: needs a name and a hash sha256:<64 lower-case hex digits>, not {:?}",
                     t.name, t.hash

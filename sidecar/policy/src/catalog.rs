@@ -86,13 +86,19 @@ pub struct Pin {
     pub pinned_by: &'static str,
 }
 
+/// Whether `hash` is written as [`definition_hash`] writes one: `sha256:` and 64 lower-case hex
+/// digits.
+pub fn is_pin(hash: &str) -> bool {
+    let hex = hash.strip_prefix("sha256:").unwrap_or_default();
+    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Reads pins of record: a JSON object of tool name to `sha256:<64 hex digits>`.
 pub fn parse_pins(json: &str) -> Result<BTreeMap<String, String>, String> {
     let pins: BTreeMap<String, String> = serde_json::from_str(json)
         .map_err(|e| format!("pinned tools are not a JSON object of name to hash: {e}"))?;
     for (name, hash) in &pins {
-        let hex = hash.strip_prefix("sha256:").unwrap_or_default();
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !is_pin(hash) {
             return Err(format!(
                 "the pin of tool {name:?} is {hash:?}, not sha256: and 64 lower-case hex digits"
             ));

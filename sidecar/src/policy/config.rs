@@ -82,4 +82,13 @@ impl PolicyConfig {
         }
         .to_value()
     }
+
+    /// The tool catalog this configuration asks for: compared with its pins of record, or
+    /// pinning what it sees first.
+    pub fn tool_catalog(&self) -> mcp_guard_policy::catalog::ToolCatalog {
+        match &self.pinned_tools {
+            Some(pins) => mcp_guard_policy::catalog::ToolCatalog::with_pins(pins.clone()),
+            None => mcp_guard_policy::catalog::ToolCatalog::default(),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use mcp_guard_policy::catalog::{ToolCatalog, View};
 use mcp_guard_policy::engine::{CompiledBundle, Decision};
-use mcp_guard_policy::input::{Frame, ServerInfo};
+use mcp_guard_policy::input::Frame;
 use mcp_guard_policy::mcp::{Class, Item, ItemKind, List, Method};
 
 use super::config::{Enforcement, PolicyConfig};
@@ -111,15 +111,6 @@ pub struct PolicyInterceptor {
     tasks: Mutex<TaskOrigins>,
 }
 
-/// The tool catalog `config` asks for: compared with its pins of record, or pinning what it sees
-/// first.
-pub fn catalog_of(config: &PolicyConfig) -> ToolCatalog {
-    match &config.pinned_tools {
-        Some(pins) => ToolCatalog::with_pins(pins.clone()),
-        None => ToolCatalog::default(),
-    }
-}
-
 /// The policy frame of a request: its caller, client, session and transport.
 fn frame(ctx: &Context<'_>, server: &RegoValue) -> Frame {
     Frame::new(
@@ -168,7 +159,7 @@ fn list_item_of(list: List, name: &str) -> Value {
 impl PolicyInterceptor {
     /// An interceptor with a catalog of its own, pinned as `config` says.
     pub fn new(config: &PolicyConfig, store: Arc<PolicyStore>, metrics: Arc<Metrics>) -> Self {
-        Self::with_catalog(config, store, metrics, Arc::new(catalog_of(config)))
+        Self::with_catalog(config, store, metrics, Arc::new(config.tool_catalog()))
     }
 
     /// An interceptor that decides on the tool definitions of `catalog`, which the proxy and the
@@ -183,12 +174,7 @@ impl PolicyInterceptor {
             store,
             mode: config.enforcement,
             hide_reasons: config.hide_deny_reasons,
-            server: ServerInfo {
-                name: config.server_name.clone(),
-                namespace: config.pod_namespace.clone(),
-                pod: config.pod_name.clone(),
-            }
-            .to_value(),
+            server: config.server_value(),
             catalog,
             metrics,
             visible_cache: Mutex::new(VisibleCache::default()),
@@ -537,6 +523,7 @@ mod tests {
     use crate::intercept::{ClientInfo, Transport};
     use crate::jsonrpc::Payload;
     use crate::policy::PolicyStore;
+    use mcp_guard_policy::input::ServerInfo;
 
     #[test]
     fn the_document_has_the_documented_shape() {

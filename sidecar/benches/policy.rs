@@ -86,13 +86,16 @@ fn store_of(name: &str, files: &[(&str, &str)], metrics: &Arc<Metrics>) -> Arc<P
 }
 
 /// Filtering `list` for `ctx` with an interceptor made by `make`: `cold` on a sidecar that never
-/// saw the list (its tool definitions are pinned during the measured listing), `new_caller` on one
-/// that listed it for `other` before (definitions known; this caller's visibility is not).
+/// saw the list (its tool definitions are pinned during the measured listing); `new_caller` on one
+/// that listed it for `stranger` before (definitions known), a caller who differs from this one
+/// in fields the policy reads, so every decision is evaluated; `new_caller_alike` on one that
+/// listed it for `alike`, another user (or a refreshed token) who differs only in fields no rule
+/// reads, so the decisions are shared.
 fn bench_first_listings(
     c: &mut Criterion,
     prefix: &str,
     make: &dyn Fn() -> PolicyInterceptor,
-    (ctx, other): (&Context<'_>, &Context<'_>),
+    (ctx, stranger, alike): (&Context<'_>, &Context<'_>, &Context<'_>),
     list: &Value,
 ) {
     c.bench_function(&format!("{prefix}/cold"), |b| {
@@ -107,22 +110,24 @@ fn bench_first_listings(
             criterion::BatchSize::LargeInput,
         )
     });
-    c.bench_function(&format!("{prefix}/new_caller"), |b| {
-        b.iter_batched(
-            || {
-                let interceptor = make();
-                interceptor.filter_list(other, List::Tools, &mut list.clone());
-                (interceptor, list.clone())
-            },
-            |(interceptor, mut result)| {
-                interceptor.filter_list(ctx, List::Tools, &mut result);
-                // Returned, so the interceptor (which lives as long as the sidecar) is dropped
-                // outside the measurement.
-                black_box((interceptor, result))
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
+    for (name, other) in [("new_caller", stranger), ("new_caller_alike", alike)] {
+        c.bench_function(&format!("{prefix}/{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let interceptor = make();
+                    interceptor.filter_list(other, List::Tools, &mut list.clone());
+                    (interceptor, list.clone())
+                },
+                |(interceptor, mut result)| {
+                    interceptor.filter_list(ctx, List::Tools, &mut result);
+                    // Returned, so the interceptor (which lives as long as the sidecar) is dropped
+                    // outside the measurement.
+                    black_box((interceptor, result))
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
 }
 
 fn filtering(c: &mut Criterion) {
@@ -197,19 +202,32 @@ fn filtering(c: &mut Criterion) {
         b.iter(|| black_box(warm.check(black_box(&ctx), black_box(&denied))))
     });
 
-    let other = mcp_guard_sidecar::identity::Identity {
+    // Another user of the same roles, scopes and email domain: the policy reads the email itself,
+    // so it can tell the two apart.
+    let stranger = mcp_guard_sidecar::identity::Identity {
         sub: "u2".into(),
+        email: Some("u2@example.com".into()),
         ..identity.clone()
     };
-    let other_ctx = Context {
-        identity: Some(&other),
+    let stranger_ctx = Context {
+        identity: Some(&stranger),
+        ..ctx
+    };
+    // The same user with a refreshed token (another `exp`), or anyone alike in every field the
+    // policy reads.
+    let mut alike = identity.clone();
+    alike
+        .claims
+        .insert("exp".into(), serde_json::Value::from(4_102_444_800_u64));
+    let alike_ctx = Context {
+        identity: Some(&alike),
         ..ctx
     };
     bench_first_listings(
         c,
         "filter/tools_list_1000",
         &new_interceptor,
-        (&ctx, &other_ctx),
+        (&ctx, &stranger_ctx, &alike_ctx),
         &list,
     );
     c.bench_function("filter/tools_list_1000/warm", |b| {
@@ -289,7 +307,7 @@ fn filtering(c: &mut Criterion) {
         c,
         "filter/tools_list_1000/visible_tools",
         &new_batch,
-        (&ctx, &other_ctx),
+        (&ctx, &stranger_ctx, &alike_ctx),
         &list,
     );
 }

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::PolicyError;
 use crate::bundle::Bundle;
 use crate::limits::{self, Limit};
+use crate::reads::InputReads;
 
 /// The package every bundle must define.
 pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
@@ -137,6 +138,8 @@ pub struct CompiledBundle {
     /// The rule deciding list items: the glue's reading of `visible`, or, without one, whether a
     /// call of the item would be allowed.
     visible_rule: &'static str,
+    /// The parts of the input the bundle's rules can read.
+    reads: InputReads,
 }
 
 impl std::fmt::Debug for CompiledBundle {
@@ -217,6 +220,16 @@ impl CompiledBundle {
         };
         let has_visible = declares("visible");
         let has_visible_tools = declares("visible_tools");
+        // The engine parsed every module above, so its tokenizer reads them too; should it not,
+        // the whole input counts as read (no decision is shared between callers).
+        let reads = InputReads::of_modules(
+            bundle
+                .modules
+                .iter()
+                .map(|(name, text)| (name.as_str(), text.as_str()))
+                .chain([("mcp-guard-glue.rego", GLUE)]),
+        )
+        .unwrap_or_else(|_| InputReads::whole());
         let mut compiled = CompiledBundle {
             engine,
             bytecode: None,
@@ -229,6 +242,7 @@ impl CompiledBundle {
             } else {
                 VISIBLE_BY_CALL_RULE
             },
+            reads,
         };
         let tools_probe = tools_probe(probe);
         let by_interpreter = compiled.decide(probe)?;
@@ -428,6 +442,11 @@ impl CompiledBundle {
     pub fn visible_interpreted(&self, input: &Value) -> Result<bool, PolicyError> {
         let v = self.eval_interpreter(input, self.visible_rule)?;
         Ok(is_true(&v))
+    }
+
+    /// The parts of the input this bundle's rules can read ([`crate::reads`]).
+    pub fn reads(&self) -> &InputReads {
+        &self.reads
     }
 
     /// Which generation this bundle is: distinct for every compiled bundle in the process.

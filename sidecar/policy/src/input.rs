@@ -14,6 +14,7 @@ use regorus::Value as RegoValue;
 use serde_json::{Map, Value, json};
 
 use crate::mcp::{Item, List};
+use crate::reads::{InputReads, write_read};
 use crate::value::to_rego;
 
 /// The version string every input carries.
@@ -200,6 +201,50 @@ impl Frame {
             "[{},{},{},{},{}]",
             self.subject, self.client, self.server, self.session_id, self.transport
         )
+    }
+
+    /// What of the frame a bundle that reads `reads` can see, as one text: two frames with the
+    /// same text get the same answer to any decision that depends on nothing else (a list item's
+    /// visibility), since what differs between them is read by no rule. With `reads` of the
+    /// whole input it is [`Self::key`].
+    pub fn key_for(&self, reads: &InputReads) -> String {
+        let Some(paths) = reads.paths() else {
+            return self.key();
+        };
+        let mut out = String::new();
+        for path in paths {
+            let (root, rest) = path
+                .split_first()
+                .map_or(("", &[][..]), |(r, rest)| (r.as_str(), rest));
+            let part = match (root, rest.split_first()) {
+                ("subject", _) => Some((&self.subject, rest)),
+                ("client", _) => Some((&self.client, rest)),
+                ("server", _) => Some((&self.server, rest)),
+                ("request", None) => {
+                    out.push_str("request.session_id");
+                    write_read(&mut out, &self.session_id, &[]);
+                    out.push_str("\nrequest.transport");
+                    write_read(&mut out, &self.transport, &[]);
+                    out.push('\n');
+                    None
+                }
+                ("request", Some((field, below))) if field == "session_id" => {
+                    Some((&self.session_id, below))
+                }
+                ("request", Some((field, below))) if field == "transport" => {
+                    Some((&self.transport, below))
+                }
+                // `version`, `tool`, `tools` and the rest of `request` are the same for every
+                // caller of one item.
+                _ => None,
+            };
+            if let Some((value, below)) = part {
+                out.push_str(&path.join("."));
+                write_read(&mut out, value, below);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// The document: the frame, `request`, and one more field (`tool` or `tools`) when given.

@@ -15,6 +15,7 @@ pub mod mcp;
 pub mod nesting;
 pub mod offline;
 pub mod param_headers;
+pub mod reads;
 pub mod value;
 
 use std::path::PathBuf;

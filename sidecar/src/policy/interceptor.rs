@@ -61,9 +61,11 @@ const MAX_CACHED: usize = 100_000;
 const MAX_FRAMES: usize = 1_000;
 
 /// Tool visibility already decided, by exact key: the bundle's generation, the frame (numbered
-/// here by its full text, so two callers never share an entry unless their frames are equal),
-/// and the definition's SHA-256. A visibility input holds nothing else, so an agent that lists
-/// the same tools again pays for each decision once.
+/// here by the text of what the bundle's rules can read of it, [`Frame::key_for`], so two callers
+/// share an entry only when no rule can tell them apart) and the definition's SHA-256. A
+/// visibility input holds nothing else, so an agent that lists the same tools again, with a
+/// refreshed token too, pays for each decision once, and so does each next caller the policy
+/// cannot tell from an earlier one (another user of the same roles, for a policy reading roles).
 #[derive(Default)]
 struct VisibleCache {
     frames: HashMap<String, u64>,
@@ -264,7 +266,10 @@ impl PolicyInterceptor {
         views: &[View],
     ) -> Vec<bool> {
         if list == List::Tools {
-            let frame_number = self.visible_cache.lock().frame(frame.key());
+            let frame_number = self
+                .visible_cache
+                .lock()
+                .frame(frame.key_for(bundle.reads()));
             return items
                 .iter()
                 .zip(views)
@@ -772,6 +777,47 @@ deny contains "hidden" if input.request.tool == "secret"
             json!({"resourceTemplates": [{"uriTemplate": "note://{n}"}], "cacheScope": "private"}),
             "a list cut for this caller is marked private"
         );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn tool_visibility_is_shared_only_between_callers_the_policy_cannot_tell_apart() {
+        let rego = r#"package mcp.authz
+import rego.v1
+allow if endswith(input.subject.email, "@example.com")
+"#;
+        let (p, dir) = governed(rego, Enforcement::Enforce);
+        let caller = |sub: &str, email: &str, exp: u64| Identity {
+            sub: sub.into(),
+            iss: "https://idp".into(),
+            email: Some(email.into()),
+            roles: vec!["developer".into()],
+            claims: serde_json::from_value(json!({"sub": sub, "exp": exp})).unwrap(),
+            ..Default::default()
+        };
+        let sees = |who: &Identity| {
+            let ctx = Context {
+                identity: Some(who),
+                ..ANON
+            };
+            let mut list = json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]});
+            p.filter_list(&ctx, List::Tools, &mut list);
+            list["tools"].as_array().map_or(0, Vec::len) == 1
+        };
+        let frames = || p.visible_cache.lock().frames.len();
+        assert!(sees(&caller("ana", "ana@example.com", 1)));
+        // Ana with a refreshed token, and Bo of the same email: the policy reads neither `sub`
+        // nor `exp`, so their decisions are Ana's.
+        assert!(sees(&caller("ana", "ana@example.com", 2)));
+        assert!(sees(&caller("bo", "ana@example.com", 3)));
+        assert_eq!(
+            frames(),
+            1,
+            "one key for callers the policy cannot tell apart"
+        );
+        // An email the policy reads differently is never served Ana's decisions.
+        assert!(!sees(&caller("cy", "cy@elsewhere.org", 1)));
+        assert_eq!(frames(), 2);
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -1,0 +1,313 @@
+//! A visibility decision may be shared between two callers exactly when no rule of the bundle can
+//! tell them apart ([`Frame::key_for`] over the bundle's [`InputReads`]). Proved on random
+//! callers: whenever two frames get the same key, every tool's visibility is the same for both,
+//! decided one by one. And the proof can fail: with any one of the reads that matter left out,
+//! the same random callers show two frames of one key that see different tools.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use mcp_guard_policy::bundle::Bundle;
+use mcp_guard_policy::catalog::ToolCatalog;
+use mcp_guard_policy::engine::CompiledBundle;
+use mcp_guard_policy::input::{self, ClientInfo, Frame, ServerInfo, Subject};
+use mcp_guard_policy::mcp::List;
+use mcp_guard_policy::reads::InputReads;
+use serde_json::{Map, Value, json};
+
+const REALISTIC: &str = include_str!("../../benches/fixtures/realistic.rego");
+const REALISTIC_DATA: &str = include_str!("../../benches/fixtures/realistic.json");
+
+/// Reads of other shapes: a whole object iterated, a field looked up by a computed key, the
+/// session and the transport, the client's version.
+const WIDE: &str = r#"package mcp.authz
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.request.transport == "sse"
+	input.request.session_id != null
+	startswith(input.request.tool, "tool_0")
+}
+
+allow if {
+	object.get(input.subject.claims, "dept", "") == "ops"
+	input.tool.annotations.readOnlyHint
+}
+
+allow if {
+	some k, v in input.subject
+	k == "client_id"
+	v == "agent"
+	endswith(input.request.tool, "7")
+}
+
+allow if {
+	input.client.version == "2.0"
+	input.request.tool == "tool_11"
+}
+
+deny contains "late" if {
+	input.subject.claims.after_hours == true
+	input.tool.changed
+}
+"#;
+
+/// SplitMix64: enough randomness for a test, reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[(self.next() % from.len() as u64) as usize]
+    }
+}
+
+/// A caller as one choice per field, each from a small pool ([`POOLS`]).
+type Choices = [usize; 15];
+
+/// How many values each field of [`Choices`] takes.
+const POOLS: Choices = [6, 2, 2, 3, 3, 3, 3, 2, 3, 3, 2, 2, 2, 3, 2];
+
+/// Random callers, half of them an earlier caller with one field drawn again: so that callers
+/// meet, and many of them differ in exactly one field (what a key must tell apart, or may not).
+fn random_callers(rng: &mut Rng, n: usize) -> Vec<Choices> {
+    let mut callers: Vec<Choices> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let caller = if callers.is_empty() || rng.next().is_multiple_of(2) {
+            POOLS.map(|size| (rng.next() % size as u64) as usize)
+        } else {
+            let mut caller = *rng.pick(&callers);
+            let field = (rng.next() % POOLS.len() as u64) as usize;
+            caller[field] = (rng.next() % POOLS[field] as u64) as usize;
+            caller
+        };
+        callers.push(caller);
+    }
+    callers
+}
+
+/// The frame of one caller.
+fn frame_of(c: &Choices, server: &regorus::Value) -> Frame {
+    let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let roles = [
+        list(&[]),
+        list(&["developer"]),
+        list(&["analyst"]),
+        list(&["support"]),
+        list(&["mcp-admin"]),
+        list(&["developer", "pii"]),
+    ];
+    let groups = [list(&[]), list(&["ops"])];
+    let scopes = [list(&["mcp:read"]), list(&["mcp:read", "mcp:write"])];
+    let mut claims = Map::new();
+    for (field, (claim, values)) in [
+        ("tier", [json!("gold"), json!("silver")]),
+        ("after_hours", [json!(true), json!(false)]),
+        ("dept", [json!("ops"), json!("eng")]),
+        ("exp", [json!(1), json!(2)]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The last choice of a claim's pool leaves the claim out.
+        if let Some(v) = values.get(c[3 + field]) {
+            claims.insert(claim.into(), v.clone());
+        }
+    }
+    let subject = Subject {
+        sub: ["u1", "u2"][c[7]],
+        iss: "https://idp",
+        email: [Some("a@example.com"), Some("b@elsewhere.org"), None][c[8]],
+        groups: &groups[c[1]],
+        roles: &roles[c[0]],
+        scopes: &scopes[c[2]],
+        client_id: [Some("agent"), Some("cli"), None][c[9]],
+        claims: &claims,
+    };
+    let subject = (c[10] == 0).then(|| input::subject_value(Some(&subject)));
+    let client = ClientInfo {
+        name: Some(["agent", "evil-agent"][c[11]].into()),
+        version: Some(["1.0", "2.0"][c[12]].into()),
+        protocol_version: Some("2026-07-28".into()),
+    };
+    let session = [None, Some("s-1"), Some("s-2")][c[13]];
+    let transport = ["streamable-http", "sse"][c[14]];
+    Frame::new(subject, Some(&client), server, session, transport)
+}
+
+/// Definitions of many kinds: tools the policies name, read-only or not, destructive or not.
+fn tools(rng: &mut Rng) -> Vec<Value> {
+    let mut names: Vec<String> = (0..50).map(|i| format!("tool_{i:02}")).collect();
+    names.extend(["ticket_1", "ticket_9", "run_query"].map(String::from));
+    names
+        .into_iter()
+        .map(|name| {
+            json!({"name": name, "description": format!("d{}", rng.next() % 2),
+                   "inputSchema": {"type": "object"},
+                   "annotations": {"readOnlyHint": rng.next().is_multiple_of(2),
+                                   "destructiveHint": rng.next().is_multiple_of(2)}})
+        })
+        .collect()
+}
+
+fn compiled(rego: &str, data: Option<&str>) -> CompiledBundle {
+    let bundle = Bundle::from_parts(
+        vec![("policy.rego".into(), rego.into())],
+        data.map(Into::into),
+    );
+    CompiledBundle::compile(&bundle, &input::probe()).expect("compiles")
+}
+
+/// Each frame's visibility of every tool, decided one by one (no sharing).
+fn visibility(bundle: &CompiledBundle, frame: &Frame, tools: &[Value]) -> Vec<bool> {
+    // Pinned to other definitions, so that some tools count as changed.
+    let catalog = ToolCatalog::with_pins(BTreeMap::new());
+    tools
+        .iter()
+        .map(|def| {
+            let (view, _) = catalog.view_of(def);
+            bundle
+                .visible_value(frame.list_item(List::Tools, def, Some(view)))
+                .expect("evaluates")
+        })
+        .collect()
+}
+
+/// Frames grouped by their key under `reads`; the number of pairs compared and the first pair of
+/// one key that sees different tools, if any.
+fn disagreement(
+    reads: &InputReads,
+    frames: &[(Frame, Vec<bool>)],
+) -> (usize, Option<(usize, usize)>) {
+    let mut first_of_key: HashMap<String, usize> = HashMap::new();
+    let mut compared = 0;
+    for (i, (frame, seen)) in frames.iter().enumerate() {
+        let key = frame.key_for(reads);
+        match first_of_key.get(&key) {
+            Some(&j) => {
+                compared += 1;
+                if frames[j].1 != *seen {
+                    return (compared, Some((j, i)));
+                }
+            }
+            None => {
+                first_of_key.insert(key, i);
+            }
+        }
+    }
+    (compared, None)
+}
+
+/// `reads` without the path `drop`.
+fn without(reads: &InputReads, drop: &[&str]) -> InputReads {
+    let paths = reads.paths().expect("chains only");
+    assert!(
+        paths.iter().any(|p| p == drop),
+        "{drop:?} is one of the reads {paths:?}"
+    );
+    InputReads::of_paths(
+        paths
+            .iter()
+            .filter(|p| *p != drop)
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
+    let bundle = compiled(rego, data);
+    let mut rng = Rng(seed);
+    let server = ServerInfo {
+        name: "warehouse".into(),
+        namespace: "prod-eu".into(),
+        pod: "warehouse-0".into(),
+    }
+    .to_value();
+    let tools = tools(&mut rng);
+    let frames: Vec<(Frame, Vec<bool>)> = random_callers(&mut rng, 600)
+        .iter()
+        .map(|caller| {
+            let frame = frame_of(caller, &server);
+            let seen = visibility(&bundle, &frame, &tools);
+            (frame, seen)
+        })
+        .collect();
+    let (compared, differ) = disagreement(bundle.reads(), &frames);
+    assert_eq!(
+        differ,
+        None,
+        "two frames of one key saw different tools (reads {:?})",
+        bundle.reads()
+    );
+    assert!(
+        compared >= 100,
+        "only {compared} frames shared a key: the test would prove little"
+    );
+    for path in matter {
+        let narrowed = without(bundle.reads(), path);
+        assert!(
+            disagreement(&narrowed, &frames).1.is_some(),
+            "leaving out {path:?} went unnoticed"
+        );
+    }
+}
+
+#[test]
+fn callers_of_one_key_see_the_same_tools_under_the_realistic_policy() {
+    let reads = compiled(REALISTIC, Some(REALISTIC_DATA)).reads().clone();
+    let subject_reads: Vec<String> = reads
+        .paths()
+        .expect("the realistic policy reads fields, not the whole input")
+        .iter()
+        .filter(|p| p[0] == "subject")
+        .map(|p| p.join("."))
+        .collect();
+    // Neither `sub`, `iss` nor `claims.exp`: callers differing only there share decisions.
+    assert_eq!(
+        subject_reads,
+        [
+            "subject.claims.after_hours",
+            "subject.claims.tier",
+            "subject.email",
+            "subject.groups",
+            "subject.roles",
+            "subject.scopes"
+        ]
+    );
+    check(
+        REALISTIC,
+        Some(REALISTIC_DATA),
+        7,
+        &[
+            &["subject", "roles"],
+            &["subject", "email"],
+            &["subject", "claims", "tier"],
+            &["subject", "scopes"],
+            &["client", "name"],
+        ],
+    );
+}
+
+#[test]
+fn callers_of_one_key_see_the_same_tools_under_whole_objects_and_computed_keys() {
+    check(
+        WIDE,
+        None,
+        11,
+        &[
+            &["request", "transport"],
+            &["request", "session_id"],
+            &["subject"],
+            &["client", "version"],
+        ],
+    );
+}

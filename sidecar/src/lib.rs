@@ -161,9 +161,8 @@ pub async fn run_proxy(
         &config.policy,
         &catalog,
     );
-    let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
+    let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth, &metrics)?);
     authenticator.log_startup();
-    authenticator.set_metrics(Arc::clone(&metrics));
     let server_ref = observe::ServerRef {
         name: config.policy.server_name.clone(),
         namespace: config.policy.pod_namespace.clone(),

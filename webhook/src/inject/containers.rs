@@ -193,45 +193,50 @@ pub fn redirect(cfg: &InjectConfig, server_port: u16) -> Container {
         "--to-ports",
         &cfg.sidecar_port.to_string(),
     ];
-    Container {
-        name: REDIRECT_NAME.to_string(),
-        image: Some(cfg.redirect_image.clone()),
-        image_pull_policy: Some(cfg.image_pull_policy.clone()),
-        command: Some(command.map(String::from).to_vec()),
-        resources: Some(small_resources()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: Some(vec!["NET_ADMIN".to_string(), "NET_RAW".to_string()]),
-                drop: Some(vec!["ALL".to_string()]),
-            }),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(false),
-            run_as_non_root: Some(false),
-            run_as_user: Some(0),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
+    let security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            add: Some(vec!["NET_ADMIN".to_string(), "NET_RAW".to_string()]),
+            drop: Some(vec!["ALL".to_string()]),
         }),
-        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
-        ..Container::default()
-    }
+        privileged: Some(false),
+        read_only_root_filesystem: Some(false),
+        run_as_non_root: Some(false),
+        run_as_user: Some(0),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    };
+    init_container(cfg, REDIRECT_NAME, &cfg.redirect_image, &command, security)
 }
 
 /// The init container that puts the sidecar binary (static) where the app container runs it.
 pub fn copy_binary(cfg: &InjectConfig) -> Container {
     let command = ["mcp-guard-sidecar", "copy-binary", BIN_DIR];
+    let security = restricted_security_context(cfg.sidecar_uid);
+    let mut c = init_container(cfg, COPY_BINARY_NAME, &cfg.image, &command, security);
+    c.volume_mounts = Some(vec![VolumeMount {
+        name: BIN_VOLUME.to_string(),
+        mount_path: BIN_DIR.to_string(),
+        ..VolumeMount::default()
+    }]);
+    c
+}
+
+/// A short-lived init container: runs `command` once, with small resources.
+fn init_container(
+    cfg: &InjectConfig,
+    name: &str,
+    image: &str,
+    command: &[&str],
+    security: SecurityContext,
+) -> Container {
     Container {
-        name: COPY_BINARY_NAME.to_string(),
-        image: Some(cfg.image.clone()),
+        name: name.to_string(),
+        image: Some(image.to_string()),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
-        command: Some(command.map(String::from).to_vec()),
-        resources: Some(small_resources()),
-        security_context: Some(restricted_security_context(cfg.sidecar_uid)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: BIN_VOLUME.to_string(),
-            mount_path: BIN_DIR.to_string(),
-            ..VolumeMount::default()
-        }]),
+        command: Some(command.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources(("10m", "16Mi"), ("100m", "64Mi"))),
+        security_context: Some(security),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Container::default()
     }
@@ -362,11 +367,6 @@ fn resources(requests: (&str, &str), limits: (&str, &str)) -> ResourceRequiremen
         limits: Some(map(limits)),
         claims: None,
     }
-}
-
-/// The init containers' resources: they run for a moment.
-fn small_resources() -> ResourceRequirements {
-    resources(("10m", "16Mi"), ("100m", "64Mi"))
 }
 
 fn value(name: &str, value: impl Into<String>) -> EnvVar {

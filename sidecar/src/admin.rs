@@ -1,6 +1,6 @@
 //! The admin port: liveness, the startup gate, readiness, Prometheus metrics, the policy status,
 //! the tools, what the sidecar has seen for the controller's dashboard (`/access`, `/denies`,
-//! [`crate::observed`]), and a `/shutdown` that only a process in the same pod (loopback) may
+//! [`crate::admin_view`]), and a `/shutdown` that only a process in the same pod (loopback) may
 //! call, so a Job's main container can end its sidecar.
 //!
 //! Three health endpoints, three meanings, so no probe waits on something it cannot get:
@@ -51,7 +51,7 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     pub shutdown: watch::Sender<bool>,
     /// The tools, callers and refusals seen, when the interception point records them.
-    pub observed: Option<Arc<crate::observed::Observed>>,
+    pub seen: Option<Arc<crate::admin_view::Seen>>,
 }
 
 /// The admin router; each connection adds its peer address as an extension.
@@ -120,18 +120,18 @@ async fn tools(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
 }
 
 /// `/access`: for each tool and each role set seen, whether the policy shows it and lets it be
-/// called ([`crate::observed::access`]).
+/// called ([`crate::admin_view::access`]).
 async fn access(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
-    axum::Json(match &s.observed {
-        Some(o) => crate::observed::access(o),
+    axum::Json(match &s.seen {
+        Some(o) => crate::admin_view::access(o),
         None => serde_json::json!({"policyHash": null, "tools": []}),
     })
 }
 
-/// `/denies`: the last refusals and their reasons ([`crate::observed::denies`]).
+/// `/denies`: the last refusals and their reasons ([`crate::admin_view::denies`]).
 async fn denies(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
-    axum::Json(match &s.observed {
-        Some(o) => crate::observed::denies(o),
+    axum::Json(match &s.seen {
+        Some(o) => crate::admin_view::denies(o),
         None => serde_json::json!({"denies": []}),
     })
 }

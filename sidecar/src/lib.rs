@@ -6,6 +6,7 @@
 //! [`proxy::rewrite`] (list answers filtered, [`sse`] events passed one by one).
 
 pub mod admin;
+pub mod admin_view;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -18,7 +19,6 @@ pub mod jsonrpc;
 pub mod limits;
 pub mod metrics;
 pub mod observe;
-pub mod observed;
 pub mod pod;
 pub mod policy;
 pub mod proxy;
@@ -156,14 +156,13 @@ pub async fn run_proxy(
             "tool definitions are compared with their pins of record"
         );
     }
-    let (interceptor, policy_store, observed) = observed::watch(
+    let (interceptor, policy_store, seen) = admin_view::watch(
         build_interceptor(&config, &metrics, &catalog),
         &config.policy,
         &catalog,
     );
-    let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
+    let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth, &metrics)?);
     authenticator.log_startup();
-    authenticator.set_metrics(Arc::clone(&metrics));
     let server_ref = observe::ServerRef {
         name: config.policy.server_name.clone(),
         namespace: config.policy.pod_namespace.clone(),
@@ -236,7 +235,7 @@ pub async fn run_proxy(
         listing,
         draining,
         shutdown: stop_tx,
-        observed: Some(observed),
+        seen: Some(seen),
     });
     let admin = admin::with_minted_jwks(admin, authenticator.minted_jwks());
     tracing::info!(

@@ -167,7 +167,7 @@ async fn setup(extra: &[&str]) -> Fx {
     ];
     args.extend_from_slice(extra);
     let cfg = W::parse_from(args).c;
-    let auth = Arc::new(Authenticator::from_config(&cfg.auth).unwrap());
+    let auth = Arc::new(Authenticator::from_config(&cfg.auth, &Arc::new(Metrics::new())).unwrap());
     auth.start().await;
     let proxy = Proxy::new(
         &cfg,
@@ -573,7 +573,7 @@ async fn anonymous_only_when_allowed_and_config_is_checked() {
     let bad = |args: &[&str]| {
         let mut v = vec!["x"];
         v.extend_from_slice(args);
-        Authenticator::from_config(&W::parse_from(v).c.auth).is_err()
+        Authenticator::from_config(&W::parse_from(v).c.auth, &Arc::new(Metrics::new())).is_err()
     };
     assert!(bad(&["--issuer", ISS]), "no resource URI");
     assert!(
@@ -698,7 +698,10 @@ async fn the_cache_makes_a_repeated_token_cheap() {
             #[command(flatten)]
             c: ProxyConfig,
         }
-        let a = Arc::new(Authenticator::from_config(&W::parse_from(cfg_args).c.auth).unwrap());
+        let a = Arc::new(
+            Authenticator::from_config(&W::parse_from(cfg_args).c.auth, &Arc::new(Metrics::new()))
+                .unwrap(),
+        );
         a.start().await;
         a
     };

@@ -137,8 +137,8 @@ pub struct KeyStore {
     on_revoke: Box<dyn Fn() + Send + Sync>,
     /// `Cache-Control: max-age` of the last document fetched, if it had one.
     max_age: parking_lot::Mutex<Option<Duration>>,
-    /// Where fetches are counted, once the sidecar's metrics exist.
-    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    /// Where fetches are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl KeyStore {
@@ -147,6 +147,7 @@ impl KeyStore {
         http: reqwest::Client,
         min_refetch: Duration,
         on_revoke: Box<dyn Fn() + Send + Sync>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         KeyStore {
             source,
@@ -159,7 +160,7 @@ impl KeyStore {
             min_refetch,
             on_revoke,
             max_age: parking_lot::Mutex::new(None),
-            metrics: std::sync::OnceLock::new(),
+            metrics,
         }
     }
 
@@ -203,16 +204,9 @@ impl KeyStore {
         self.fetch_counted(&mut state).await
     }
 
-    /// Counts key fetches in `metrics` from now on.
-    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
-        let _ = self.metrics.set(metrics);
-    }
-
     async fn fetch_counted(&self, state: &mut FetchState) -> Result<usize, AuthError> {
         let r = self.fetch_locked(state).await;
-        if let Some(m) = self.metrics.get() {
-            m.key_refreshed(r.is_ok());
-        }
+        self.metrics.key_refreshed(r.is_ok());
         r
     }
 

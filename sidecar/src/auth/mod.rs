@@ -27,6 +27,7 @@ pub use jsonwebtoken;
 
 use crate::identity::Identity;
 use crate::jsonrpc;
+use crate::metrics::Metrics;
 use cache::{ExpiringCache, TokenHash, now_secs};
 use keys::{KeySource, KeyStore};
 use passthrough::{Exchanger, Field, Minter};
@@ -129,6 +130,225 @@ fn quote(s: &str) -> String {
     s.replace(['"', '\\'], "")
 }
 
+/// The issuer tokens must come from and the resource they must name as their audience (this
+/// server's canonical URI, absolute, without a fragment).
+struct Resource {
+    issuer: String,
+    uri: String,
+    parsed: Uri,
+}
+
+impl Resource {
+    fn from_config(cfg: &AuthConfig) -> Result<Self, AuthError> {
+        let issuer = cfg
+            .issuer
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| AuthError::Config("--issuer (MCP_GUARD_ISSUER) is required".into()))?;
+        let uri = cfg
+            .resource_uri
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                AuthError::Config("--resource-uri (MCP_GUARD_RESOURCE_URI) is required".into())
+            })?;
+        let parsed: Uri = uri
+            .parse()
+            .map_err(|_| AuthError::Config(format!("resource URI {uri:?} is invalid")))?;
+        if parsed.scheme_str().is_none() || parsed.authority().is_none() {
+            return Err(AuthError::Config(format!(
+                "resource URI {uri:?} must be absolute (https://host/path)"
+            )));
+        }
+        if uri.contains('#') {
+            return Err(AuthError::Config("the resource URI has no fragment".into()));
+        }
+        Ok(Resource {
+            issuer,
+            uri,
+            parsed,
+        })
+    }
+}
+
+impl Verifier {
+    /// The token checks, the verified-token cache and the key store (nothing fetched yet).
+    fn from_config(
+        cfg: &AuthConfig,
+        resource: &Resource,
+        http: reqwest::Client,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, AuthError> {
+        let issuer = resource.issuer.clone();
+        let validations = parse_algorithms(&cfg.jwt_algorithms)?
+            .into_iter()
+            .map(|alg| {
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[issuer.as_str()]);
+                v.set_audience(&[resource.uri.as_str()]);
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                v.leeway = cfg.jwt_leeway.as_secs();
+                v.validate_nbf = true;
+                (alg, v)
+            })
+            .collect();
+        let cache: Arc<ExpiringCache<TokenHash, Arc<Identity>>> =
+            Arc::new(ExpiringCache::new(cfg.token_cache_size));
+        let source = match (&cfg.jwks_file, &cfg.jwks_uri) {
+            (Some(f), _) => KeySource::File(f.clone()),
+            (None, Some(u)) => KeySource::Uri(u.clone()),
+            (None, None) => KeySource::Discovery {
+                issuer: issuer.clone(),
+            },
+        };
+        // A key the provider withdrew takes the tokens it verified with it.
+        let on_revoke = {
+            let cache = Arc::downgrade(&cache);
+            Box::new(move || {
+                if let Some(c) = cache.upgrade() {
+                    c.clear();
+                }
+            })
+        };
+        let keys = KeyStore::new(
+            source,
+            http,
+            cfg.jwks_min_refetch_interval,
+            on_revoke,
+            Arc::clone(metrics),
+        );
+        Ok(Verifier {
+            issuer,
+            validations,
+            require_at_jwt: cfg.require_at_jwt,
+            required_scopes: cfg.required_scopes.clone(),
+            allow_anonymous: cfg.allow_anonymous,
+            keys: Arc::new(keys),
+            cache,
+            refresh: cfg.jwks_refresh_interval,
+            min_refetch: cfg.jwks_min_refetch_interval,
+        })
+    }
+}
+
+impl Metadata {
+    /// The RFC 9728 document, at the root and at the resource's path, and what the 401's
+    /// `WWW-Authenticate` says of it.
+    fn new(cfg: &AuthConfig, resource: &Resource) -> Self {
+        let uri = &resource.parsed;
+        let path = uri.path().trim_end_matches('/');
+        let mut paths = vec![METADATA_PATH.to_owned()];
+        if !path.is_empty() {
+            paths.push(format!("{METADATA_PATH}{path}"));
+        }
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let url = format!("{scheme}://{authority}{METADATA_PATH}{path}");
+        let scopes_supported = if cfg.scopes_supported.is_empty() {
+            cfg.required_scopes.clone()
+        } else {
+            cfg.scopes_supported.clone()
+        };
+        let servers = if cfg.authorization_servers.is_empty() {
+            vec![resource.issuer.clone()]
+        } else {
+            cfg.authorization_servers.clone()
+        };
+        let mut doc = json!({
+            "resource": resource.uri,
+            "authorization_servers": servers,
+            "bearer_methods_supported": ["header"],
+        });
+        if !scopes_supported.is_empty() {
+            doc["scopes_supported"] = json!(scopes_supported);
+        }
+        let scope = if cfg.required_scopes.is_empty() {
+            scopes_supported.join(" ")
+        } else {
+            cfg.required_scopes.join(" ")
+        };
+        Metadata {
+            paths,
+            body: Bytes::from(doc.to_string()),
+            url,
+            scope,
+        }
+    }
+}
+
+/// The shared key that signs the identity headers, when configured (at least 16 bytes).
+fn read_header_key(cfg: &AuthConfig) -> Result<Option<Vec<u8>>, AuthError> {
+    let Some(f) = &cfg.identity_headers_signing_key_file else {
+        return Ok(None);
+    };
+    let k = std::fs::read(f)
+        .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", f.display())))?;
+    let k = k.trim_ascii().to_vec();
+    if k.len() < 16 {
+        return Err(AuthError::Config(
+            "the identity header signing key must hold at least 16 bytes".into(),
+        ));
+    }
+    Ok(Some(k))
+}
+
+/// The minter of the `jwt` passthrough mode, from its key file.
+fn minter(cfg: &AuthConfig, resource: &str) -> Result<Option<Minter>, AuthError> {
+    if cfg.identity_passthrough != PassthroughMode::Jwt {
+        return Ok(None);
+    }
+    let Some(f) = &cfg.mint_key_file else {
+        return Err(AuthError::Config(
+            "--identity-passthrough jwt needs --mint-key-file".into(),
+        ));
+    };
+    let pem = std::fs::read(f)
+        .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", f.display())))?;
+    let audience = cfg
+        .upstream_audience
+        .clone()
+        .unwrap_or_else(|| resource.to_owned());
+    Ok(Some(Minter::from_pem(
+        &pem,
+        cfg.mint_key_id.clone(),
+        cfg.mint_issuer
+            .clone()
+            .unwrap_or_else(|| resource.to_owned()),
+        audience,
+        cfg.mint_ttl,
+        cfg.token_cache_size,
+    )?))
+}
+
+/// The RFC 8693 client of the `token-exchange` passthrough mode.
+fn exchanger(cfg: &AuthConfig, http: reqwest::Client) -> Result<Option<Exchanger>, AuthError> {
+    if cfg.identity_passthrough != PassthroughMode::TokenExchange {
+        return Ok(None);
+    }
+    let client_id = cfg
+        .exchange_client_id
+        .clone()
+        .ok_or_else(|| AuthError::Config("token exchange needs --exchange-client-id".into()))?;
+    let secret_file = cfg.exchange_client_secret_file.as_ref().ok_or_else(|| {
+        AuthError::Config("token exchange needs --exchange-client-secret-file".into())
+    })?;
+    let secret = std::fs::read_to_string(secret_file)
+        .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", secret_file.display())))?;
+    let audience = cfg
+        .upstream_audience
+        .clone()
+        .ok_or_else(|| AuthError::Config("token exchange needs --upstream-audience".into()))?;
+    Ok(Some(Exchanger {
+        http,
+        client_id,
+        client_secret: secret.trim().to_owned(),
+        audience,
+        scope: cfg.exchange_scope.clone(),
+        cache: ExpiringCache::new(cfg.token_cache_size),
+        inflight: parking_lot::Mutex::default(),
+    }))
+}
+
 impl Authenticator {
     /// No verification; incoming identity headers and Authorization are still stripped.
     pub fn disabled() -> Self {
@@ -145,8 +365,9 @@ impl Authenticator {
         }
     }
 
-    /// Builds from flags (reads the mounted key and secret files; fetches nothing yet).
-    pub fn from_config(cfg: &AuthConfig) -> Result<Self, AuthError> {
+    /// Builds from flags (reads the mounted key and secret files; fetches nothing yet). Key
+    /// fetches are counted in `metrics` (`mcp_guard_key_refreshes_total`).
+    pub fn from_config(cfg: &AuthConfig, metrics: &Arc<Metrics>) -> Result<Self, AuthError> {
         let header_names = passthrough::parse_identity_headers(&cfg.identity_headers)?;
         let http = reqwest::Client::builder()
             .timeout(cfg.idp_timeout)
@@ -155,191 +376,17 @@ impl Authenticator {
             .build()
             .map_err(|e| AuthError::Config(format!("HTTP client: {e}")))?;
         if !cfg.enabled() {
-            if cfg.auth_required {
-                return Err(AuthError::Config(
-                    "--auth-required is set but neither --issuer nor --jwks-file is".into(),
-                ));
-            }
-            let mut a = Authenticator::disabled();
-            a.header_names = header_names;
-            a.mode = match cfg.identity_passthrough {
-                PassthroughMode::UnsafeForwardToken => PassthroughMode::UnsafeForwardToken,
-                _ => PassthroughMode::None,
-            };
-            return Ok(a);
+            return Self::without_verification(cfg, header_names);
         }
-        let issuer = cfg
-            .issuer
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| AuthError::Config("--issuer (MCP_GUARD_ISSUER) is required".into()))?;
-        let resource = cfg
-            .resource_uri
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                AuthError::Config("--resource-uri (MCP_GUARD_RESOURCE_URI) is required".into())
-            })?;
-        let uri: Uri = resource
-            .parse()
-            .map_err(|_| AuthError::Config(format!("resource URI {resource:?} is invalid")))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return Err(AuthError::Config(format!(
-                "resource URI {resource:?} must be absolute (https://host/path)"
-            )));
-        };
-        if resource.contains('#') {
-            return Err(AuthError::Config("the resource URI has no fragment".into()));
-        }
-        let algorithms = parse_algorithms(&cfg.jwt_algorithms)?;
-        let validations = algorithms
-            .iter()
-            .map(|alg| {
-                let mut v = Validation::new(*alg);
-                v.set_issuer(&[issuer.as_str()]);
-                v.set_audience(&[resource.as_str()]);
-                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                v.leeway = cfg.jwt_leeway.as_secs();
-                v.validate_nbf = true;
-                (*alg, v)
-            })
-            .collect();
-        let cache: Arc<ExpiringCache<TokenHash, Arc<Identity>>> =
-            Arc::new(ExpiringCache::new(cfg.token_cache_size));
-        let source = match (&cfg.jwks_file, &cfg.jwks_uri) {
-            (Some(f), _) => KeySource::File(f.clone()),
-            (None, Some(u)) => KeySource::Uri(u.clone()),
-            (None, None) => KeySource::Discovery {
-                issuer: issuer.clone(),
-            },
-        };
-        let on_revoke = {
-            let cache = Arc::downgrade(&cache);
-            Box::new(move || {
-                if let Some(c) = cache.upgrade() {
-                    c.clear();
-                }
-            })
-        };
-        let keys = Arc::new(KeyStore::new(
-            source,
-            http.clone(),
-            cfg.jwks_min_refetch_interval,
-            on_revoke,
-        ));
-
-        let path = uri.path().trim_end_matches('/');
-        let mut paths = vec![METADATA_PATH.to_owned()];
-        if !path.is_empty() {
-            paths.push(format!("{METADATA_PATH}{path}"));
-        }
-        let url = format!("{scheme}://{authority}{METADATA_PATH}{path}");
-        let scopes_supported = if cfg.scopes_supported.is_empty() {
-            cfg.required_scopes.clone()
-        } else {
-            cfg.scopes_supported.clone()
-        };
-        let servers = if cfg.authorization_servers.is_empty() {
-            vec![issuer.clone()]
-        } else {
-            cfg.authorization_servers.clone()
-        };
-        let mut doc = json!({
-            "resource": resource,
-            "authorization_servers": servers,
-            "bearer_methods_supported": ["header"],
-        });
-        if !scopes_supported.is_empty() {
-            doc["scopes_supported"] = json!(scopes_supported);
-        }
-        let scope = if cfg.required_scopes.is_empty() {
-            scopes_supported.join(" ")
-        } else {
-            cfg.required_scopes.join(" ")
-        };
-
-        let header_key = match &cfg.identity_headers_signing_key_file {
-            Some(f) => {
-                let k = std::fs::read(f)
-                    .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", f.display())))?;
-                let k = k.trim_ascii().to_vec();
-                if k.len() < 16 {
-                    return Err(AuthError::Config(
-                        "the identity header signing key must hold at least 16 bytes".into(),
-                    ));
-                }
-                Some(k)
-            }
-            None => None,
-        };
-        let upstream_audience = cfg
-            .upstream_audience
-            .clone()
-            .unwrap_or_else(|| resource.clone());
-        let minter = match (cfg.identity_passthrough, &cfg.mint_key_file) {
-            (PassthroughMode::Jwt, None) => {
-                return Err(AuthError::Config(
-                    "--identity-passthrough jwt needs --mint-key-file".into(),
-                ));
-            }
-            (PassthroughMode::Jwt, Some(f)) => {
-                let pem = std::fs::read(f)
-                    .map_err(|e| AuthError::Config(format!("cannot read {}: {e}", f.display())))?;
-                Some(Minter::from_pem(
-                    &pem,
-                    cfg.mint_key_id.clone(),
-                    cfg.mint_issuer.clone().unwrap_or_else(|| resource.clone()),
-                    upstream_audience.clone(),
-                    cfg.mint_ttl,
-                    cfg.token_cache_size,
-                )?)
-            }
-            _ => None,
-        };
-        let exchanger = if cfg.identity_passthrough == PassthroughMode::TokenExchange {
-            let client_id = cfg.exchange_client_id.clone().ok_or_else(|| {
-                AuthError::Config("token exchange needs --exchange-client-id".into())
-            })?;
-            let secret_file = cfg.exchange_client_secret_file.as_ref().ok_or_else(|| {
-                AuthError::Config("token exchange needs --exchange-client-secret-file".into())
-            })?;
-            let secret = std::fs::read_to_string(secret_file).map_err(|e| {
-                AuthError::Config(format!("cannot read {}: {e}", secret_file.display()))
-            })?;
-            let audience = cfg.upstream_audience.clone().ok_or_else(|| {
-                AuthError::Config("token exchange needs --upstream-audience".into())
-            })?;
-            Some(Exchanger {
-                http,
-                client_id,
-                client_secret: secret.trim().to_owned(),
-                audience,
-                scope: cfg.exchange_scope.clone(),
-                cache: ExpiringCache::new(cfg.token_cache_size),
-                inflight: parking_lot::Mutex::default(),
-            })
-        } else {
-            None
-        };
-
+        let resource = Resource::from_config(cfg)?;
+        let verifier = Verifier::from_config(cfg, &resource, http.clone(), metrics)?;
+        let metadata = Metadata::new(cfg, &resource);
+        let header_key = read_header_key(cfg)?;
+        let minter = minter(cfg, &resource.uri)?;
+        let exchanger = exchanger(cfg, http)?;
         Ok(Authenticator {
-            verifier: Some(Verifier {
-                issuer,
-                validations,
-                require_at_jwt: cfg.require_at_jwt,
-                required_scopes: cfg.required_scopes.clone(),
-                allow_anonymous: cfg.allow_anonymous,
-                keys,
-                cache,
-                refresh: cfg.jwks_refresh_interval,
-                min_refetch: cfg.jwks_min_refetch_interval,
-            }),
-            metadata: Some(Metadata {
-                paths,
-                body: Bytes::from(doc.to_string()),
-                url,
-                scope,
-            }),
+            verifier: Some(verifier),
+            metadata: Some(metadata),
             mode: cfg.identity_passthrough,
             header_names,
             header_key,
@@ -347,6 +394,27 @@ impl Authenticator {
             exchanger,
             token_endpoint: cfg.token_endpoint.clone(),
         })
+    }
+
+    /// No issuer and no key file: nothing is verified, which `--auth-required` refuses. Only the
+    /// explicit passthrough of the client's token survives; every other mode needs a verified
+    /// identity to pass on.
+    fn without_verification(
+        cfg: &AuthConfig,
+        header_names: Vec<(Field, HeaderName)>,
+    ) -> Result<Self, AuthError> {
+        if cfg.auth_required {
+            return Err(AuthError::Config(
+                "--auth-required is set but neither --issuer nor --jwks-file is".into(),
+            ));
+        }
+        let mut a = Authenticator::disabled();
+        a.header_names = header_names;
+        a.mode = match cfg.identity_passthrough {
+            PassthroughMode::UnsafeForwardToken => PassthroughMode::UnsafeForwardToken,
+            _ => PassthroughMode::None,
+        };
+        Ok(a)
     }
 
     /// Whether tokens are verified.
@@ -360,13 +428,6 @@ impl Authenticator {
     }
 
     /// Logs what the identity layer does, loudly when it does not protect anything.
-    /// Counts key fetches in the sidecar's metrics (`mcp_guard_key_refreshes_total`).
-    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
-        if let Some(v) = &self.verifier {
-            v.keys.set_metrics(metrics);
-        }
-    }
-
     pub fn log_startup(&self) {
         match &self.verifier {
             None => tracing::warn!(

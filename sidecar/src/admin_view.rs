@@ -1,9 +1,10 @@
-//! What the sidecar has seen, for the controller's dashboard: the role sets of the callers and
-//! the last [`DENIES`] refusals with their reasons. [`Watch`] wraps the interception point and
-//! only records; it never changes a verdict or a list. The admin port serves `GET /access` (each
-//! tool of the sidecar's catalog, and for every role set seen whether the policy in force lets it
-//! see and call the tool) and `GET /denies` ([`access`], [`denies`]). Everything here is
-//! bounded, so a busy or hostile caller cannot grow it.
+//! The admin port's view of the sidecar, for the controller's dashboard: the role sets of the
+//! callers and the last [`DENIES`] refusals with their reasons. [`Watch`] wraps the interception
+//! point and only records; it never changes a verdict or a list. The admin port serves `GET
+//! /access` (each tool of the sidecar's catalog, and for every role set seen whether the policy
+//! in force lets it see and call the tool) and `GET /denies` ([`access`], [`denies`]). Everything
+//! here is bounded, so a busy or hostile caller cannot grow it. Not to be confused with
+//! [`crate::observe`], the record of each request that audit, spans and metrics consume.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -55,7 +56,7 @@ pub struct Deny {
 type RoleSet = (Option<Vec<String>>, Option<RegoValue>);
 
 /// What one sidecar has seen.
-pub struct Observed {
+pub struct Seen {
     policy: Option<Arc<PolicyStore>>,
     server: RegoValue,
     /// The server's tools, as the interception point and the sidecar's own listing share them.
@@ -71,13 +72,13 @@ fn clip(s: &str) -> String {
     }
 }
 
-impl Observed {
+impl Seen {
     pub fn new(
         config: &PolicyConfig,
         policy: Option<Arc<PolicyStore>>,
         catalog: Arc<ToolCatalog>,
     ) -> Arc<Self> {
-        Arc::new(Observed {
+        Arc::new(Seen {
             policy,
             server: config.server_value(),
             catalog,
@@ -132,10 +133,10 @@ impl Observed {
     }
 }
 
-/// The interception point, recording what passes through it ([`Observed`]).
+/// The interception point, recording what passes through it ([`Seen`]).
 pub struct Watch {
     inner: Arc<dyn Interceptor>,
-    seen: Arc<Observed>,
+    seen: Arc<Seen>,
 }
 
 /// Wraps what `build_interceptor` returns: the interceptor to use, the policy store, and what
@@ -144,12 +145,8 @@ pub fn watch(
     (inner, policy): (Arc<dyn Interceptor>, Option<Arc<PolicyStore>>),
     config: &PolicyConfig,
     catalog: &Arc<ToolCatalog>,
-) -> (
-    Arc<dyn Interceptor>,
-    Option<Arc<PolicyStore>>,
-    Arc<Observed>,
-) {
-    let seen = Observed::new(config, policy.clone(), Arc::clone(catalog));
+) -> (Arc<dyn Interceptor>, Option<Arc<PolicyStore>>, Arc<Seen>) {
+    let seen = Seen::new(config, policy.clone(), Arc::clone(catalog));
     let watch: Arc<dyn Interceptor> = Arc::new(Watch {
         inner,
         seen: Arc::clone(&seen),
@@ -190,7 +187,7 @@ impl Interceptor for Watch {
 }
 
 /// `GET /denies`: the last refusals, newest first.
-pub fn denies(seen: &Observed) -> Value {
+pub fn denies(seen: &Seen) -> Value {
     let denies: Vec<Deny> = seen.denies.lock().iter().cloned().collect();
     json!({ "denies": denies })
 }
@@ -199,7 +196,7 @@ pub fn denies(seen: &Observed) -> Value {
 /// changed since, and for each role set seen whether the policy in force shows the tool in a
 /// list (`visible`) and allows a call of it without arguments (`callable`). Without a policy
 /// both are `null`.
-pub fn access(seen: &Observed) -> Value {
+pub fn access(seen: &Seen) -> Value {
     let bundle = seen.policy.as_ref().and_then(|p| p.current());
     let roles: Vec<RoleSet> = seen.roles.read().clone();
     let pins = seen.catalog.pins();
@@ -358,7 +355,7 @@ mod tests {
 
     #[test]
     fn each_role_set_seen_gets_the_policy_decisions_for_each_tool() {
-        let dir = std::env::temp_dir().join(format!("mcp-guard-observed-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("mcp-guard-admin-view-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("p.rego"),

@@ -345,6 +345,34 @@ rss_kib() { # rss_kib FIELD PID...: VmRSS or VmHWM summed, KiB
   done
   echo "$total"
 }
+# Syscalls and context switches of the proxy during the measured window, from `perf stat` (the
+# kernel's counters: exact, and hardly moved by other load, unlike times). Left out when perf is
+# missing or not allowed to attach.
+PERF=0
+if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1; then
+  PERF=1
+else
+  log "perf stat cannot count syscalls here: the syscalls/req and switches/req columns stay empty"
+fi
+perf_start() { # perf_start OUT PID...: counts the processes' syscalls and switches until perf_stop
+  [ "$PERF" = 1 ] || return 0
+  local out="$1"
+  shift
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(IFS=,; echo "$*")" -o "$out" &
+  PERF_PID=$!
+}
+perf_stop() { # perf_stop: ends the count (in this shell: perf is its child), writing its file
+  [ "$PERF" = 1 ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+}
+perf_rates() { # perf_rates OUT REQUESTS: "syscalls/req switches/req"
+  [ "$PERF" = 1 ] || { echo "– –"; return 0; }
+  awk -F, -v n="$2" '
+    $3 ~ /raw_syscalls:sys_enter/ { s = $1 }
+    $3 ~ /context-switches/ { c = $1 }
+    END { if (n > 0) printf "%.1f %.2f\n", s / n, c / n; else print "– –" }' "$1"
+}
 json_get() { # json_get JSON KEY: a number from the flat wrk result
   sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"
 }
@@ -361,7 +389,7 @@ check_target() { # check_target NAME URL [AUTHORIZATION]: one request with curl,
   grep -q '^HTTP 200 application/json' <<<"$out" || die "$1: expected HTTP 200 JSON: $out"
 }
 
-declare -A RESULT CPU_US RSS_IDLE RSS_LOAD RSS_PEAK R_RESULT R_CPU R_RSS_LOAD R_RSS_PEAK ROUND_RPS PICKED
+declare -A RESULT CPU_US SYS RSS_IDLE RSS_LOAD RSS_PEAK R_RESULT R_CPU R_SYS R_RSS_LOAD R_RSS_PEAK ROUND_RPS PICKED
 measure() { # measure NAME ROUND URL PROXY_PIDS...: one warmup + one measured wrk run
   local name="$1" round="$2" url="$3" key="$1.$2" out before after requests r
   shift 3
@@ -372,9 +400,11 @@ measure() { # measure NAME ROUND URL PROXY_PIDS...: one warmup + one measured wr
   BENCH_AUTHORIZATION="$authorization" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/bench/mcp-tools-call.lua" "$url" >/dev/null
   before="$(cpu_ticks "$@")"
+  [ $# -gt 0 ] && perf_start "$WORK/perf-$key.txt" "$@"
   out="$(BENCH_AUTHORIZATION="$authorization" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s "$ROOT/bench/mcp-tools-call.lua" "$url")"
   after="$(cpu_ticks "$@")"
+  [ $# -gt 0 ] && perf_stop
   printf '%s\n' "$out" >"$WORK/wrk-$key.txt"
   r="$(sed -n 's/^WRK_RESULT //p' <<<"$out")"
   [ -n "$r" ] || die "$name: no result from wrk: $out"
@@ -383,6 +413,7 @@ measure() { # measure NAME ROUND URL PROXY_PIDS...: one warmup + one measured wr
   if [ $# -gt 0 ]; then
     R_CPU[$key]="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
       'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
+    R_SYS[$key]="$(perf_rates "$WORK/perf-$key.txt" "$requests")"
     R_RSS_LOAD[$key]="$(rss_kib VmRSS "$@")"
     R_RSS_PEAK[$key]="$(rss_kib VmHWM "$@")"
   fi
@@ -444,6 +475,7 @@ for t in "${TARGETS[@]}"; do
   RESULT[$t]="${R_RESULT[$t.$pick]}"
   if [ "$t" != direct ]; then
     CPU_US[$t]="${R_CPU[$t.$pick]}"
+    SYS[$t]="${R_SYS[$t.$pick]}"
     RSS_LOAD[$t]="${R_RSS_LOAD[$t.$pick]}"
     RSS_PEAK[$t]="$(for round in $(seq 1 "$ROUNDS"); do echo "${R_RSS_PEAK[$t.$round]}"; done | sort -n | tail -1)"
   fi
@@ -491,20 +523,21 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
     printf 'the Redis server'"'"'s own CPU is not in the proxy column).\n'
   fi
   printf '\n'
-  printf '| target | req/s | vs direct | p50 ms | +p50 ms | p99 ms | +p99 ms | proxy CPU µs/req | proxy RSS MiB (idle / load / peak) | errors |\n'
-  printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+  printf '| target | req/s | vs direct | p50 ms | +p50 ms | p99 ms | +p99 ms | proxy CPU µs/req | proxy syscalls/req | proxy switches/req | proxy RSS MiB (idle / load / peak) | errors |\n'
+  printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
   for t in "${TARGETS[@]}"; do
     r="${RESULT[$t]}"
     rps="$(json_get "$r" rps)"; p50="$(json_get "$r" p50)"; p99="$(json_get "$r" p99)"
     errs="$(awk -v a="$(json_get "$r" connect)" -v b="$(json_get "$r" read)" -v c="$(json_get "$r" write)" \
       -v d="$(json_get "$r" status)" -v e="$(json_get "$r" timeout)" 'BEGIN { print a + b + c + d + e }')"
     if [ "$t" = direct ]; then
-      printf '| %s | %.0f | 100 %% | %s | – | %s | – | – | – | %s |\n' "$t" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs"
+      printf '| %s | %.0f | 100 %% | %s | – | %s | – | – | – | – | – | %s |\n' "$t" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs"
     else
-      printf '| %s | %.0f | %s %% | %s | %s | %s | %s | %s | %s / %s / %s | %s |\n' "$t" "$rps" \
+      read -r sys_req sw_req <<<"${SYS[$t]}"
+      printf '| %s | %.0f | %s %% | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s |\n' "$t" "$rps" \
         "$(awk -v a="$rps" -v b="$D_RPS" 'BEGIN { printf "%.0f", 100 * a / b }')" \
         "$(ms "$p50")" "$(ms $((p50 - D_P50)))" "$(ms "$p99")" "$(ms $((p99 - D_P99)))" \
-        "${CPU_US[$t]}" "$(mib "${RSS_IDLE[$t]}")" "$(mib "${RSS_LOAD[$t]}")" "$(mib "${RSS_PEAK[$t]}")" "$errs"
+        "${CPU_US[$t]}" "$sys_req" "$sw_req" "$(mib "${RSS_IDLE[$t]}")" "$(mib "${RSS_LOAD[$t]}")" "$(mib "${RSS_PEAK[$t]}")" "$errs"
     fi
   done
   printf '\n- machine: %s × %s, Linux %s; %s; wrk %s' "$NCPU" "$CPU_MODEL" "$KERNEL" "$RUSTC" "$WRK_VERSION"
@@ -547,8 +580,10 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
       printf ', "vs_direct": {"rps_ratio": %s, "p50_added_us": %s, "p99_added_us": %s}' \
         "$(awk -v a="$(json_get "$r" rps)" -v b="$D_RPS" 'BEGIN { printf "%.4f", a / b }')" \
         "$(($(json_get "$r" p50) - D_P50))" "$(($(json_get "$r" p99) - D_P99))"
-      printf ', "proxy_cpu_us_per_request": %s, "proxy_rss_kib": {"idle": %s, "load": %s, "peak": %s}' \
-        "${CPU_US[$t]}" "${RSS_IDLE[$t]}" "${RSS_LOAD[$t]}" "${RSS_PEAK[$t]}"
+      read -r sys_req sw_req <<<"${SYS[$t]}"
+      printf ', "proxy_cpu_us_per_request": %s, "proxy_syscalls_per_request": %s, "proxy_switches_per_request": %s, "proxy_rss_kib": {"idle": %s, "load": %s, "peak": %s}' \
+        "${CPU_US[$t]}" "$([ "$sys_req" = – ] && echo null || echo "$sys_req")" \
+        "$([ "$sw_req" = – ] && echo null || echo "$sw_req")" "${RSS_IDLE[$t]}" "${RSS_LOAD[$t]}" "${RSS_PEAK[$t]}"
     fi
     printf '}%s\n' "$([ "$n" -lt "${#TARGETS[@]}" ] && echo ,)"
   done

@@ -287,15 +287,11 @@ impl IdentityServer {
     }
 
     /// The requests of clients (through the sidecar): [`Self::requests`] but the sidecar's own
-    /// listing of the server's tools at start (its `User-Agent` says `(tool listing)`).
+    /// listing of the server's tools at start (sent with its own `User-Agent`).
     pub fn client_requests(&self) -> Vec<Value> {
         self.requests()
             .into_iter()
-            .filter(|r| {
-                !r["headers"]["user-agent"].as_str().is_some_and(|ua| {
-                    ua.starts_with("mcp-guard-sidecar/") && ua.ends_with("(tool listing)")
-                })
-            })
+            .filter(|r| r["headers"]["user-agent"] != mcp_guard_sidecar::tools::USER_AGENT)
             .collect()
     }
 

@@ -257,6 +257,10 @@ async fn identity_provider_down_at_start_refuses_tokens_with_503_until_it_comes_
     }
     let r = post(&url, &initialize_body(0, PROTOCOL_2025), &[]).await;
     assert_eq!(r.status, 401, "{}", r.body);
+    // Readiness waits for the sidecar's own listing of the server's tools (which a busy machine
+    // may not have finished yet), never for keys: it turns ready while the provider is still
+    // down (`wait_ready` fails the test when it does not).
+    sc.wait_ready();
     assert_eq!(
         sc.admin("GET", "/readyz").0,
         200,

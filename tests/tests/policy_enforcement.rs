@@ -191,6 +191,9 @@ async fn no_policy_means_fail_closed_until_one_arrives() {
             .contains("no valid policy"),
         "{answer}"
     );
+    // Ready once the sidecar's own listing of the server's tools is done (on a busy machine it
+    // may still be under way here), whatever the policy.
+    sc.wait_ready();
     assert_eq!(
         sc.admin("GET", "/readyz").0,
         200,

@@ -229,11 +229,15 @@ pub fn changed_tools(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The HTTP client that asks the sidecars' admin ports, each request within `timeout`.
+/// The HTTP client that asks the sidecars' admin ports, each request within `timeout`. It keeps
+/// no idle connection: each sidecar is asked once per observation, so a pool would only hold one
+/// connection (and its buffers) per pod of the fleet until the observation ends; without it, the
+/// connections open at once are those of the sidecars being asked.
 fn admin_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
+        .pool_max_idle_per_host(0)
         .no_proxy()
         .build()
         .map_err(|e| format!("no HTTP client: {e}"))

@@ -1609,6 +1609,9 @@ fn assert_row_matches(node: &Node, pod: &Value, row: &Value) {
     }
 }
 
+/// How long the kubelet may stay paused: well within the node controller's grace period.
+const PAUSED: Duration = Duration::from_secs(30);
+
 /// Step 11: the fleet view, on what the story left (the app's two pods, the Job's finished pod)
 /// and a server of its own: approved in its namespace with a pin its `echo` does not match, and
 /// a policy source of its own.
@@ -1729,7 +1732,9 @@ fn fleet(node: &Node) {
         let _paused = node.pause("kubelet");
         node.kubectl.apply(&source(r#"{"echo", "add"}"#));
         let mut stale = Value::Null;
-        node.wait("the stale pod's drift in the fleet", ns, LONG, || {
+        // Within the node controller's grace period (40 s), before the paused kubelet would
+        // make the node, and the webhook's endpoints behind the Service, NotReady.
+        node.wait("the stale pod's drift in the fleet", ns, PAUSED, || {
             stale = client.get();
             rows(&stale)
                 .get(&key)

@@ -266,6 +266,32 @@ impl Node {
         tail(&s, 30000).to_owned()
     }
 
+    /// Stops `component` (a process `cluster-up.sh` started and recorded in `pids/`, e.g.
+    /// `kubelet`) with SIGSTOP until the returned guard drops (SIGCONT): the node's pods keep
+    /// running, but nothing that component does for them happens meanwhile (a kubelet that does
+    /// not update ConfigMap volumes, as on a node that lags behind).
+    pub fn pause(&self, component: &str) -> Paused {
+        let dir = PathBuf::from(self.var("KUBECONFIG"));
+        let file = dir
+            .parent()
+            .map(|d| d.join("pids").join(format!("{component}.pid")))
+            .unwrap_or_default();
+        let pid = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_eq!(
+            comm.trim(),
+            component,
+            "{} names process {pid}, which is not {component}",
+            file.display()
+        );
+        let out = signal(&pid, "STOP");
+        assert!(out.success(), "kill -STOP {pid}: {}", out.stderr);
+        Paused { pid }
+    }
+
     /// The ClusterIP of Service `namespace/name`.
     pub fn cluster_ip(&self, namespace: &str, name: &str) -> String {
         let ip = self.kubectl_ok(&[
@@ -283,6 +309,29 @@ impl Node {
         );
         ip.trim().to_owned()
     }
+}
+
+/// A component stopped by [`Node::pause`]; continued on drop.
+#[derive(Debug)]
+pub struct Paused {
+    pid: String,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let out = signal(&self.pid, "CONT");
+        if !out.success() {
+            eprintln!("node: kill -CONT {}: {}", self.pid, out.stderr);
+        }
+    }
+}
+
+fn signal(pid: &str, sig: &str) -> Output {
+    run_bounded(
+        "kill",
+        Command::new("kill").arg(format!("-{sig}")).arg(pid),
+        Duration::from_secs(10),
+    )
 }
 
 impl Drop for Node {

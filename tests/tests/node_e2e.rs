@@ -354,6 +354,11 @@ fn operator_story_on_a_real_node() {
             "sidecar settings from values, the namespace and the pod",
             Box::new(|| settings(&node, &caller)),
         ),
+        (
+            "11",
+            "the controller's fleet view against the cluster: policy drift, pin drift",
+            Box::new(|| fleet(&node)),
+        ),
     ];
     let mut times = Vec::new();
     for (n, what, f) in story {
@@ -1397,4 +1402,372 @@ fn settings(node: &Node, caller: &Caller) {
                 .any(|a| a["key"] == "k8s.namespace.name" && a["value"]["stringValue"] == APP_NS)
         })
     });
+}
+
+/// The `GET /fleet` of the webhook's Service as a user reaches it: the Service's name (the
+/// certificate's) resolved to its ClusterIP, the CA of the webhook configuration, the admin's
+/// bearer token. The JSON, or `Null` when it did not answer 200.
+struct FleetClient {
+    dir: TempDir,
+    url: String,
+    resolve: String,
+}
+
+impl FleetClient {
+    fn new(node: &Node) -> FleetClient {
+        let dir = TempDir::new("node-fleet");
+        let ca = node.kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            "mcp-guard-webhook",
+            "-o",
+            "go-template={{(index .webhooks 0).clientConfig.caBundle | base64decode}}",
+        ]);
+        std::fs::write(dir.path().join("ca.crt"), ca).unwrap();
+        let token = node.kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.users[0].user.token}",
+        ]);
+        assert!(!token.trim().is_empty(), "the admin kubeconfig has a token");
+        std::fs::write(
+            dir.path().join("auth"),
+            format!("Authorization: Bearer {}\n", token.trim()),
+        )
+        .unwrap();
+        let host = format!("mcp-guard-webhook.{GUARD_NS}.svc");
+        FleetClient {
+            resolve: format!(
+                "{host}:443:{}",
+                node.cluster_ip(GUARD_NS, "mcp-guard-webhook")
+            ),
+            url: format!("https://{host}/fleet"),
+            dir,
+        }
+    }
+
+    fn get(&self) -> Value {
+        let out = mcp_guard_tests::run_bounded(
+            "curl",
+            std::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "30",
+                    "-w",
+                    "\n%{http_code}",
+                    "--resolve",
+                ])
+                .arg(&self.resolve)
+                .arg("--cacert")
+                .arg(self.dir.path().join("ca.crt"))
+                .arg("-H")
+                .arg(format!("@{}", self.dir.path().join("auth").display()))
+                .arg(&self.url),
+            Duration::from_secs(40),
+        );
+        match out.stdout.rsplit_once('\n') {
+            Some((body, "200")) => serde_json::from_str(body).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+}
+
+/// The fleet's rows by `namespace/pod`.
+fn rows(list: &Value) -> std::collections::BTreeMap<String, Value> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                format!(
+                    "{}/{}",
+                    r["namespace"].as_str().unwrap_or_default(),
+                    r["pod"].as_str().unwrap_or_default()
+                ),
+                r.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The pods the API server has that the webhook injected and that are not being deleted, by
+/// `namespace/pod`.
+fn injected_pods(node: &Node) -> std::collections::BTreeMap<String, Value> {
+    node.json(&[
+        "get",
+        "pods",
+        "--all-namespaces",
+        "-l",
+        "mcp-guard.dev/injected=true",
+    ])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                format!(
+                    "{}/{}",
+                    p["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    name(p)
+                ),
+                p.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The hash the controller distributed for `policy` into `namespace` (its mirror's annotation).
+fn distributed(node: &Node, namespace: &str, policy: &str) -> String {
+    node.kubectl_ok(&[
+        "get",
+        "configmap",
+        policy,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.metadata.annotations.mcp-guard\\.dev/hash}",
+    ])
+    .trim()
+    .to_owned()
+}
+
+/// A running, Ready pod's sidecar: its own `/policy` hash, read from the pod IP.
+fn enforced(pod: &Value) -> Option<String> {
+    policy_status(pod)["hash"].as_str().map(str::to_owned)
+}
+
+/// The row of `pod` says what the cluster says: the workload, the server admission labelled it
+/// with, the sidecar version, the images, the policy ConfigMap its volume mounts and the hash
+/// distributed for it; for a Ready pod, the hash its sidecar reports on its own admin port.
+fn assert_row_matches(node: &Node, pod: &Value, row: &Value) {
+    let key = format!("{}/{}", pod["metadata"]["namespace"], name(pod));
+    let ns = pod["metadata"]["namespace"].as_str().unwrap();
+    let policy = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "mcp-guard-policy")
+        .and_then(|v| v["configMap"]["name"].as_str())
+        .unwrap_or_else(|| panic!("{key}: no policy volume"));
+    assert_eq!(row["policy"], policy, "{key}: {row}");
+    assert_eq!(
+        row["distributedHash"],
+        distributed(node, ns, policy),
+        "{key}: {row}"
+    );
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    let workload = owner["kind"]
+        .as_str()
+        .map(|k| format!("{k}/{}", owner["name"].as_str().unwrap_or_default()));
+    assert_eq!(
+        row["workload"].as_str(),
+        workload.as_deref(),
+        "{key}: {row}"
+    );
+    assert_eq!(
+        row["server"], pod["metadata"]["labels"]["mcp-guard.dev/approved-server"],
+        "{key}: {row}"
+    );
+    let status: Value = pod["metadata"]["annotations"]["mcp-guard.dev/status"]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    assert_eq!(row["sidecarVersion"], status["version"], "{key}: {row}");
+    // The pod's own images: containers, then init containers, without those mcp-guard added.
+    let ours = ["mcp-guard", "mcp-guard-redirect", "mcp-guard-copy-binary"];
+    let mut images: Vec<&Value> = Vec::new();
+    for c in ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][k].as_array().into_iter().flatten())
+        .filter(|c| !ours.iter().any(|o| c["name"] == *o))
+    {
+        if !images.contains(&&c["image"]) {
+            images.push(&c["image"]);
+        }
+    }
+    assert_eq!(
+        row["images"]
+            .as_array()
+            .map(|a| a.iter().collect::<Vec<_>>()),
+        Some(images),
+        "{key}: {row}"
+    );
+    if pod["status"]["phase"] == "Running" && ready(pod) {
+        assert!(row["error"].is_null(), "{key}: {row}");
+        assert_eq!(
+            row["policyHash"].as_str(),
+            enforced(pod).as_deref(),
+            "{key}: the hash its sidecar reports: {row}"
+        );
+        assert!(row["requests"].is_u64(), "{key}: {row}");
+    }
+}
+
+/// How long the kubelet may stay paused: well within the node controller's grace period.
+const PAUSED: Duration = Duration::from_secs(30);
+
+/// Step 11: the fleet view, on what the story left (the app's two pods, the Job's finished pod)
+/// and a server of its own: approved in its namespace with a pin its `echo` does not match, and
+/// a policy source of its own.
+fn fleet(node: &Node) {
+    let ns = "mcp-fleet";
+    node.kubectl_ok(&["create", "namespace", ns]);
+    let pin = format!("sha256:{}", "0".repeat(64));
+    node.kubectl.apply(
+        &json!({
+            "apiVersion": "mcp-guard.dev/v1alpha1", "kind": "ApprovedServer",
+            "metadata": {"name": "fleet-example"},
+            "spec": {"name": "io.example/fleet-example", "owner": "team-fleet",
+                "images": [{"repository": "localhost/mcp-guard/example-server"}],
+                "namespaces": [ns],
+                "tools": [{"name": "echo", "hash": pin}]},
+        })
+        .to_string(),
+    );
+    let source = |tools: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "fleet-policy", "namespace": GUARD_NS,
+                "labels": {"mcp-guard.dev/policy": "true"}},
+            "data": {"authz.rego": format!(
+                "package mcp.authz\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.request.tool in {tools}\n")},
+        })
+        .to_string()
+    };
+    node.kubectl.apply(&source(r#"{"echo"}"#));
+    let pod = example_pod(
+        "pinned",
+        ns,
+        &[
+            ("mcp-guard.dev/inject", "enabled"),
+            ("mcp-guard.dev/port", "mcp"),
+            ("mcp-guard.dev/policy", "fleet-policy"),
+        ],
+    );
+    // The catalog reaches the webhook's watch a moment after the apply: until the dry run is
+    // labelled with the entry, a pod would be admitted as unapproved.
+    node.wait(
+        "admission labels the pod as the approved server",
+        ns,
+        LONG,
+        || {
+            let out = node
+                .kubectl
+                .run(&["create", "--dry-run=server", "-o", "json"], Some(&pod));
+            out.success()
+                && serde_json::from_str::<Value>(&out.stdout).is_ok_and(|p| {
+                    p["metadata"]["labels"]["mcp-guard.dev/approved-server"] == "fleet-example"
+                })
+        },
+    );
+    node.kubectl.apply(&pod);
+    node.wait("the pinned server's pod is Ready", ns, LONG, || {
+        ready(&node.json(&["get", "pod", "pinned", "-n", ns]))
+    });
+    let key = format!("{ns}/pinned");
+
+    // Every injected pod the API server has, and nothing else, each row what the cluster says.
+    let client = FleetClient::new(node);
+    let mut last = Value::Null;
+    node.wait(
+        "the fleet lists every injected pod, observed",
+        ns,
+        LONG,
+        || {
+            last = client.get();
+            let rows = rows(&last);
+            let pods = injected_pods(node);
+            rows.keys().eq(pods.keys())
+                && pods.iter().all(|(k, p)| {
+                    !(p["status"]["phase"] == "Running" && ready(p))
+                        || rows[k]["policyHash"].is_string()
+                })
+                && rows.get(&key).is_some_and(|r| r["changedTools"].is_array())
+        },
+    );
+    let pods = injected_pods(node);
+    let fleet = rows(&last);
+    assert!(
+        pods.keys()
+            .any(|k| k.starts_with(&format!("{APP_NS}/tools-")))
+            && pods.contains_key(&key),
+        "the app's pods and the pinned pod are injected: {:?}",
+        pods.keys()
+    );
+    for (k, pod) in &pods {
+        assert_row_matches(node, pod, &fleet[k]);
+        if pod["status"]["phase"] == "Running" && ready(pod) {
+            assert_eq!(fleet[k]["drift"], false, "{k}: {}", fleet[k]);
+        }
+    }
+    let pinned = &fleet[&key];
+    assert_eq!(pinned["server"], "fleet-example", "{pinned}");
+    assert_eq!(
+        pinned["changedTools"],
+        json!(["echo"]),
+        "pin drift: {pinned}"
+    );
+    for (k, row) in fleet.iter().filter(|(k, _)| **k != key) {
+        assert!(row["changedTools"].is_null(), "{k}: no pin drift: {row}");
+    }
+    println!(
+        "node_e2e: the fleet lists {} injected pods: {:?}",
+        fleet.len(),
+        fleet.keys()
+    );
+
+    // A node that lags behind: the kubelet paused, the pinned server's policy edited. The
+    // controller distributes the new bundle into the namespace; the pod's volume, which only the
+    // kubelet updates, keeps the old one: that pod drifts, the others do not.
+    let before = distributed(node, ns, "fleet-policy");
+    let enforced_before = enforced(&node.json(&["get", "pod", "pinned", "-n", ns]));
+    assert_eq!(enforced_before.as_deref(), Some(before.as_str()));
+    {
+        let _paused = node.pause("kubelet");
+        node.kubectl.apply(&source(r#"{"echo", "add"}"#));
+        let mut stale = Value::Null;
+        // Within the node controller's grace period (40 s), before the paused kubelet would
+        // make the node, and the webhook's endpoints behind the Service, NotReady.
+        node.wait("the stale pod's drift in the fleet", ns, PAUSED, || {
+            stale = client.get();
+            rows(&stale)
+                .get(&key)
+                .is_some_and(|r| r["distributedHash"].as_str().is_some_and(|h| h != before))
+        });
+        let rows_now = rows(&stale);
+        let row = &rows_now[&key];
+        assert_eq!(
+            row["distributedHash"],
+            distributed(node, ns, "fleet-policy"),
+            "{row}"
+        );
+        assert_eq!(
+            row["policyHash"], before,
+            "the sidecar still enforces the old bundle: {row}"
+        );
+        assert_eq!(row["drift"], true, "{row}");
+        for (k, r) in rows_now.iter().filter(|(k, _)| **k != key) {
+            let p = &pods[k];
+            if p["status"]["phase"] == "Running" && ready(p) {
+                assert_eq!(r["drift"], false, "{k}: {r}");
+            }
+        }
+    }
+    // The kubelet again: the volume follows, the sidecar loads it, the drift goes.
+    node.wait(
+        "the drift goes once the kubelet catches up",
+        ns,
+        LONG,
+        || {
+            rows(&client.get())
+                .get(&key)
+                .is_some_and(|r| r["drift"] == false && r["policyHash"] == r["distributedHash"])
+        },
+    );
 }

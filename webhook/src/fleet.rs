@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::annotations::{POLICY, STATUS};
-use crate::inject::{ADMIN_PORT_NAME, SIDECAR_NAME};
+use crate::inject::{ADMIN_PORT_NAME, COPY_BINARY_NAME, REDIRECT_NAME, SIDECAR_NAME};
 use crate::registry::APPROVED_LABEL;
 
 /// One injected pod as the fleet view shows it.
@@ -68,6 +68,10 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+/// The containers mcp-guard adds besides the sidecar (their images are mcp-guard's, not the
+/// pod's).
+const MCP_GUARD_CONTAINERS: [&str; 2] = [REDIRECT_NAME, COPY_BINARY_NAME];
+
 /// A row still to be observed, and where its sidecar's admin port is.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -106,6 +110,7 @@ pub fn targets(
                     .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
                     .and_then(|p| u16::try_from(p.container_port).ok());
             } else if let Some(i) = &c.image
+                && !MCP_GUARD_CONTAINERS.contains(&c.name.as_str())
                 && !images.contains(i)
             {
                 images.push(i.clone());
@@ -224,11 +229,15 @@ pub fn changed_tools(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The HTTP client that asks the sidecars' admin ports, each request within `timeout`.
+/// The HTTP client that asks the sidecars' admin ports, each request within `timeout`. It keeps
+/// no idle connection: each sidecar is asked once per observation, so a pool would only hold one
+/// connection (and its buffers) per pod of the fleet until the observation ends; without it, the
+/// connections open at once are those of the sidecars being asked.
 fn admin_client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
+        .pool_max_idle_per_host(0)
         .no_proxy()
         .build()
         .map_err(|e| format!("no HTTP client: {e}"))
@@ -654,7 +663,9 @@ mod tests {
                 "annotations": {STATUS: "{\"version\":\"0.1.0\"}", POLICY: "tools-policy"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                     "name": "tickets-7c9f", "uid": "u"}]},
-            "spec": {"containers": [
+            "spec": {"initContainers": [
+                {"name": COPY_BINARY_NAME, "image": "ghcr.io/mcp-guard/sidecar:0.1.0"}],
+                "containers": [
                 {"name": "server", "image": "example.com/tickets:1"},
                 {"name": SIDECAR_NAME, "image": "ghcr.io/mcp-guard/sidecar:0.1.0", "ports": ports}]},
             "status": {"podIP": ip},

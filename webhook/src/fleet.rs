@@ -244,17 +244,40 @@ fn admin_client(timeout: Duration) -> Result<reqwest::Client, String> {
 }
 
 /// `GET http://ADMIN/PATH` on a sidecar's admin port: the body of a successful answer.
+/// Why a sidecar's admin endpoint gave no answer to use.
+#[derive(Debug)]
+enum AdminError {
+    /// No answer at all (refused, timed out): asking it anything else now is no use.
+    Unreachable(String),
+    /// An answer, but not one to read (an error status, a body cut off).
+    Answer(String),
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminError::Unreachable(e) | AdminError::Answer(e) => f.write_str(e),
+        }
+    }
+}
+
 async fn admin_get(
     client: &reqwest::Client,
     admin: SocketAddr,
     path: &str,
-) -> Result<String, String> {
+) -> Result<String, AdminError> {
     let url = format!("http://{admin}{path}");
-    let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| AdminError::Unreachable(e.to_string()))?;
     if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
+        return Err(AdminError::Answer(format!("{url}: HTTP {}", resp.status())));
     }
-    resp.text().await.map_err(|e| e.to_string())
+    resp.text()
+        .await
+        .map_err(|e| AdminError::Answer(e.to_string()))
 }
 
 /// Fills each row from its sidecar: at most `concurrency` sidecars at a time, each request
@@ -293,6 +316,13 @@ async fn observe_one(client: &reqwest::Client, t: Target) -> Row {
             if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
                 row.error = Some(format!("policy: {e}"));
             }
+        }
+        Err(e @ AdminError::Unreachable(_)) => {
+            // A sidecar that does not answer is not asked twice more: one deadline per refresh
+            // holds one of the bounded places, not three.
+            row.error = Some(format!("sidecar not reachable: {e}"));
+            row.drift = drift(&row);
+            return row;
         }
         Err(e) => row.error = Some(format!("sidecar not reachable: {e}")),
     }
@@ -651,6 +681,38 @@ pub struct FleetList {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_sidecar_that_does_not_answer_is_asked_once_per_refresh() {
+        // Accepts connections and never answers: every request ends at its deadline.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        let target = Target {
+            row: Row {
+                pod: "silent".into(),
+                ..Row::default()
+            },
+            admin: Some(admin),
+        };
+        let rows = observe(vec![target], 4, Duration::from_millis(300)).await;
+        let error = rows[0].error.as_deref().unwrap_or_default();
+        assert!(error.starts_with("sidecar not reachable"), "{error}");
+        assert_eq!(rows[0].requests, None);
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "asked /policy only"
+        );
+    }
 
     fn pod(name: &str, ip: Option<&str>, admin: Option<u16>) -> Pod {
         let mut ports = vec![json!({"name": "mcp", "containerPort": 15001})];

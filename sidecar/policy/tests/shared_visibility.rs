@@ -6,10 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use mcp_guard_policy::bundle::Bundle;
-use mcp_guard_policy::catalog::ToolCatalog;
+use mcp_guard_policy::catalog::{self, ToolCatalog};
 use mcp_guard_policy::engine::CompiledBundle;
 use mcp_guard_policy::input::{self, ClientInfo, Frame, ServerInfo, Subject};
 use mcp_guard_policy::mcp::List;
@@ -167,16 +167,38 @@ fn compiled(rego: &str, data: Option<&str>) -> CompiledBundle {
     CompiledBundle::compile(&bundle, &input::probe()).expect("compiles")
 }
 
+/// The policy view of each tool, from a catalog whose pins of record match every other tool's
+/// definition: half of the tools count as changed, so rules reading `input.tool.changed` decide.
+fn views(tools: &[Value]) -> Vec<regorus::Value> {
+    let pins = tools
+        .iter()
+        .enumerate()
+        .map(|(i, def)| {
+            let hash = if i % 2 == 0 {
+                catalog::definition_hash(def)
+            } else {
+                format!("sha256:{}", "0".repeat(64))
+            };
+            (def["name"].as_str().expect("named").to_owned(), hash)
+        })
+        .collect();
+    let catalog = ToolCatalog::with_pins(pins);
+    tools.iter().map(|def| catalog.view_of(def).0).collect()
+}
+
 /// Each frame's visibility of every tool, decided one by one (no sharing).
-fn visibility(bundle: &CompiledBundle, frame: &Frame, tools: &[Value]) -> Vec<bool> {
-    // Pinned to other definitions, so that some tools count as changed.
-    let catalog = ToolCatalog::with_pins(BTreeMap::new());
+fn visibility(
+    bundle: &CompiledBundle,
+    frame: &Frame,
+    tools: &[Value],
+    views: &[regorus::Value],
+) -> Vec<bool> {
     tools
         .iter()
-        .map(|def| {
-            let (view, _) = catalog.view_of(def);
+        .zip(views)
+        .map(|(def, view)| {
             bundle
-                .visible_value(frame.list_item(List::Tools, def, Some(view)))
+                .visible_value(frame.list_item(List::Tools, def, Some(view.clone())))
                 .expect("evaluates")
         })
         .collect()
@@ -233,11 +255,12 @@ fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
     }
     .to_value();
     let tools = tools(&mut rng);
+    let views = views(&tools);
     let frames: Vec<(Frame, Vec<bool>)> = random_callers(&mut rng, 600)
         .iter()
         .map(|caller| {
             let frame = frame_of(caller, &server);
-            let seen = visibility(&bundle, &frame, &tools);
+            let seen = visibility(&bundle, &frame, &tools, &views);
             (frame, seen)
         })
         .collect();

@@ -266,10 +266,9 @@ impl PolicyInterceptor {
         views: &[View],
     ) -> Vec<bool> {
         if list == List::Tools {
-            let frame_number = self
-                .visible_cache
-                .lock()
-                .frame(frame.key_for(bundle.reads()));
+            // The key is built before the lock is taken: other listings wait only for the lookup.
+            let key = frame.key_for(bundle.reads());
+            let frame_number = self.visible_cache.lock().frame(key);
             return items
                 .iter()
                 .zip(views)

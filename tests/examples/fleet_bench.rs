@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_util::StreamExt;
+use mcp_guard_common::env as sidecar_env;
 use mcp_guard_tests::apiserver::{ADMIN_TOKEN, ApiServer, mutating_webhook_config, wait_until};
 use mcp_guard_tests::suite::post_2026;
 use mcp_guard_tests::volume::ConfigMapVolume;
@@ -567,13 +568,13 @@ fn main() {
     let mut env: BTreeMap<String, String> = container_env(&container, None).into_iter().collect();
     let mcp_port = free_port();
     let capture_admin = SocketAddr::new(Ipv4Addr::new(127, 77, 0, 1).into(), *admin_port);
-    env.insert("MCP_GUARD_POD_NAME".into(), name0.clone());
-    env.insert("MCP_GUARD_POD_NAMESPACE".into(), ns0.clone());
-    env.insert("MCP_GUARD_LISTEN".into(), format!("127.0.0.1:{mcp_port}"));
-    env.insert("MCP_GUARD_ADMIN_LISTEN".into(), capture_admin.to_string());
-    env.insert("MCP_GUARD_UPSTREAM_PORT".into(), upstream_port.to_string());
+    env.insert(sidecar_env::POD_NAME.into(), name0.clone());
+    env.insert(sidecar_env::POD_NAMESPACE.into(), ns0.clone());
+    env.insert(sidecar_env::LISTEN.into(), format!("127.0.0.1:{mcp_port}"));
+    env.insert(sidecar_env::ADMIN_LISTEN.into(), capture_admin.to_string());
+    env.insert(sidecar_env::UPSTREAM_PORT.into(), upstream_port.to_string());
     env.insert(
-        "MCP_GUARD_POLICY_DIR".into(),
+        sidecar_env::POLICY_DIR.into(),
         volume.path().display().to_string(),
     );
     let mut sidecar = Proc::spawn(

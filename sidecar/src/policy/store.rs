@@ -181,7 +181,9 @@ impl PolicyStore {
     fn watch(&self, tx: &mpsc::Sender<()>, first: bool) -> Option<notify::RecommendedWatcher> {
         let tx = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if let Ok(event) = res
+                && may_change(&event.kind)
+            {
                 let _ = tx.try_send(());
             }
         })
@@ -206,9 +208,73 @@ impl PolicyStore {
     }
 }
 
+/// Whether a file-system event in the bundle's directory can mean the bundle changed: a file
+/// created, written, renamed, removed or given other metadata. Opening and reading cannot, and
+/// every reload opens and reads the files: reacting to those events made each reload trigger the
+/// next, a reload every few tens of milliseconds for as long as the sidecar ran.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The events the kernel reports for the watched directory, until one `until` accepts.
+    fn events_until(
+        rx: &std::sync::mpsc::Receiver<notify::Event>,
+        until: impl Fn(&notify::Event) -> bool,
+    ) -> Vec<notify::EventKind> {
+        let mut seen = Vec::new();
+        loop {
+            let event = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("the awaited event never came; saw {seen:?}"));
+            seen.push(event.kind);
+            if until(&event) {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn reading_the_bundle_is_not_a_change_and_writing_it_is() {
+        use notify::event::{AccessKind, EventKind};
+        let dir = std::env::temp_dir().join(format!("mcp-guard-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("policy.rego");
+        std::fs::write(&file, "package mcp.authz\n").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(e) = res {
+                let _ = tx.send(e);
+            }
+        })
+        .unwrap();
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .unwrap();
+
+        // Read as a reload reads: the kernel reports the directory and the file opened, and
+        // neither is a change.
+        let read = Bundle::read_dir(&dir).unwrap();
+        let seen = events_until(&rx, |e| {
+            matches!(e.kind, EventKind::Access(AccessKind::Open(_))) && e.paths.contains(&file)
+        });
+        assert!(seen.iter().all(|k| !may_change(k)), "{seen:?}");
+
+        // Written: a change (and the bundle read again is another one).
+        std::fs::write(&file, "package mcp.authz\n\ndefault allow := true\n").unwrap();
+        events_until(&rx, |e| may_change(&e.kind));
+        assert_ne!(Bundle::read_dir(&dir).unwrap().hash, read.hash);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_broken_bundle_keeps_the_last_good_one() {

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
 use http::header;
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body::Frame;
+use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 use serde_json::Value;
 
 use super::decide::Decision;
@@ -224,7 +226,58 @@ pub(super) async fn answer(
         parts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(parts, Body::from(out));
     }
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, whole_or_streamed(body).await)
+}
+
+/// How much of a plain (not SSE) answer is read before the client gets it: see
+/// [`whole_or_streamed`].
+const WHOLE_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The server's plain answer as the client gets it: read to its end when it ends within
+/// [`WHOLE_ANSWER_BYTES`], so that it goes out whole, with its length, in one write. Streamed
+/// as it arrives, an answer the server sends chunked costs a write for its data and another for
+/// the end of the chunked encoding, each after a wake-up (the end arrives through the server
+/// connection's task): a system call and a context switch more per request. A longer answer,
+/// one with trailers, or one that fails goes on streaming from where reading stopped, its
+/// failure included, as it would have without the read.
+async fn whole_or_streamed(mut body: hyper::body::Incoming) -> Body {
+    let mut read: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    let stopped = loop {
+        match body.frame().await {
+            None => return Body::from(joined(read)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    len += data.len();
+                    read.push(data);
+                    if len > WHOLE_ANSWER_BYTES {
+                        break None;
+                    }
+                }
+                Err(trailers) => break Some(Ok(trailers)),
+            },
+            Some(Err(e)) => break Some(Err(e)),
+        }
+    };
+    let failed = matches!(stopped, Some(Err(_)));
+    let head = read.into_iter().map(|d| Ok(Frame::data(d))).chain(stopped);
+    let head = futures_util::stream::iter(head);
+    if failed {
+        return Body::new(StreamBody::new(head));
+    }
+    Body::new(StreamBody::new(head.chain(BodyStream::new(body))))
+}
+
+/// The pieces of an answer as one.
+fn joined(mut pieces: Vec<Bytes>) -> Bytes {
+    if pieces.len() == 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for p in &pieces {
+        all.extend_from_slice(p);
+    }
+    all.freeze()
 }
 
 /// HTTP 429 with `Retry-After`, carrying the JSON-RPC error.
@@ -244,4 +297,88 @@ fn merge_answers(server: &[u8], mut denied: Vec<Value>) -> Bytes {
     };
     all.append(&mut denied);
     Bytes::from(Value::Array(all).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The body of the answer a server on loopback writes, `pieces` one after the other with a
+    /// pause between them (each its own TCP segment), then closes the connection.
+    async fn incoming(pieces: Vec<Vec<u8>>) -> hyper::body::Incoming {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            for p in pieces {
+                s.write_all(&p).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/").body(http_body_util::Empty::<Bytes>::new());
+        send.send_request(req.unwrap()).await.unwrap().into_body()
+    }
+
+    fn chunk(data: &[u8]) -> Vec<u8> {
+        let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+        c.extend_from_slice(data);
+        c.extend_from_slice(b"\r\n");
+        c
+    }
+
+    const HEAD: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_chunked_answer_goes_out_whole_with_its_length() {
+        let (a, b) = (br#"{"jsonrpc":"2.0","id":1,"#, br#""result":{}}"#);
+        let body = incoming(vec![
+            HEAD.to_vec(),
+            chunk(a),
+            chunk(b),
+            b"0\r\n\r\n".to_vec(),
+        ])
+        .await;
+        let out = whole_or_streamed(body).await;
+        let len = (a.len() + b.len()) as u64;
+        assert_eq!(
+            out.size_hint().exact(),
+            Some(len),
+            "sent with a Content-Length"
+        );
+        let bytes = out.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_streams_on_and_arrives_entire() {
+        let piece = vec![b'x'; 40 * 1024];
+        let mut pieces = vec![HEAD.to_vec()];
+        pieces.extend((0..4).map(|_| chunk(&piece)));
+        pieces.push(b"0\r\n\r\n".to_vec());
+        let out = whole_or_streamed(incoming(pieces).await).await;
+        assert_eq!(out.size_hint().exact(), None, "streamed, not held");
+        let bytes = out.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.len(), 4 * piece.len());
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_reaches_the_client_cut() {
+        let a = br#"{"jsonrpc":"2.0","id":1,"#;
+        // The server dies after one chunk: the client must see the answer fail, not end.
+        let out = whole_or_streamed(incoming(vec![HEAD.to_vec(), chunk(a)]).await).await;
+        assert!(
+            out.collect().await.is_err(),
+            "a cut answer must not look complete"
+        );
+    }
 }

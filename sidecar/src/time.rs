@@ -19,14 +19,44 @@ pub fn rfc3339(t: SystemTime, micros: bool) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Written digit by digit: every audit line carries one, and `format!` with widths costs ten
+    // times as much.
+    let mut out = String::with_capacity(27);
+    digits(&mut out, year, 4);
+    out.push('-');
+    digits(&mut out, month, 2);
+    out.push('-');
+    digits(&mut out, day, 2);
+    out.push('T');
+    digits(&mut out, i64::try_from(h).unwrap_or(0), 2);
+    out.push(':');
+    digits(&mut out, i64::try_from(m).unwrap_or(0), 2);
+    out.push(':');
+    digits(&mut out, i64::try_from(s).unwrap_or(0), 2);
     if micros {
-        format!(
-            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:06}Z",
-            d.subsec_micros()
-        )
-    } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+        out.push('.');
+        digits(&mut out, i64::from(d.subsec_micros()), 6);
     }
+    out.push('Z');
+    out
+}
+
+/// Appends `n` in decimal, zero-padded to `width` digits (wider when it needs more, as
+/// `{:0width$}` does; a negative `n`, which no time after 1970 gives, is written as 0).
+fn digits(out: &mut String, n: i64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut n = u64::try_from(n).unwrap_or(0);
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width.min(buf.len()));
+    out.extend(buf[start..].iter().map(|&b| char::from(b)));
 }
 
 #[cfg(test)]
@@ -45,6 +75,18 @@ mod tests {
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_250), true),
             "2026-11-18T11:06:40.250000Z"
+        );
+        // The last microsecond of a year, and a year beyond four digits.
+        assert_eq!(
+            rfc3339(
+                UNIX_EPOCH + Duration::from_micros(1_798_761_599_999_999),
+                true
+            ),
+            "2026-12-31T23:59:59.999999Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(253_402_300_800), false),
+            "10000-01-01T00:00:00Z"
         );
     }
 }

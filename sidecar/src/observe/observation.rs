@@ -92,10 +92,9 @@ impl Observation<'_> {
 
 /// Calls `f` with the observation of each observed message of `r`.
 pub(crate) fn each(r: &Record, mode: &'static str, mut f: impl FnMut(&Observation<'_>)) {
-    let messages: Vec<&RawValue> = if r.single {
-        serde_json::from_slice::<&RawValue>(&r.body)
-            .map(|m| vec![m])
-            .unwrap_or_default()
+    // A single message is read in one pass; a batch is cut into its messages first.
+    let batch: Vec<&RawValue> = if r.single {
+        Vec::new()
     } else {
         serde_json::from_slice(&r.body).unwrap_or_default()
     };
@@ -105,10 +104,15 @@ pub(crate) fn each(r: &Record, mode: &'static str, mut f: impl FnMut(&Observatio
         _ => Answers { items: Vec::new() },
     };
     for (k, ev) in r.events.iter().enumerate() {
-        let Some(raw) = messages.get(ev.index) else {
-            continue;
+        let req = if r.single {
+            serde_json::from_slice::<ReqView<'_>>(&r.body)
+        } else {
+            let Some(raw) = batch.get(ev.index) else {
+                continue;
+            };
+            serde_json::from_str::<ReqView<'_>>(raw.get())
         };
-        let Ok(req) = serde_json::from_str::<ReqView<'_>>(raw.get()) else {
+        let Ok(req) = req else {
             continue;
         };
         f(&observe(r, ev, k == 0, &req, &answers, mode));

@@ -66,8 +66,10 @@ pub struct ProxyConfig {
     #[arg(long, env = env::UPSTREAM_TIMEOUT, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
-    /// Idle time after which pooled upstream connections are closed.
-    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "90s", value_parser = parse_duration)]
+    /// Idle time after which pooled upstream connections are closed. Shorter than the 5 s after
+    /// which the HTTP servers of Node.js and uvicorn close an idle keep-alive connection, so that
+    /// the sidecar closes first and never sends a request on a connection the server is closing.
+    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "4s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// On SIGTERM, how long open requests and streams may take to finish.

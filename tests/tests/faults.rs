@@ -157,9 +157,11 @@ fn fd_count(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_closed_and_a_server_closing_them_first_costs_nothing() {
-    // uvicorn (under the PyPI mcp server) closes a keep-alive connection after 5 s idle, well
-    // before the sidecar's default --idle-timeout (90 s): the pooled connection dies under the
-    // sidecar. A request sent around that moment must still be answered, never a 502.
+    // uvicorn (under the PyPI mcp server) closes a keep-alive connection after 5 s idle. The
+    // sidecar's default --idle-timeout (4 s) closes it first, so a request sent around the
+    // server's moment goes out on a new connection: answered, never a 502. (With a longer
+    // --idle-timeout a request can meet the server's close on a busy machine, and a POST is not
+    // retried: the 4 s default is the fix, and what this asserts.)
     let py = PyServer::start(PyAnswers::Json);
     let sc = Sidecar::start(py.port, &[]);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -364,6 +366,9 @@ fn assert_pair(d: &Value, e: &Value, what: &str) {
     );
 }
 
+/// How many times the churn replaces the policy volume.
+const CHURN_REPLACEMENTS: u64 = 300;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force() {
     let (_server, server_port) = start_example_server();
@@ -440,8 +445,9 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
     let (d, e) = probe_pair(&client, &url, id).await;
     assert_pair(&d, &e, "garbage");
 
-    // 3. A hundred replacements a second for three seconds, cycling through good bundles,
-    // garbage, an empty volume and a deleted directory, while calls keep coming.
+    // 3. Three hundred replacements, 10 ms apart (a hundred a second on a quiet machine; counted,
+    // not timed, so a busy machine makes them slower, never fewer), cycling through good
+    // bundles, garbage, an empty volume and a deleted directory, while calls keep coming.
     let stop = Arc::new(AtomicBool::new(false));
     let swaps = {
         let stop = Arc::clone(&stop);
@@ -449,8 +455,7 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
         std::thread::spawn(move || {
             let (ba, bb) = (bundle("a"), bundle("b"));
             let mut n = 0u64;
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(3) {
+            while n < CHURN_REPLACEMENTS {
                 match n % 5 {
                     0 => vol.update(&[("authz.rego", &ba)]),
                     1 => vol.update(&[("authz.rego", "package mcp.authz\nallow := \n")]),
@@ -478,7 +483,7 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
         pairs += 1;
     }
     let (_vol, swapped) = swaps.join().unwrap();
-    assert!(swapped >= 100, "only {swapped} replacements");
+    assert_eq!(swapped, CHURN_REPLACEMENTS);
     assert!(pairs > 0);
     sc.assert_alive();
     // Bundle c goes into force, and the next call is decided by it.

@@ -361,7 +361,9 @@ if [ "$WITH_GOVERNED" = 1 ]; then
   OTLP_PYTHON="$(sed -n 's/^OTLP_PYTHON=//p' "$OTLP_ENV")"
   [ -x "$OTLP_PYTHON" ] || die "$OTLP_ENV names no OTLP_PYTHON that runs: run tests/scripts/install-otlp.sh"
   free_port RCV_PORT
-  "$OTLP_PYTHON" "$ROOT/tests/scripts/otlp_receiver.py" --port "$RCV_PORT" --out "$WORK/otlp.jsonl" \
+  # --summary: every export parsed and its spans counted, not dumped as JSON (which costs more CPU
+  # than the sidecar spends on the span, on the same cores).
+  "$OTLP_PYTHON" "$ROOT/tests/scripts/otlp_receiver.py" --port "$RCV_PORT" --out "$WORK/otlp.jsonl" --summary \
     >"$WORK/otlp-receiver.log" 2>&1 &
   RCV_PID=$!
   PIDS+=("$RCV_PID")
@@ -685,7 +687,7 @@ done
 # The live receiver must have got the governed sidecars' spans (exported every few seconds).
 declare -A SPANS
 if [ -n "$RCV_PID" ]; then
-  count_spans() { # count_spans: "service spans" lines from the receiver's dump
+  count_spans() { # count_spans: "service spans" lines from the receiver's summary
     "$OTLP_PYTHON" - "$WORK/otlp.jsonl" <<'EOF'
 import collections, json, sys
 counts = collections.Counter()
@@ -694,13 +696,7 @@ try:
 except FileNotFoundError:
     lines = []
 for line in lines:
-    doc = json.loads(line)
-    if doc.get("signal") != "traces":
-        continue
-    for rs in doc["body"].get("resourceSpans", []):
-        attrs = rs.get("resource", {}).get("attributes", [])
-        name = next((a["value"].get("stringValue") for a in attrs if a["key"] == "service.name"), "?")
-        counts[name] += sum(len(ss.get("spans", [])) for ss in rs.get("scopeSpans", []))
+    counts.update(json.loads(line).get("spans", {}))
 for name, n in sorted(counts.items()):
     print(name, n)
 EOF
@@ -733,7 +729,12 @@ RUSTC="$(rustc --version 2>/dev/null || echo unknown)"
 WRK_VERSION="$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)"
 NGINX_VERSION=""
 [ -n "$NGINX_PID" ] && NGINX_VERSION="$(nginx -v 2>&1 | sed 's/.*nginx\///' || true)"
-SIDECAR_LOG_LINES="$(cat "$WORK"/sidecar.log "$WORK"/sidecar-sse.log 2>/dev/null | wc -l)"
+lines() { # lines FILE...: the lines of those that exist, summed
+  local f n=0
+  for f in "$@"; do [ ! -f "$f" ] || n=$((n + $(wc -l <"$f"))); done
+  echo "$n"
+}
+SIDECAR_LOG_LINES="$(lines "$WORK/sidecar.log" "$WORK/sidecar-sse.log")"
 
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
 # shellcheck disable=SC2016 # Markdown's backquotes
@@ -784,6 +785,15 @@ table() { # table SCENARIO: the markdown table of one scenario
     fi
     printf '\n'
   done
+}
+rate_notes() { # rate_notes SCENARIO: a line for each target that fell behind the fixed rate
+  local t late notes=""
+  [ "$RATE" -gt 0 ] || return 0
+  for t in "${TARGETS[@]}"; do
+    late="$(awk -v e="$(json_get "${FIXED[$1.$t]}" elapsed_s)" -v d="$DURATION" 'BEGIN { if (e - d > 0.5) printf "%.1f", e - d }')"
+    [ -z "$late" ] || notes+="- \`$t\` fell behind $RATE req/s: its last answer came $late s after the last request was due, so its latencies at that rate are mostly time spent queueing."$'\n'
+  done
+  [ -z "$notes" ] || printf '%s\n' "$notes"
 }
 # verdict VALUE OP LIMIT UNIT: "met" or "missed by" how much
 verdict() {
@@ -845,8 +855,8 @@ targets_table() {
     printf 'and turns into identity headers, each call is decided by `sidecar/benches/fixtures/realistic.rego`\n'
     printf '(about 20 rules, `--policy-dir`) and audited to stdout like the other sidecar, and its span is\n'
     printf 'exported over OTLP (HTTP/protobuf, every request sampled) to a live receiver on loopback\n'
-    printf '(`tests/scripts/otlp_receiver.py`, which parsed every export: %s s of CPU during the run,\n' "$RCV_CPU_S"
-    printf 'not in the proxy column). Spans it received, by service name:'
+    printf '(`tests/scripts/otlp_receiver.py --summary`, which parsed every export and counted its spans:\n'
+    printf '%s s of CPU during the run, not in the proxy column). Spans it received, by service name:' "$RCV_CPU_S"
     n=0
     for svc in "${!SPANS[@]}"; do
       n=$((n + 1))
@@ -871,6 +881,7 @@ targets_table() {
     [ "${#SCENARIOS[@]}" -gt 1 ] && printf '### %s\n\n' "$(scenario_label "$s")"
     table "$s"
     printf '\n'
+    rate_notes "$s"
   done
   if [ "$STREAMS" -gt 0 ]; then
     printf '### %s open GET streams\n\n' "$STREAMS"
@@ -912,7 +923,7 @@ targets_table() {
   printf -- '- sidecar stdout (audit) lines during the run: %s\n' "$SIDECAR_LOG_LINES"
   if [ "$WITH_GOVERNED" = 1 ]; then
     printf -- '- governed sidecar stdout (audit) lines during the run: %s\n' \
-      "$(cat "$WORK"/sidecar-governed.log "$WORK"/sidecar-governed-sse.log 2>/dev/null | wc -l)"
+      "$(lines "$WORK/sidecar-governed.log" "$WORK/sidecar-governed-sse.log")"
   fi
   printf '\nRaw wrk output:\n'
   for s in "${SCENARIOS[@]}"; do

@@ -136,12 +136,12 @@ fi
 # --- binaries --------------------------------------------------------------------------------
 CLIENT_NEEDED=0
 { [ "$RATE" -gt 0 ] || [ "$STREAMS" -gt 0 ]; } && CLIENT_NEEDED=1
+# The load client is built every time, needed or not: it brings the tests' dev-dependencies, whose
+# features change shared crates, so building without it would make (and measure) another sidecar.
 if [ "$BUILD" = 1 ]; then
   log "building release binaries"
-  examples=()
-  [ "$CLIENT_NEEDED" = 1 ] && examples=(--example bench_client)
   (cd "$ROOT" && cargo build --release -q -p mcp-guard-sidecar -p mcp-guard-tests \
-    --bin mcp-guard-sidecar --bin mcp-guard-example-server "${examples[@]}") || die "cargo build failed"
+    --bin mcp-guard-sidecar --bin mcp-guard-example-server --example bench_client) || die "cargo build failed"
 fi
 TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
@@ -152,7 +152,8 @@ CLIENT_BIN="$TARGET_DIR/release/examples/bench_client"
 { [ -x "$SERVER_BIN" ] && [ -x "$SIDECAR_BIN" ]; } || die "release binaries not found in $TARGET_DIR"
 [ "$CLIENT_NEEDED" = 0 ] || [ -x "$CLIENT_BIN" ] ||
   die "$CLIENT_BIN missing (--rate and --streams need it): drop --no-build, or cargo build --release -p mcp-guard-tests --example bench_client"
-if [[ " ${KINDS[*]} " == *" sse "* ]] && ! "$SERVER_BIN" --help | grep -q -- --stateless-sse; then
+# (The help is read whole: grep -q leaving a pipe early would fail it under pipefail.)
+if [[ " ${KINDS[*]} " == *" sse "* ]] && [[ "$("$SERVER_BIN" --help)" != *--stateless-sse* ]]; then
   die "$SERVER_BIN has no --stateless-sse (the SSE scenarios need it): rebuild it (drop --no-build)"
 fi
 
@@ -737,6 +738,16 @@ lines() { # lines FILE...: the lines of those that exist, summed
 SIDECAR_LOG_LINES="$(lines "$WORK/sidecar.log" "$WORK/sidecar-sse.log")"
 
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f", u / 1000 }'; }
+join() { # join SEPARATOR ITEM...: the items with SEPARATOR between them
+  local sep="$1" out="" item first=1
+  shift
+  for item in "$@"; do
+    [ "$first" = 1 ] || out+="$sep"
+    out+="$item"
+    first=0
+  done
+  printf '%s' "$out"
+}
 # shellcheck disable=SC2016 # Markdown's backquotes
 scenario_label() { # scenario_label SCENARIO
   case "$1" in
@@ -837,12 +848,9 @@ targets_table() {
     printf 'server in `--stateless-json` mode; wrk, %s connections, %s threads, %s s warmup then %s s measured per\n' \
       "$CONNECTIONS" "$THREADS" "$WARMUP" "$DURATION"
   else
-    printf 'MCP 2026-07-28 stateless requests (POST /mcp), one table per scenario:'
-    n=0
-    for s in "${SCENARIOS[@]}"; do
-      n=$((n + 1))
-      printf ' %s (`%s`)%s' "$(scenario_label "$s")" "$s" "$([ "$n" -lt "${#SCENARIOS[@]}" ] && echo ';' || echo .)"
-    done
+    items=()
+    for s in "${SCENARIOS[@]}"; do items+=("$(scenario_label "$s") (\`$s\`)"); done
+    printf 'MCP 2026-07-28 stateless requests (POST /mcp), one table per scenario: %s.' "$(join '; ' "${items[@]}")"
     printf '\nThe server is the rmcp example server in `--stateless-json` mode (JSON answers) or in\n'
     printf '`--stateless-sse` mode (SSE answers: a `text/event-stream` ending after the answer'"'"'s event), one process\n'
     printf 'each; wrk, %s connections, %s threads, %s s warmup then %s s measured per\n' "$CONNECTIONS" "$THREADS" "$WARMUP" "$DURATION"
@@ -856,12 +864,10 @@ targets_table() {
     printf '(about 20 rules, `--policy-dir`) and audited to stdout like the other sidecar, and its span is\n'
     printf 'exported over OTLP (HTTP/protobuf, every request sampled) to a live receiver on loopback\n'
     printf '(`tests/scripts/otlp_receiver.py --summary`, which parsed every export and counted its spans:\n'
-    printf '%s s of CPU during the run, not in the proxy column). Spans it received, by service name:' "$RCV_CPU_S"
-    n=0
-    for svc in "${!SPANS[@]}"; do
-      n=$((n + 1))
-      printf ' %s from `%s`%s' "${SPANS[$svc]}" "$svc" "$([ "$n" -lt "${#SPANS[@]}" ] && echo ';' || echo .)"
-    done
+    items=()
+    for svc in "${!SPANS[@]}"; do items+=("${SPANS[$svc]} from \`$svc\`"); done
+    printf '%s s of CPU during the run, not in the proxy column). Spans it received, by service name: %s.' \
+      "$RCV_CPU_S" "$(join '; ' "${items[@]}")"
     printf '\n(The SDK'"'"'s batch queue drops the spans it cannot export in time; none are waited for.)\n'
   fi
   if [ "$WITH_LIMITS" = 1 ]; then
@@ -986,34 +992,23 @@ targets_json() { # targets_json SCENARIO INDENT: the "targets" object of one sce
   printf '},\n'
   printf '  "loadavg": {"before": "%s", "after": "%s"},\n' "$LOAD_BEFORE" "$LOAD_AFTER"
   if [ -n "$RCV_PID" ]; then
-    printf '  "otlp_receiver": {"cpu_s": %s, "spans": {' "$RCV_CPU_S"
-    n=0
-    for svc in "${!SPANS[@]}"; do
-      n=$((n + 1))
-      printf '"%s": %s%s' "$svc" "${SPANS[$svc]}" "$([ "$n" -lt "${#SPANS[@]}" ] && echo ', ')"
-    done
-    printf '}},\n'
+    items=()
+    for svc in "${!SPANS[@]}"; do items+=("\"$svc\": ${SPANS[$svc]}"); done
+    printf '  "otlp_receiver": {"cpu_s": %s, "spans": {%s}},\n' "$RCV_CPU_S" "$(join ', ' "${items[@]}")"
   fi
   if [ "$STREAMS" -gt 0 ]; then
-    printf '  "streams": {"sessions": %s, "targets": {' "$STREAMS"
-    n=0
+    items=()
     for t in "${ST_TARGETS[@]}"; do
-      n=$((n + 1))
-      printf '"%s": {"client": %s, "rss_kib": {"idle": %s, "streams": %s, "peak": %s}}%s' "$t" "${ST_RESULT[$t]}" \
-        "${ST_IDLE[$t]}" "${ST_OPEN[$t]}" "${ST_PEAK[$t]}" "$([ "$n" -lt "${#ST_TARGETS[@]}" ] && echo ', ')"
+      items+=("\"$t\": {\"client\": ${ST_RESULT[$t]}, \"rss_kib\": {\"idle\": ${ST_IDLE[$t]}, \"streams\": ${ST_OPEN[$t]}, \"peak\": ${ST_PEAK[$t]}}}")
     done
-    printf '}},\n'
+    printf '  "streams": {"sessions": %s, "targets": {%s}},\n' "$STREAMS" "$(join ', ' "${items[@]}")"
   fi
   if [ "${#SCENARIOS[@]}" = 1 ]; then
     printf '  "targets": %s\n' "$(targets_json "${SCENARIOS[0]}" '  ')"
   else
-    printf '  "scenarios": {\n'
-    n=0
-    for s in "${SCENARIOS[@]}"; do
-      n=$((n + 1))
-      printf '    "%s": {"targets": %s}%s\n' "$s" "$(targets_json "$s" '    ')" "$([ "$n" -lt "${#SCENARIOS[@]}" ] && echo ,)"
-    done
-    printf '  }\n'
+    items=()
+    for s in "${SCENARIOS[@]}"; do items+=("    \"$s\": {\"targets\": $(targets_json "$s" '    ')}"); done
+    printf '  "scenarios": {\n%s\n  }\n' "$(join $',\n' "${items[@]}")"
   fi
   printf '}\n'
 } >"$JSON"

@@ -8,6 +8,9 @@ JSON line per export request to FILE: {"signal": "traces", "content_type": ..., 
 request as OTLP JSON>}. In trace dumps every span also gets "traceIdHex", "spanIdHex" and
 "parentSpanIdHex" (OTLP JSON from protobuf carries ids base64-encoded). Answers with an empty
 export response, as a collector does. Prints "READY <port>" on stdout once it listens.
+With --summary (the benchmark's receiver, bench/run.sh), each line holds only the signal, the
+content type and, for traces, the number of spans by service name ({"spans": {"name": n}}): turning
+every span into JSON costs more CPU than the sidecar spends on it, on the cores it is measured on.
 Installed by tests/scripts/install-otlp.sh.
 """
 
@@ -62,11 +65,23 @@ def add_hex_ids(doc: dict) -> None:
                         span[key + "Hex"] = b64_to_hex(span[key])
 
 
+def span_counts(msg) -> dict:
+    """Spans by service name in an export (empty for metrics and logs)."""
+    counts: dict = {}
+    for rs in getattr(msg, "resource_spans", []):
+        service = next(
+            (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "?"
+        )
+        counts[service] = counts.get(service, 0) + sum(len(ss.spans) for ss in rs.scope_spans)
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--summary", action="store_true", help="write span counts, not the exports")
     args = ap.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
@@ -102,10 +117,13 @@ def main() -> None:
                 self.end_headers()
                 self.wfile.write(body)
                 return
-            doc = json_format.MessageToDict(msg)
-            if name == "traces":
-                add_hex_ids(doc)
-            line = json.dumps({"signal": name, "content_type": ctype, "body": doc})
+            if args.summary:
+                line = json.dumps({"signal": name, "content_type": ctype, "spans": span_counts(msg)})
+            else:
+                doc = json_format.MessageToDict(msg)
+                if name == "traces":
+                    add_hex_ids(doc)
+                line = json.dumps({"signal": name, "content_type": ctype, "body": doc})
             with LOCK, open(args.out, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
             if ctype == "application/json":

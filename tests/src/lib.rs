@@ -1017,8 +1017,10 @@ impl SseEvent {
     }
 }
 
+/// An incremental `text/event-stream` parser: feed it the body's bytes as they arrive and it
+/// yields each event once its blank line has come.
 #[derive(Debug, Default)]
-struct SseParser {
+pub struct SseParser {
     buf: Vec<u8>,
     cur: SseEvent,
     has_field: bool,
@@ -1026,7 +1028,8 @@ struct SseParser {
 }
 
 impl SseParser {
-    fn push(&mut self, bytes: &[u8], at: Duration, out: &mut Vec<SseEvent>) {
+    /// Parses `bytes`, appending every event they complete to `out`, stamped with `at`.
+    pub fn push(&mut self, bytes: &[u8], at: Duration, out: &mut Vec<SseEvent>) {
         self.buf.extend_from_slice(bytes);
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
             let mut line: Vec<u8> = self.buf.drain(..=pos).collect();

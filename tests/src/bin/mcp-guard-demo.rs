@@ -84,6 +84,7 @@ async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         listen: server_addr,
         path: "/mcp".to_owned(),
         stateless_json: false,
+        stateless_sse: false,
         allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
     };
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -3,7 +3,9 @@
 //!
 //! Streamable HTTP at `/mcp`. Stateful (sessions, SSE answers) by default; `--stateless-json`
 //! serves every request without a session and answers plain JSON, the fastest upstream there is
-//! for benchmarks (MCP 2026-07-28 style requests).
+//! for benchmarks (MCP 2026-07-28 style requests); `--stateless-sse` serves the same way but answers
+//! each request as a `text/event-stream` that ends after the answer's event (the benchmarks' SSE
+//! scenarios).
 //!
 //! Tools: `echo`, `add`, `get_weather` (read-only), `delete_everything` (destructive; the
 //! tool the demo's policy denies) and `slow_echo` (answers after a delay: a call that is still in
@@ -63,6 +65,15 @@ pub struct ExampleArgs {
     /// Serve statelessly (no `Mcp-Session-Id`) and answer `application/json` instead of SSE.
     #[arg(long, env = "MCP_GUARD_EXAMPLE_STATELESS_JSON")]
     pub stateless_json: bool,
+
+    /// Serve statelessly (no `Mcp-Session-Id`) and answer every request as an SSE stream
+    /// (`text/event-stream`) that ends after the answer's event.
+    #[arg(
+        long,
+        env = "MCP_GUARD_EXAMPLE_STATELESS_SSE",
+        conflicts_with = "stateless_json"
+    )]
+    pub stateless_sse: bool,
 
     /// `Host` values accepted (DNS-rebinding protection); `*` accepts any.
     #[arg(
@@ -226,6 +237,11 @@ fn router_counted(args: &ExampleArgs) -> (axum::Router, StreamableHttpServerConf
             .with_legacy_session_mode(false)
             .with_json_response(true)
             .with_sse_keep_alive(None);
+    } else if args.stateless_sse {
+        config = config
+            .with_legacy_session_mode(false)
+            .with_json_response(false)
+            .with_sse_keep_alive(None);
     }
     let service: StreamableHttpService<ExampleServer, LocalSessionManager> =
         StreamableHttpService::new(
@@ -282,6 +298,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mode = if args.stateless_json {
         "stateless, JSON answers"
+    } else if args.stateless_sse {
+        "stateless, SSE answers"
     } else {
         "stateful, SSE answers"
     };

@@ -1,22 +1,36 @@
--- wrk script: one MCP 2026-07-28 style stateless tools/call of `echo` per request.
+-- wrk script: one MCP 2026-07-28 style stateless request per request, `tools/call` of `echo` or
+-- `tools/list` (BENCH_METHOD, default tools/call).
 --
 -- No session, no initialize: the protocol version, client info and capabilities travel in the
 -- request's `params._meta`, and the method and tool name in the Mcp-Method / Mcp-Name headers
--- (which must agree with the body). rmcp's stateless JSON server answers `application/json`.
+-- (which must agree with the body). Whether the answer is JSON or SSE is the server's choice
+-- (rmcp's `--stateless-json` or `--stateless-sse`); wrk reads either to its end.
 --
 -- At the end, prints one line `WRK_RESULT {json}` that bench/run.sh reads.
 
-wrk.method = "POST"
-wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
-  .. '"arguments":{"text":"hello from wrk"},"_meta":{'
+local meta = '"_meta":{'
   .. '"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
   .. '"io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},'
-  .. '"io.modelcontextprotocol/clientCapabilities":{}}}}'
+  .. '"io.modelcontextprotocol/clientCapabilities":{}}'
+local method = os.getenv("BENCH_METHOD")
+if method == nil or method == "" then
+  method = "tools/call"
+end
+
+wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
-wrk.headers["Mcp-Method"] = "tools/call"
-wrk.headers["Mcp-Name"] = "echo"
+wrk.headers["Mcp-Method"] = method
+if method == "tools/call" then
+  wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+    .. '"arguments":{"text":"hello from wrk"},' .. meta .. '}}'
+  wrk.headers["Mcp-Name"] = "echo"
+elseif method == "tools/list" then
+  wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{' .. meta .. '}}'
+else
+  error("BENCH_METHOD must be tools/call or tools/list, not " .. method)
+end
 -- bench/run.sh sets BENCH_AUTHORIZATION for a target that verifies a bearer token.
 local authorization = os.getenv("BENCH_AUTHORIZATION")
 if authorization ~= nil and authorization ~= "" then

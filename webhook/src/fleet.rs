@@ -243,7 +243,6 @@ fn admin_client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("no HTTP client: {e}"))
 }
 
-/// `GET http://ADMIN/PATH` on a sidecar's admin port: the body of a successful answer.
 /// Why a sidecar's admin endpoint gave no answer to use.
 #[derive(Debug)]
 enum AdminError {
@@ -261,6 +260,7 @@ impl std::fmt::Display for AdminError {
     }
 }
 
+/// `GET http://ADMIN/PATH` on a sidecar's admin port: the body of a successful answer.
 async fn admin_get(
     client: &reqwest::Client,
     admin: SocketAddr,

@@ -45,8 +45,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-log() { printf 'bench-fleet: %s\n' "$*" >&2; }
-die() { printf 'bench-fleet: error: %s\n' "$*" >&2; exit 1; }
+BENCH_TOOL=bench-fleet
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 [ "$(uname -s)" = Linux ] || die "needs Linux (every 127.x.y.z address is loopback there)"
 ENV_FILE="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/kube/env.sh"
@@ -60,9 +61,7 @@ if [ "$BUILD" = 1 ]; then
     -p mcp-guard-sidecar --bin mcp-guard-sidecar \
     -p mcp-guard-tests --bin mcp-guard-example-server --example fleet_bench) || die "cargo build failed"
 fi
-TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-[ -n "$TARGET_DIR" ] || TARGET_DIR="$ROOT/target"
+TARGET_DIR="$(target_dir)"
 BENCH="$TARGET_DIR/release/examples/fleet_bench"
 [ -x "$BENCH" ] || die "$BENCH missing (build it, or drop --no-build)"
 

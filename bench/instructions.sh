@@ -48,8 +48,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-log() { printf 'instructions: %s\n' "$*" >&2; }
-die() { printf 'instructions: error: %s\n' "$*" >&2; exit 1; }
+BENCH_TOOL=instructions
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 for tool in valgrind callgrind_control callgrind_annotate curl; do
   command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install valgrind curl)"
 done
@@ -59,11 +60,10 @@ if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q --locked -p mcp-guard-sidecar -p mcp-guard-tests \
     --bin mcp-guard-sidecar --bin mcp-guard-example-server) || die "cargo build failed"
 fi
-TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+TARGET_DIR="$(target_dir)"
 SERVER_BIN="$TARGET_DIR/release/mcp-guard-example-server"
 SIDECAR_BIN="${SIDECAR_BIN:-$TARGET_DIR/release/mcp-guard-sidecar}"
-[ -x "$SERVER_BIN" ] && [ -x "$SIDECAR_BIN" ] || die "release binaries not found in $TARGET_DIR"
+{ [ -x "$SERVER_BIN" ] && [ -x "$SIDECAR_BIN" ]; } || die "release binaries not found in $TARGET_DIR"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mcp-guard-instructions.XXXXXX")"
 PIDS=()
@@ -75,8 +75,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports the kernel picks: bind to 0 and read the port back, so no two peers can race for one.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # wait_http URL PID WHAT: until URL answers 2xx (valgrind starts slowly)
   for _ in $(seq 1 600); do
     curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
@@ -86,30 +84,18 @@ wait_http() { # wait_http URL PID WHAT: until URL answers 2xx (valgrind starts s
   die "$3 not ready at $1 after 60 s"
 }
 
-UP_PORT="$(free_port)"
-"$SERVER_BIN" --listen "127.0.0.1:$UP_PORT" --stateless-json >"$WORK/upstream.log" 2>"$WORK/upstream.err" &
+free_port UP_PORT
+"$SERVER_BIN" --listen "127.0.0.1:$UP_PORT" --stateless-json >"$WORK/upstream.log" 2>&1 &
 PIDS+=("$!")
+wait_port "$UP_PORT" "$!" upstream
 
 SIDECAR_ARGS=(--deny-tools delete_everything)
 AUTH=()
 if [ "$GOVERNED" = 1 ]; then
-  OIDC_ENV="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/oidc/env.sh"
-  [ -f "$OIDC_ENV" ] || die "no $OIDC_ENV: run tests/scripts/install-oidc.sh"
-  OIDC_NODE="$(sed -n 's/^OIDC_NODE=//p' "$OIDC_ENV")"
-  OIDC_APP="$(sed -n 's/^OIDC_APP=//p' "$OIDC_ENV")"
-  "$OIDC_NODE" "$OIDC_APP" genkey "$WORK/idp-key.json" bench-k1 >/dev/null || die "genkey failed"
-  IDP_PORT="$(free_port)"
-  "$OIDC_NODE" "$OIDC_APP" --port "$IDP_PORT" --keys "$WORK/idp-key.json" --ttl 3600 \
-    >"$WORK/idp.log" 2>"$WORK/idp.err" &
-  IDP_PID=$!
-  PIDS+=("$IDP_PID")
-  wait_http "http://127.0.0.1:$IDP_PORT/.well-known/openid-configuration" "$IDP_PID" idp
-  RESOURCE="https://mcp.example.test/mcp"
-  TOKEN="$(curl -fsS --max-time 10 -u agent-admin:admin-secret -d grant_type=client_credentials \
-    --data-urlencode "resource=$RESOURCE" --data-urlencode "scope=mcp:tools mcp:admin" \
-    "http://127.0.0.1:$IDP_PORT/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')"
-  [ -n "$TOKEN" ] || die "no access token from the provider"
-  AUTH=(header = "\"Authorization: Bearer $TOKEN\"")
+  start_idp
+  RESOURCE="$BENCH_RESOURCE"
+  TOKEN="$(admin_token)"
+  AUTH=(header "=" "\"Authorization: Bearer $TOKEN\"")
   mkdir -p "$WORK/policy"
   cp "$ROOT/sidecar/benches/fixtures/realistic.rego" "$WORK/policy/realistic.rego"
   cp "$ROOT/sidecar/benches/fixtures/realistic.json" "$WORK/policy/data.json"
@@ -119,8 +105,8 @@ if [ "$GOVERNED" = 1 ]; then
     --policy-poll-interval 60m)
 fi
 
-SC_PORT="$(free_port)"
-ADMIN_PORT="$(free_port)"
+free_port SC_PORT
+free_port ADMIN_PORT
 start_sidecar() { # start_sidecar [WRAPPER...]: the sidecar (under WRAPPER), ready; sets SC_PID
   "$@" "$SIDECAR_BIN" --listen "127.0.0.1:$SC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --upstream-host 127.0.0.1 --upstream-port "$UP_PORT" --path /mcp "${SIDECAR_ARGS[@]}" \
@@ -215,6 +201,7 @@ DIRTY="$(cd "$ROOT" && { git diff --quiet HEAD 2>/dev/null || echo ' (with uncom
   printf -- '- commit %s%s; %s; valgrind %s\n' "$COMMIT" "$DIRTY" "$(rustc --version)" "$(valgrind --version)"
   printf '\nTop functions, inclusive:\n\n```\n'
   callgrind_annotate --inclusive=yes "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '1,45p'
+  # shellcheck disable=SC2016 # the backquotes are Markdown's
   printf '```\n\nTop functions, self:\n\n```\n'
   callgrind_annotate "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '1,45p'
   printf '```\n'

@@ -76,8 +76,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+BENCH_TOOL=bench
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 IFS=, read -r -a SCENARIOS <<<"$SCENARIO_LIST"
 [ "${#SCENARIOS[@]}" -gt 0 ] || die "--scenarios is empty (call, list, call-sse, list-sse)"
@@ -143,9 +144,7 @@ if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q -p mcp-guard-sidecar -p mcp-guard-tests \
     --bin mcp-guard-sidecar --bin mcp-guard-example-server --example bench_client) || die "cargo build failed"
 fi
-TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-[ -n "$TARGET_DIR" ] || TARGET_DIR="$ROOT/target"
+TARGET_DIR="$(target_dir)"
 SERVER_BIN="$TARGET_DIR/release/mcp-guard-example-server"
 SIDECAR_BIN="$TARGET_DIR/release/mcp-guard-sidecar"
 CLIENT_BIN="$TARGET_DIR/release/examples/bench_client"
@@ -169,37 +168,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-TAKEN=""
-# Ports are drawn below the kernel's ephemeral range, where no outgoing connection of the run (there
-# are thousands) holds one that a server then could not bind.
-read -r EPH_LOW EPH_HIGH </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LOW=32768; EPH_HIGH=60999; }
-if [ "$EPH_LOW" -ge 12000 ]; then
-  PORT_LOW=10000; PORT_SPAN=$((EPH_LOW - PORT_LOW))
-else
-  PORT_LOW=$((EPH_HIGH + 1)); PORT_SPAN=$((65536 - PORT_LOW))
-fi
-[ "$PORT_SPAN" -ge 1000 ] || { PORT_LOW=20000; PORT_SPAN=40000; }
-free_port() { # free_port VAR: a loopback port nobody listens on and not handed out before
-  local p
-  for _ in $(seq 1 200); do
-    p=$((PORT_LOW + RANDOM % PORT_SPAN))
-    if port_free "$p" && [[ " $TAKEN " != *" $p "* ]]; then
-      TAKEN="$TAKEN $p"
-      printf -v "$1" '%s' "$p"
-      return
-    fi
-  done
-  die "no free loopback port"
-}
-wait_port() { # wait_port PORT PID WHAT
-  for _ in $(seq 1 400); do
-    port_free "$1" || return 0
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start (log: $(tail -5 "$WORK/$3.log" 2>/dev/null))"
-    sleep 0.05
-  done
-  die "$3 did not listen on 127.0.0.1:$1"
-}
 start_upstream() { # start_upstream NAME FLAGS...: an example server; sets UP_STARTED (its port)
   local name="$1" pid
   shift
@@ -338,23 +306,10 @@ if [ "$WITH_GOVERNED" = 1 ]; then
     bash "$ROOT/tests/scripts/install-oidc.sh" >&2 || die "tests/scripts/install-oidc.sh failed"
     bash "$ROOT/tests/scripts/install-otlp.sh" >&2 || die "tests/scripts/install-otlp.sh failed"
   fi
-  OIDC_ENV="$CACHE/oidc/env.sh"
-  [ -f "$OIDC_ENV" ] || die "no $OIDC_ENV: run tests/scripts/install-oidc.sh"
-  OIDC_NODE="$(sed -n 's/^OIDC_NODE=//p' "$OIDC_ENV")"
-  OIDC_APP="$(sed -n 's/^OIDC_APP=//p' "$OIDC_ENV")"
-  "$OIDC_NODE" "$OIDC_APP" genkey "$WORK/idp-key.json" bench-k1 >/dev/null || die "genkey failed"
-  free_port IDP_PORT
-  "$OIDC_NODE" "$OIDC_APP" --port "$IDP_PORT" --keys "$WORK/idp-key.json" --ttl 3600 \
-    >"$WORK/idp.log" 2>&1 &
-  IDP_PID=$!
-  PIDS+=("$IDP_PID")
-  wait_port "$IDP_PORT" "$IDP_PID" idp
-  RESOURCE="https://mcp.example.test/mcp"
+  start_idp
+  RESOURCE="$BENCH_RESOURCE"
   # The admin agent's client-credentials token (roles mcp-admin), valid for the whole run.
-  TOKEN="$(curl -fsS --max-time 10 -u agent-admin:admin-secret -d grant_type=client_credentials \
-    --data-urlencode "resource=$RESOURCE" --data-urlencode "scope=mcp:tools mcp:admin" \
-    "http://127.0.0.1:$IDP_PORT/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')"
-  [ -n "$TOKEN" ] || die "no access token from the provider (log: $(tail -5 "$WORK/idp.log"))"
+  TOKEN="$(admin_token)"
   GOV_AUTH="Bearer $TOKEN"
   # The live OTLP receiver (PyPI opentelemetry-proto): every export parsed and written out.
   OTLP_ENV="$CACHE/otlp/env.sh"

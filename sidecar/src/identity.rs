@@ -2,7 +2,9 @@
 //! audit see it. Filled in by authentication; `None` in a [`crate::intercept::Context`] means an
 //! anonymous caller.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use http::header::{HeaderName, HeaderValue};
 
 use mcp_guard_policy::input;
 use serde::Serialize;
@@ -24,44 +26,60 @@ pub struct Identity {
     pub client_id: Option<String>,
     /// Every claim of the token, as issued.
     pub claims: Map<String, Value>,
-    /// The policy input's `subject` for this caller, converted on first use. An identity is
-    /// built once per verified token and not changed afterwards, so this is computed once per
-    /// token, not once per request.
+    /// What every request of this caller needs of these fields, converted on first use. An
+    /// identity is built once per verified token and not changed afterwards, so each is
+    /// computed once per token, not once per request.
     #[serde(skip)]
-    pub policy_view: PolicyView,
+    pub derived: Derived,
 }
 
-/// A cache beside the identity's fields; it takes no part in comparisons, and a clone starts
-/// empty, so an identity cloned and then changed (`Identity { sub, ..other.clone() }`) never
-/// shows policy the fields it was cloned from.
-#[derive(Default)]
-pub struct PolicyView(OnceLock<regorus::Value>);
+/// The identity header values of one caller, ready to insert.
+pub type HeaderValues = Arc<[(HeaderName, HeaderValue)]>;
 
-impl Clone for PolicyView {
+/// Caches beside the identity's fields; they take no part in comparisons, and a clone starts
+/// empty, so an identity cloned and then changed (`Identity { sub, ..other.clone() }`) never
+/// shows policy or the server the fields it was cloned from.
+#[derive(Default)]
+pub struct Derived {
+    subject: OnceLock<regorus::Value>,
+    headers: OnceLock<HeaderValues>,
+}
+
+impl Clone for Derived {
     fn clone(&self) -> Self {
-        PolicyView::default()
+        Derived::default()
     }
 }
 
-impl PartialEq for PolicyView {
+impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for PolicyView {
+impl std::fmt::Debug for Derived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PolicyView")
+        f.write_str("Derived")
     }
 }
 
 impl Identity {
     /// The policy input's `subject` for this caller.
     pub fn policy_subject(&self) -> regorus::Value {
-        self.policy_view
-            .0
+        self.derived
+            .subject
             .get_or_init(|| input::subject_value(Some(&self.subject())))
             .clone()
+    }
+
+    /// The identity headers the server is sent for this caller, made by `make` on first use.
+    /// Identities are cached by the one authenticator of the process, whose header
+    /// configuration is fixed at start, so `make` is the same function on every call.
+    pub fn header_values(
+        &self,
+        make: impl FnOnce(&Identity) -> Vec<(HeaderName, HeaderValue)>,
+    ) -> HeaderValues {
+        Arc::clone(self.derived.headers.get_or_init(|| make(self).into()))
     }
 
     /// This caller as the policy input's `subject` shows it.
@@ -96,5 +114,28 @@ mod tests {
         };
         assert_eq!(b.policy_subject()["sub"], regorus::Value::from("bob"));
         assert_eq!(a.policy_subject()["sub"], regorus::Value::from("ana"));
+    }
+
+    #[test]
+    fn header_values_are_made_once_per_identity_and_anew_for_a_changed_clone() {
+        let made = std::cell::Cell::new(0);
+        let make = |id: &Identity| {
+            made.set(made.get() + 1);
+            let v = HeaderValue::from_str(&id.sub).expect("a header value");
+            vec![(HeaderName::from_static("x-user"), v)]
+        };
+        let a = Identity {
+            sub: "ana".into(),
+            ..Default::default()
+        };
+        assert_eq!(a.header_values(make)[0].1, "ana");
+        assert_eq!(a.header_values(make)[0].1, "ana");
+        assert_eq!(made.get(), 1);
+        let b = Identity {
+            sub: "bob".into(),
+            ..a.clone()
+        };
+        assert_eq!(b.header_values(make)[0].1, "bob");
+        assert_eq!(made.get(), 2);
     }
 }

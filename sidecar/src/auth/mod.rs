@@ -590,14 +590,16 @@ impl Authenticator {
         if let (Some(id), Some(h)) = (&identity, &token_hash) {
             match self.mode {
                 PassthroughMode::Headers => {
-                    let values = passthrough::identity_header_values(&self.header_names, id);
+                    let values = id.header_values(|id| {
+                        passthrough::identity_header_values(&self.header_names, id)
+                    });
                     if let Some(key) = &self.header_key
                         && let Some(sig) = passthrough::sign_headers(key, now_secs(), &values)
                     {
                         headers.insert(passthrough::SIGNATURE_HEADER, sig);
                     }
-                    for (name, value) in values {
-                        headers.insert(name, value);
+                    for (name, value) in values.iter() {
+                        headers.insert(name.clone(), value.clone());
                     }
                 }
                 PassthroughMode::Jwt => {
@@ -737,6 +739,19 @@ fn query_has_token(uri: &Uri) -> bool {
     })
 }
 
+/// The bytes of RFC 6750's `b64token` before its trailing `=`: a table, because every request's
+/// token (a thousand bytes is common) is checked byte by byte.
+const TOKEN68: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
+
 /// The bearer token of the Authorization header; `None` when there is no bearer credential.
 pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
@@ -763,7 +778,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     let b64token = token
         .trim_end_matches('=')
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        .all(|b| TOKEN68[usize::from(b)]);
     if !b64token {
         return Err(Rejection::InvalidToken("malformed bearer token"));
     }
@@ -857,6 +872,54 @@ pub fn identity_from_claims(claims: Map<String, Value>) -> Option<Identity> {
         scopes,
         client_id: s("client_id").or_else(|| s("azp")),
         claims,
-        policy_view: Default::default(),
+        derived: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer_of(value: &[u8]) -> Result<Option<String>, Rejection> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(value).expect("a header value"),
+        );
+        bearer(&h).map(|t| t.map(str::to_owned))
+    }
+
+    #[test]
+    fn the_token_table_is_rfc_6750s_b64token() {
+        for b in 0..=255u8 {
+            let rule = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(TOKEN68[usize::from(b)], rule, "byte {b:#04x}");
+        }
+    }
+
+    #[test]
+    fn bearer_takes_a_b64token_and_refuses_anything_else() {
+        assert_eq!(
+            bearer_of(b"Bearer aZ09-._~+/==").ok().flatten().as_deref(),
+            Some("aZ09-._~+/==")
+        );
+        assert_eq!(
+            bearer_of(b"bearer  abc ").ok().flatten().as_deref(),
+            Some("abc")
+        );
+        assert!(matches!(bearer_of(b"Basic dXNlcjpwdw=="), Ok(None)));
+        for bad in [
+            &b"Bearer a=b"[..],
+            b"Bearer a,b",
+            b"Bearer a b",
+            b"Bearer ",
+            b"Bearer \xe9",
+        ] {
+            assert!(
+                bearer_of(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }

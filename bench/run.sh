@@ -31,6 +31,9 @@
 #                     [--threads 2] [--rounds 1] [--scenarios call,list,call-sse,list-sse]
 #                     [--rate 3000] [--streams 1000] [--all] [--no-nginx] [--otlp-down]
 #                     [--governed] [--limits] [--no-install] [--no-build] [--out DIR]
+#                     [--sidecar BIN]
+# --sidecar measures another build of mcp-guard-sidecar in every sidecar target (the static musl
+# build the images ship, say: target/x86_64-unknown-linux-musl/release/mcp-guard-sidecar).
 # Everything also reads from the environment: BENCH_NAME, BENCH_DURATION, BENCH_WARMUP,
 # BENCH_CONNECTIONS, BENCH_THREADS, BENCH_ROUNDS, BENCH_SCENARIOS, BENCH_RATE, BENCH_STREAMS,
 # BENCH_NGINX=0, BENCH_INSTALL=0, BENCH_BUILD=0 (use the release binaries already built),
@@ -51,6 +54,7 @@ WITH_NGINX="${BENCH_NGINX:-1}"
 INSTALL="${BENCH_INSTALL:-1}"
 BUILD="${BENCH_BUILD:-1}"
 OUT="${BENCH_OUT:-$ROOT/bench/results}"
+SIDECAR_OVERRIDE="${BENCH_SIDECAR:-}"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -71,6 +75,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
+    --sidecar) SIDECAR_OVERRIDE="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -146,7 +151,7 @@ if [ "$BUILD" = 1 ]; then
 fi
 TARGET_DIR="$(target_dir)"
 SERVER_BIN="$TARGET_DIR/release/mcp-guard-example-server"
-SIDECAR_BIN="$TARGET_DIR/release/mcp-guard-sidecar"
+SIDECAR_BIN="${SIDECAR_OVERRIDE:-$TARGET_DIR/release/mcp-guard-sidecar}"
 CLIENT_BIN="$TARGET_DIR/release/examples/bench_client"
 { [ -x "$SERVER_BIN" ] && [ -x "$SIDECAR_BIN" ]; } || die "release binaries not found in $TARGET_DIR"
 [ "$CLIENT_NEEDED" = 0 ] || [ -x "$CLIENT_BIN" ] ||
@@ -869,6 +874,7 @@ targets_table() {
   printf -- '- machine: %s × %s, Linux %s; %s; wrk %s' "$NCPU" "$CPU_MODEL" "$KERNEL" "$RUSTC" "$WRK_VERSION"
   [ -n "$NGINX_VERSION" ] && printf '; nginx %s (worker_processes auto, upstream keepalive)' "$NGINX_VERSION"
   printf '\n- commit: %s%s\n' "$COMMIT" "$([ "$DIRTY" = true ] && echo ' (with uncommitted changes)')"
+  [ -z "$SIDECAR_OVERRIDE" ] || printf -- '- sidecar binary: %s (%s)\n' "$SIDECAR_BIN" "$(file -b "$SIDECAR_BIN" 2>/dev/null | cut -d, -f1,4 || true)"
   printf -- '- client, server and proxy share the same %s cores: the numbers compare targets within this run;\n' "$NCPU"
   printf '  they are not absolute capacities. CPU per request is the proxy process'"'"'s user+system time during\n'
   printf '  the measured window divided by the requests served (resolution 1/%s s).\n' "$CLK_TCK"

@@ -11,12 +11,14 @@
 //!   workspace root, succeeds here; the binary it leaves where the final stage copies from is a
 //!   static ELF (no program interpreter, no shared library needed) that runs with an empty
 //!   environment: `--version` and the subcommand the chart or the injector starts. It carries no
-//!   debug info (about 22 MB rather than 80) but keeps its symbol table.
+//!   debug info (about 22 MB rather than 80) but keeps its symbol table;
+//! * the build stage copies what that build reads at the workspace root: the manifest, the lock
+//!   file, the build settings in `.cargo/` (the musl build's allocator settings) and the members.
 //!
 //! Not verified: no image is built, as no Docker engine runs on the machines the tests run on.
 //! The build stage's `apt-get install musl-tools` and `rustup target add` are mirrored by
 //! `tests/scripts/install-musl.sh` (the same rustc 1.95 and Debian bookworm musl-tools as the
-//! `rust:1.95-bookworm` base), not run from the Dockerfile; the `COPY` of the sources, the base
+//! `rust:1.95-bookworm` base), not run from the Dockerfile; the `COPY` itself, the base
 //! image's contents and the image's start under a container runtime are taken on trust.
 //!
 //! Cost: the release build of both binaries takes about 7.5 minutes from cold on 2 cores (both
@@ -189,6 +191,8 @@ struct Image {
     /// The final stage's base image.
     base: String,
     build: CargoBuild,
+    /// What the build stage copies from the build context (the workspace root).
+    copied: Vec<String>,
     /// Where the build stage leaves the binary, relative to the workspace root.
     built_at: String,
     /// Where the final stage puts it.
@@ -251,6 +255,18 @@ impl Image {
                 .map(String::from)
                 .collect(),
         };
+        let copied = build_stage
+            .args("COPY")
+            .filter(|c| !c.starts_with("--from"))
+            .flat_map(|c| {
+                let words: Vec<&str> = c.split_whitespace().collect();
+                let sources = &words[..words.len().saturating_sub(1)];
+                sources
+                    .iter()
+                    .map(|w| w.trim_end_matches('/').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let entrypoint = last.single("ENTRYPOINT", dockerfile);
         Image {
             dockerfile,
@@ -258,6 +274,7 @@ impl Image {
             subcommand,
             base: last.base.clone(),
             build,
+            copied,
             built_at: built_at.to_string(),
             installed_at: dest.to_string(),
             user: last.single("USER", dockerfile).to_string(),
@@ -482,6 +499,26 @@ fn dockerfiles_describe_static_nonroot_images() {
             format!("target/{target}/release/{binary}"),
             "{dockerfile}: the final stage copies what `{build}` builds"
         );
+
+        // What cargo reads at the workspace root besides the members: the manifest, the lock file
+        // and the build settings (.cargo/config.toml: the allocator's settings of the musl build).
+        let mut needed = vec![
+            "Cargo.toml",
+            "Cargo.lock",
+            ".cargo",
+            "sidecar",
+            "webhook",
+            "tests",
+        ];
+        needed.retain(|p| workspace_root().join(p).exists());
+        for path in needed {
+            assert!(
+                image.copied.iter().any(|c| c == path),
+                "{dockerfile}: the build stage does not copy {path} (copies {:?}); the build \
+                 reads it",
+                image.copied
+            );
+        }
 
         let base = &image.base;
         assert!(

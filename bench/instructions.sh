@@ -65,24 +65,7 @@ SERVER_BIN="$TARGET_DIR/release/mcp-guard-example-server"
 SIDECAR_BIN="${SIDECAR_BIN:-$TARGET_DIR/release/mcp-guard-sidecar}"
 { [ -x "$SERVER_BIN" ] && [ -x "$SIDECAR_BIN" ]; } || die "release binaries not found in $TARGET_DIR"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/mcp-guard-instructions.XXXXXX")"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_http() { # wait_http URL PID WHAT: until URL answers 2xx (valgrind starts slowly)
-  for _ in $(seq 1 600); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start (log: $(tail -5 "$WORK/$3.err" 2>/dev/null))"
-    sleep 0.1
-  done
-  die "$3 not ready at $1 after 60 s"
-}
+bench_workdir instructions
 
 free_port UP_PORT
 "$SERVER_BIN" --listen "127.0.0.1:$UP_PORT" --stateless-json >"$WORK/upstream.log" 2>&1 &
@@ -113,7 +96,7 @@ start_sidecar() { # start_sidecar [WRAPPER...]: the sidecar (under WRAPPER), rea
     >"$WORK/sidecar.log" 2>"$WORK/sidecar.err" &
   SC_PID=$!
   PIDS+=("$SC_PID")
-  wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" "$SC_PID" sidecar
+  wait_ready "http://127.0.0.1:$ADMIN_PORT/readyz" "$SC_PID" sidecar 60 # valgrind starts slowly
 }
 stop_sidecar() {
   kill "$SC_PID" 2>/dev/null || true

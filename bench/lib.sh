@@ -2,6 +2,7 @@
 # BENCH_TOOL (the name every message starts with) and ROOT (the repository); the functions that
 # start processes need WORK (a scratch directory) and PIDS (an array the caller's cleanup kills).
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # WORK and PIDS are the caller's
 
 log() { printf '%s: %s\n' "$BENCH_TOOL" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$BENCH_TOOL" "$*" >&2; exit 1; }
@@ -12,6 +13,31 @@ target_dir() {
   dir="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
   printf '%s\n' "${dir:-$ROOT/target}"
+}
+
+# bench_workdir NAME: a scratch directory in WORK and an empty PIDS; on exit, every process in
+# PIDS is stopped and WORK removed.
+bench_workdir() {
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/mcp-guard-$1.XXXXXX")"
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+
+# wait_ready URL PID WHAT SECONDS: until URL answers 2xx; WHAT's errors are in $WORK/WHAT.err.
+wait_ready() {
+  local i
+  for i in $(seq 1 $(($4 * 10))); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || die "$3 exited at start: $(tail -5 "$WORK/$3.err" 2>/dev/null)"
+    sleep 0.1
+  done
+  die "$3 not ready at $1 after $4 s: $(tail -5 "$WORK/$3.err" 2>/dev/null)"
 }
 
 # --- ports -------------------------------------------------------------------------------------

@@ -162,16 +162,8 @@ if [[ " ${KINDS[*]} " == *" sse "* ]] && [[ "$("$SERVER_BIN" --help)" != *--stat
 fi
 
 # --- processes -------------------------------------------------------------------------------
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/mcp-guard-bench.XXXXXX")"
+bench_workdir bench
 chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 start_upstream() { # start_upstream NAME FLAGS...: an example server; sets UP_STARTED (its port)
   local name="$1" pid
@@ -186,7 +178,7 @@ start_upstream() { # start_upstream NAME FLAGS...: an example server; sets UP_ST
 # UPSTREAM_PORT, waited for until ready; sets S_PID, S_PORT, S_ADMIN. Its spans, if it exports
 # any, carry the service name NAME.
 start_sidecar() {
-  local name="$1" up="$2" i
+  local name="$1" up="$2"
   shift 2
   free_port S_PORT
   free_port S_ADMIN
@@ -195,12 +187,7 @@ start_sidecar() {
     --deny-tools delete_everything "$@" >"$WORK/$name.log" 2>"$WORK/$name.err" &
   S_PID=$!
   PIDS+=("$S_PID")
-  for i in $(seq 1 400); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$S_ADMIN/readyz" 2>/dev/null && return 0
-    kill -0 "$S_PID" 2>/dev/null || die "$name exited at start: $(tail -5 "$WORK/$name.err")"
-    sleep 0.05
-  done
-  die "$name not ready after 20 s: $(tail -5 "$WORK/$name.err")"
+  wait_ready "http://127.0.0.1:$S_ADMIN/readyz" "$S_PID" "$name" 20
 }
 # nginx_server PORT UPSTREAM_PORT UPSTREAM_NAME [DIRECTIVES]: one server block proxying to the
 # example server on UPSTREAM_PORT with upstream keep-alive.

@@ -448,6 +448,7 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
     // 3. Three hundred replacements, 10 ms apart (a hundred a second on a quiet machine; counted,
     // not timed, so a busy machine makes them slower, never fewer), cycling through good
     // bundles, garbage, an empty volume and a deleted directory, while calls keep coming.
+    let loaded_before = reloads(&sc, "success");
     let stop = Arc::new(AtomicBool::new(false));
     let swaps = {
         let stop = Arc::clone(&stop);
@@ -472,7 +473,7 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
             // The last word: bundle c.
             vol.update(&[("authz.rego", &bundle("c"))]);
             stop.store(true, Ordering::Relaxed);
-            (vol, n)
+            vol
         })
     };
     let mut pairs = 0;
@@ -482,8 +483,7 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
         assert_pair(&d, &e, "during the churn");
         pairs += 1;
     }
-    let (_vol, swapped) = swaps.join().unwrap();
-    assert_eq!(swapped, CHURN_REPLACEMENTS);
+    let _vol = swaps.join().unwrap();
     assert!(pairs > 0);
     sc.assert_alive();
     // Bundle c goes into force, and the next call is decided by it.
@@ -516,11 +516,21 @@ async fn policy_directory_deleted_garbage_and_churn_keep_a_good_bundle_in_force(
         assert_eq!(l["outcome"], if deleting { "denied" } else { "ok" }, "{l}");
     }
     assert_eq!(lines[&(last_id - 1)]["decision"]["policy"], c.as_str());
+    // The churn reached the sidecar: garbage refused, and good bundles (a, b, then c) loaded
+    // while it went on.
+    assert!(reloads(&sc, "failure") > 0, "no bundle was refused");
+    let loaded = reloads(&sc, "success") - loaded_before;
+    assert!(loaded >= 2, "only {loaded} bundles loaded during the churn");
+}
+
+/// `mcp_guard_policy_reloads_total{result=RESULT}` of the sidecar (0 before the first).
+fn reloads(sc: &Sidecar, result: &str) -> u64 {
     let (_, metrics) = sc.admin("GET", "/metrics");
-    assert!(
-        metrics.contains("mcp_guard_policy_reloads_total{result=\"failure\"}"),
-        "{metrics}"
-    );
+    let series = format!("mcp_guard_policy_reloads_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------

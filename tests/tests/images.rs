@@ -296,6 +296,44 @@ impl Image {
     }
 }
 
+/// The top-level directories of the workspace's members, as `cargo metadata` lists them.
+fn member_dirs() -> Vec<String> {
+    let out = run_bounded(
+        "cargo metadata",
+        Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(workspace_root()),
+        Duration::from_secs(120),
+    );
+    assert!(out.success(), "cargo metadata failed: {}", out.stderr);
+    let meta: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let root = workspace_root();
+    let mut dirs: Vec<String> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["manifest_path"].as_str())
+        .filter_map(|m| {
+            let rel = Path::new(m).strip_prefix(&root).ok()?;
+            Some(rel.components().next()?.as_os_str().to_str()?.to_owned())
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    assert!(
+        !dirs.is_empty(),
+        "no workspace member under {}",
+        root.display()
+    );
+    dirs
+}
+
 fn images() -> Vec<Image> {
     IMAGES
         .iter()
@@ -500,18 +538,16 @@ fn dockerfiles_describe_static_nonroot_images() {
             "{dockerfile}: the final stage copies what `{build}` builds"
         );
 
-        // What cargo reads at the workspace root besides the members: the manifest, the lock file
-        // and the build settings (.cargo/config.toml: the allocator's settings of the musl build).
-        let mut needed = vec![
-            "Cargo.toml",
-            "Cargo.lock",
-            ".cargo",
-            "sidecar",
-            "webhook",
-            "tests",
-        ];
-        needed.retain(|p| workspace_root().join(p).exists());
-        for path in needed {
+        // What cargo reads at the workspace root: the manifest, the lock file, the build
+        // settings (.cargo/config.toml: the allocator's settings of the musl build) and the
+        // members' directories.
+        let mut needed: Vec<String> = ["Cargo.toml", "Cargo.lock", ".cargo"]
+            .iter()
+            .filter(|p| workspace_root().join(p).exists())
+            .map(|p| p.to_string())
+            .collect();
+        needed.extend(member_dirs());
+        for path in &needed {
             assert!(
                 image.copied.iter().any(|c| c == path),
                 "{dockerfile}: the build stage does not copy {path} (copies {:?}); the build \

@@ -103,8 +103,6 @@ pub fn identity_header_values(
 /// The header that carries the signature of the identity headers.
 pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("x-mcp-guard-signature");
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// The signature of identity headers: HMAC-SHA256 with a shared key over
 /// `"v1\n{t}\n"` followed by `"{name}:{value}\n"` for each header sent, in configuration order.
 pub fn sign_headers(
@@ -114,9 +112,7 @@ pub fn sign_headers(
 ) -> Option<HeaderValue> {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).ok()?;
-    mac.update(b"v1\n");
-    mac.update(t.to_string().as_bytes());
-    mac.update(b"\n");
+    mac.update(format!("v1\n{t}\n").as_bytes());
     for (name, value) in headers {
         mac.update(name.as_str().as_bytes());
         mac.update(b":");
@@ -124,12 +120,8 @@ pub fn sign_headers(
         mac.update(b"\n");
     }
     let digest = mac.finalize().into_bytes();
-    let mut value = format!("t={t},v1=");
-    for b in digest {
-        value.push(char::from(HEX[usize::from(b >> 4)]));
-        value.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    HeaderValue::from_str(&value).ok()
+    let hex = mcp_guard_policy::bundle::hex(&digest);
+    HeaderValue::from_str(&format!("t={t},v1={hex}")).ok()
 }
 
 /// Mints short-lived tokens for the server, signed with a mounted key.

@@ -6,6 +6,8 @@
 //! ([`crate::observe::trace`]) and puts a `traceparent` on the forwarded request: telemetry costs
 //! it two random numbers and one header.
 
+mod client;
+
 use std::cell::Cell;
 
 use clap::Args;
@@ -15,7 +17,7 @@ use opentelemetry::trace::{
     Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 
 use crate::metrics::{Bounded, MAX_TOOL_SERIES};
 use crate::observe::trace::TraceContext;
@@ -209,6 +211,9 @@ impl Telemetry {
             "http/protobuf" => {
                 let b = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
+                    .with_http_client(client::ExportClient::for_signal(
+                        env::OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+                    ))
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
                 match &flag {
                     Some(e) => {
@@ -465,6 +470,9 @@ fn meters(
         _ => {
             let b = opentelemetry_otlp::MetricExporter::builder()
                 .with_http()
+                .with_http_client(client::ExportClient::for_signal(
+                    env::OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
+                ))
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             match flag {
                 Some(e) => {

@@ -11,9 +11,11 @@
 //!   workspace root, succeeds here; the binary it leaves where the final stage copies from is a
 //!   static ELF (no program interpreter, no shared library needed) that runs with an empty
 //!   environment: `--version` and the subcommand the chart or the injector starts. It carries no
-//!   debug info (about 22 MB rather than 80) but keeps its symbol table;
+//!   debug info (about 22 MB rather than 80) but keeps its symbol table, and its relocations are
+//!   packed (`.relr.dyn`);
 //! * the build stage copies what that build reads at the workspace root: the manifest, the lock
-//!   file, the build settings in `.cargo/` (the musl build's allocator settings) and the members.
+//!   file, the build settings in `.cargo/` (the musl build's allocator and linker settings) and
+//!   the members.
 //!
 //! Not verified: no image is built, as no Docker engine runs on the machines the tests run on.
 //! The build stage's `apt-get install musl-tools` and `rustup target add` are mirrored by
@@ -669,6 +671,16 @@ fn static_builds_need_no_loader_and_run() {
         assert!(
             sections.iter().any(|s| s == ".symtab"),
             "{}: {} has no symbol table, so a backtrace would name no function",
+            image.dockerfile,
+            binary.display()
+        );
+        // Position-independent (ASLR), its relative relocations packed (RELR, the musl target's
+        // rustflags in .cargo/config.toml): `.rela.dyn` would hold about a megabyte, every page
+        // of it read at start and resident in every sidecar.
+        assert!(
+            sections.iter().any(|s| s == ".relr.dyn"),
+            "{}: {} has no packed relocations (.relr.dyn) among {sections:?}: was .cargo/config.toml's \
+             musl rustflags replaced (RUSTFLAGS)?",
             image.dockerfile,
             binary.display()
         );

@@ -9,6 +9,8 @@
 #                     carries a real OpenID provider's JWT (verified), is decided by a realistic
 #                     Rego policy (sidecar/benches/fixtures/realistic.rego), audited, and traced
 #                     over OTLP to a live receiver (tests/scripts/otlp_receiver.py) on loopback
+#   sidecar-governed-no-otlp  (with --no-otlp-twin, implies --governed) the governed sidecar
+#                     without OTLP export: what the spans and metrics cost, beside it
 #   sidecar-limits    (with --limits, implies --governed) the governed sidecar whose policy also puts
 #                     every call under a rate limit (per subject, never reached): counted in the
 #                     sidecar's local buckets
@@ -30,7 +32,7 @@
 # Usage: bench/run.sh [--name foundation] [--duration 10] [--warmup 2] [--connections 16]
 #                     [--threads 2] [--rounds 1] [--scenarios call,list,call-sse,list-sse]
 #                     [--rate 3000] [--streams 1000] [--all] [--no-nginx] [--otlp-down]
-#                     [--governed] [--limits] [--no-install] [--no-build] [--out DIR]
+#                     [--governed] [--no-otlp-twin] [--limits] [--no-install] [--no-build] [--out DIR]
 #                     [--sidecar BIN]
 # --sidecar measures another build of mcp-guard-sidecar in every sidecar target (the static musl
 # build the images ship, say: target/x86_64-unknown-linux-musl/release/mcp-guard-sidecar).
@@ -72,6 +74,7 @@ while [ $# -gt 0 ]; do
     --otlp-down) WITH_OTLP_DOWN=1; shift ;;
     --governed) WITH_GOVERNED=1; shift ;;
     --limits) WITH_GOVERNED=1; WITH_LIMITS=1; shift ;;
+    --no-otlp-twin) WITH_GOVERNED=1; WITH_NO_OTLP=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -254,6 +257,7 @@ wait_nginx() { # wait_nginx NAME PORT...: until nginx listens on every PORT and 
 WITH_OTLP_DOWN="${WITH_OTLP_DOWN:-0}"
 WITH_GOVERNED="${WITH_GOVERNED:-0}"
 WITH_LIMITS="${WITH_LIMITS:-0}"
+WITH_NO_OTLP="${WITH_NO_OTLP:-0}"
 declare -A UP_PORT URL PROXY_PIDS AUTH
 for k in "${KINDS[@]}"; do
   start_upstream "upstream-$k" "--stateless-$k"
@@ -319,8 +323,8 @@ if [ "$WITH_GOVERNED" = 1 ]; then
   mkdir -p "$WORK/policy"
   cp "$ROOT/sidecar/benches/fixtures/realistic.rego" "$WORK/policy/realistic.rego"
   cp "$ROOT/sidecar/benches/fixtures/realistic.json" "$WORK/policy/data.json"
-  GOV_FLAGS=(--issuer "http://127.0.0.1:$IDP_PORT" --resource-uri "$RESOURCE"
-    --otlp-endpoint "http://127.0.0.1:$RCV_PORT")
+  AUTH_FLAGS=(--issuer "http://127.0.0.1:$IDP_PORT" --resource-uri "$RESOURCE")
+  GOV_FLAGS=("${AUTH_FLAGS[@]}" --otlp-endpoint "http://127.0.0.1:$RCV_PORT")
   for k in "${KINDS[@]}"; do
     start_sidecar "$(proc_name sidecar-governed "$k")" "${UP_PORT[$k]}" "${GOV_FLAGS[@]}" --policy-dir "$WORK/policy"
     add_target sidecar-governed "$k" "$S_PORT" "$S_PID"
@@ -329,6 +333,11 @@ if [ "$WITH_GOVERNED" = 1 ]; then
       -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
       --data '{"jsonrpc":"2.0","id":1,"method":"tools/list"}')" || true
     [ "$code" = 401 ] || die "governed sidecar: a request without a token got HTTP $code, not 401"
+    if [ "$WITH_NO_OTLP" = 1 ]; then
+      # The same governed sidecar with every flag but the OTLP endpoint.
+      start_sidecar "$(proc_name sidecar-governed-no-otlp "$k")" "${UP_PORT[$k]}" "${AUTH_FLAGS[@]}" --policy-dir "$WORK/policy"
+      add_target sidecar-governed-no-otlp "$k" "$S_PORT" "$S_PID"
+    fi
   done
 fi
 
@@ -532,8 +541,9 @@ TARGETS=(direct)
 TARGETS+=(sidecar)
 [ "$WITH_OTLP_DOWN" = 1 ] && TARGETS+=(sidecar-otlp-down)
 [ "$WITH_GOVERNED" = 1 ] && TARGETS+=(sidecar-governed)
+[ "$WITH_NO_OTLP" = 1 ] && TARGETS+=(sidecar-governed-no-otlp)
 [ "$WITH_LIMITS" = 1 ] && TARGETS+=(sidecar-limits sidecar-limits-redis)
-for t in sidecar-governed sidecar-limits sidecar-limits-redis; do AUTH[$t]="$GOV_AUTH"; done
+for t in sidecar-governed sidecar-governed-no-otlp sidecar-limits sidecar-limits-redis; do AUTH[$t]="$GOV_AUTH"; done
 if [ -n "$NGINX_PID" ]; then
   NGINX_PIDS="$NGINX_PID $(children "$NGINX_PID" | tr '\n' ' ')"
   # shellcheck disable=SC2086
@@ -816,6 +826,10 @@ targets_table() {
     printf '%s s of CPU during the run, not in the proxy column). Spans it received, by service name: %s.' \
       "$RCV_CPU_S" "$(join '; ' "${items[@]}")"
     printf '\n(The SDK'"'"'s batch queue drops the spans it cannot export in time; none are waited for.)\n'
+  fi
+  if [ "$WITH_NO_OTLP" = 1 ]; then
+    printf '`sidecar-governed-no-otlp`: the governed sidecar without `--otlp-endpoint` (no spans, no OTLP\n'
+    printf 'metrics): beside `sidecar-governed`, what OpenTelemetry export costs.\n'
   fi
   if [ "$WITH_LIMITS" = 1 ]; then
     printf '`sidecar-limits`: the governed sidecar with one more rule, a rate limit on every call\n'

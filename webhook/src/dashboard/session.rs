@@ -34,7 +34,7 @@ impl Sessions {
     pub fn create(&self, caller: Caller) -> Result<String, String> {
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes).map_err(|e| format!("no random source: {e}"))?;
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let id = mcp_guard_policy::bundle::hex(&bytes);
         let mut map = self.by_hash.lock();
         if map.len() >= CAPACITY {
             map.retain(|_, (at, _)| at.elapsed() < TTL);

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -150,25 +151,30 @@ impl PolicyStore {
     /// Keeps the bundle current until the process ends: file-system events (debounced) and a
     /// poll every `poll`. The directory may not exist yet (an optional ConfigMap volume that has
     /// no ConfigMap): polling covers that, and the watch is set up once the directory appears.
+    /// A watch ends with its directory: when the directory itself is removed, the next wake-up
+    /// (the removal's own event, or a poll) watches the directory of that name again, so a
+    /// directory made again is watched too.
     pub fn spawn_watcher(self: &Arc<Self>, poll: Duration) {
         let store = Arc::clone(self);
         let (tx, mut rx) = mpsc::channel::<()>(1);
+        let ended = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
-            let mut watcher = store.watch(&tx, true);
+            let mut watcher = store.watch(&tx, &ended, true);
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if watcher.is_none() {
-                            watcher = store.watch(&tx, false);
-                        }
-                    }
+                    _ = tick.tick() => {}
                     Some(()) = rx.recv() => {
                         // Let a burst of events (kubelet writes, then swaps a link) settle.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         while rx.try_recv().is_ok() {}
                     }
+                }
+                if watcher.is_none() || ended.swap(false, Ordering::Relaxed) {
+                    // The ended watch goes before a new one is tried.
+                    drop(watcher.take());
+                    watcher = store.watch(&tx, &ended, false);
                 }
                 let s = Arc::clone(&store);
                 if let Err(e) = tokio::task::spawn_blocking(move || s.reload()).await {
@@ -178,13 +184,26 @@ impl PolicyStore {
         });
     }
 
-    fn watch(&self, tx: &mpsc::Sender<()>, first: bool) -> Option<notify::RecommendedWatcher> {
+    /// A watch on the directory; sets `ended` when the directory itself is removed (the kernel
+    /// ends the watch with it).
+    fn watch(
+        &self,
+        tx: &mpsc::Sender<()>,
+        ended: &Arc<AtomicBool>,
+        first: bool,
+    ) -> Option<notify::RecommendedWatcher> {
         let tx = tx.clone();
+        let ended = Arc::clone(ended);
+        let dir = self.dir.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res
-                && may_change(&event.kind)
-            {
-                let _ = tx.try_send(());
+            if let Ok(event) = res {
+                if matches!(event.kind, notify::EventKind::Remove(_)) && event.paths.contains(&dir)
+                {
+                    ended.store(true, Ordering::Relaxed);
+                }
+                if may_change(&event.kind) {
+                    let _ = tx.try_send(());
+                }
             }
         })
         .and_then(|mut w| {

@@ -568,8 +568,7 @@ async fn a_policy_directory_made_again_is_watched_again() {
 
     // Bundle c in the new directory: only its watch can report it.
     vol.update(&[("authz.rego", &bundle("c"))]);
-    let c = wait_hash(&sc, Some(&b)).await;
-    assert_ne!(c, a);
+    wait_hash(&sc, Some(&b)).await;
     assert_eq!(reloads(&sc, "success"), loaded + 2);
     sc.assert_alive();
 }

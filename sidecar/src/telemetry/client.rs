@@ -115,14 +115,23 @@ mod tests {
         );
     }
 
+    /// A listener on a free loopback port, and the traces URL of `scheme` that names it.
+    fn bound(scheme: &str) -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "{scheme}://{}/v1/traces",
+            listener.local_addr().expect("addr")
+        );
+        (listener, url)
+    }
+
     /// A collector that reads one request and answers `status` with `body`; hands back the
     /// request's head and body.
     fn collector(
         status: &'static str,
         body: &'static str,
     ) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+        let (listener, url) = bound("http");
         let served = std::thread::spawn(move || {
             let (stream, _) = listener.accept().expect("accept");
             let mut reader = BufReader::new(stream);
@@ -206,8 +215,7 @@ mod tests {
 
     #[test]
     fn a_dead_collector_is_an_error_naming_the_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+        let (listener, url) = bound("http");
         drop(listener);
         let client = ExportClient::new(Duration::from_secs(10));
         let error = export(&client, &url, b"x").expect_err("nothing listens");
@@ -222,8 +230,7 @@ mod tests {
     fn an_https_endpoint_is_spoken_to_in_tls_only() {
         // A plaintext server behind an https URL: the export fails in the handshake instead of
         // sending the batch (and its headers) in the clear.
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("https://{}/v1/traces", listener.local_addr().expect("addr"));
+        let (listener, url) = bound("https");
         let served = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
             let mut hello = [0u8; 5];

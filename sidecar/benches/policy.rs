@@ -86,16 +86,19 @@ fn store_of(name: &str, files: &[(&str, &str)], metrics: &Arc<Metrics>) -> Arc<P
 }
 
 /// Filtering `list` for `ctx` with an interceptor made by `make`: `cold` on a sidecar that never
-/// saw the list (its tool definitions are pinned during the measured listing); `new_caller` on one
-/// that listed it for `stranger` before (definitions known), a caller who differs from this one
-/// in fields the policy reads, so every decision is evaluated; `new_caller_alike` on one that
-/// listed it for `alike`, another user (or a refreshed token) who differs only in fields no rule
-/// reads, so the decisions are shared.
+/// saw the list (its tool definitions are pinned during the measured listing); then, for each
+/// `(name, other)` of `before`, on one that listed it for `other` before (definitions known):
+/// `new_caller` after a caller the policy tells apart (another role: every decision is
+/// evaluated), `new_caller_same_terms` after another user whom no rule can tell apart (same
+/// roles, another email of the same domain: the caller terms, sidecar/policy/src/terms.rs, are
+/// equal, so the decisions are shared), `new_caller_alike` after one who differs only in fields
+/// no rule reads (a refreshed token's `exp`: shared by what the bundle reads alone).
 fn bench_first_listings(
     c: &mut Criterion,
     prefix: &str,
     make: &dyn Fn() -> PolicyInterceptor,
-    (ctx, stranger, alike): (&Context<'_>, &Context<'_>, &Context<'_>),
+    ctx: &Context<'_>,
+    before: &[(&str, &Context<'_>)],
     list: &Value,
 ) {
     c.bench_function(&format!("{prefix}/cold"), |b| {
@@ -110,7 +113,7 @@ fn bench_first_listings(
             criterion::BatchSize::LargeInput,
         )
     });
-    for (name, other) in [("new_caller", stranger), ("new_caller_alike", alike)] {
+    for &(name, other) in before {
         c.bench_function(&format!("{prefix}/{name}"), |b| {
             b.iter_batched(
                 || {
@@ -202,15 +205,27 @@ fn filtering(c: &mut Criterion) {
         b.iter(|| black_box(warm.check(black_box(&ctx), black_box(&denied))))
     });
 
-    // Another user of the same roles, scopes and email domain: the policy reads the email itself,
-    // so it can tell the two apart.
+    // Another user of another role: the policy tells the two apart.
     let stranger = mcp_guard_sidecar::identity::Identity {
-        sub: "u2".into(),
-        email: Some("u2@example.com".into()),
+        sub: "u3".into(),
+        email: Some("u3@example.com".into()),
+        roles: vec!["analyst".into()],
         ..identity.clone()
     };
     let stranger_ctx = Context {
         identity: Some(&stranger),
+        ..ctx
+    };
+    // Another user of the same roles, scopes and email domain: the policy reads the email only
+    // as `endswith(input.subject.email, "@example.com")` (and whether there is one), so no rule
+    // can tell the two apart.
+    let colleague = mcp_guard_sidecar::identity::Identity {
+        sub: "u2".into(),
+        email: Some("u2@example.com".into()),
+        ..identity.clone()
+    };
+    let colleague_ctx = Context {
+        identity: Some(&colleague),
         ..ctx
     };
     // The same user with a refreshed token (another `exp`), or anyone alike in every field the
@@ -227,7 +242,12 @@ fn filtering(c: &mut Criterion) {
         c,
         "filter/tools_list_1000",
         &new_interceptor,
-        (&ctx, &stranger_ctx, &alike_ctx),
+        &ctx,
+        &[
+            ("new_caller", &stranger_ctx),
+            ("new_caller_same_terms", &colleague_ctx),
+            ("new_caller_alike", &alike_ctx),
+        ],
         &list,
     );
     c.bench_function("filter/tools_list_1000/warm", |b| {
@@ -307,7 +327,12 @@ fn filtering(c: &mut Criterion) {
         c,
         "filter/tools_list_1000/visible_tools",
         &new_batch,
-        (&ctx, &stranger_ctx, &alike_ctx),
+        &ctx,
+        &[
+            ("new_caller", &stranger_ctx),
+            ("new_caller_same_terms", &colleague_ctx),
+            ("new_caller_alike", &alike_ctx),
+        ],
         &list,
     );
 }

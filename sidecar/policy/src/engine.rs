@@ -23,8 +23,10 @@ use serde_json::{Value, json};
 
 use crate::PolicyError;
 use crate::bundle::Bundle;
+use crate::input::Frame;
 use crate::limits::{self, Limit};
 use crate::reads::InputReads;
+use crate::terms::{self, FrameTerms};
 
 /// The package every bundle must define.
 pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
@@ -57,6 +59,8 @@ enum Entry {
     Decision,
     Visible,
     VisibleTools,
+    /// The caller terms' values ([`crate::terms`]).
+    Terms,
 }
 
 /// The bytecode of a bundle.
@@ -64,6 +68,8 @@ struct Bytecode {
     decision: Arc<Program>,
     visible: Arc<Program>,
     visible_tools: Option<Arc<Program>>,
+    /// The bundle's caller terms ([`crate::terms`]) and their rule's program, when it has any.
+    terms: Option<(FrameTerms, Arc<Program>)>,
     data: RegoValue,
 }
 
@@ -72,6 +78,7 @@ struct Vms {
     decision: RegoVM,
     visible: RegoVM,
     visible_tools: Option<RegoVM>,
+    terms: Option<RegoVM>,
 }
 
 impl Vms {
@@ -81,6 +88,10 @@ impl Vms {
             visible: vm_for(&bc.visible, &bc.data)?,
             visible_tools: match &bc.visible_tools {
                 Some(p) => Some(vm_for(p, &bc.data)?),
+                None => None,
+            },
+            terms: match &bc.terms {
+                Some((_, p)) => Some(vm_for(p, &RegoValue::new_object())?),
                 None => None,
             },
         })
@@ -253,7 +264,8 @@ impl CompiledBundle {
             None
         };
         match compiled.compile_bytecode(data) {
-            Ok(bytecode) => {
+            Ok(mut bytecode) => {
+                bytecode.terms = Self::compile_terms(bundle);
                 compiled.bytecode = Some(bytecode);
                 compiled.generation = GENERATION.fetch_add(1, Ordering::Relaxed);
                 let same = compiled.decide(probe).ok() == Some(by_interpreter)
@@ -291,8 +303,75 @@ impl CompiledBundle {
             decision,
             visible,
             visible_tools,
+            terms: None,
             data,
         })
+    }
+
+    /// The bundle's caller terms, compiled: `None` when it has none, or when their rule does not
+    /// compile to bytecode (visibility is then shared by [`crate::reads`] alone).
+    fn compile_terms(bundle: &Bundle) -> Option<(FrameTerms, Arc<Program>)> {
+        let terms = FrameTerms::of_modules(
+            bundle
+                .modules
+                .iter()
+                .map(|(name, text)| (name.as_str(), text.as_str()))
+                .chain([("mcp-guard-glue.rego", GLUE)]),
+        )?;
+        let compiled = (|| -> Result<Arc<Program>, String> {
+            let mut engine = Engine::new();
+            engine.set_strict_builtin_errors(true);
+            engine
+                .add_policy("mcp-guard-frame-terms.rego".into(), terms.source())
+                .map_err(|e| e.to_string())?;
+            let entry: Arc<str> = terms::RULE.into();
+            let policy = engine
+                .compile_with_entrypoint(&entry)
+                .map_err(|e| e.to_string())?;
+            Compiler::compile_from_policy(&policy, &[terms::RULE]).map_err(|e| e.to_string())
+        })();
+        match compiled {
+            Ok(program) => Some((terms, program)),
+            Err(e) => {
+                tracing::warn!(policy_hash = %bundle.hash, reason = %e, "the bundle's caller terms do not compile; list visibility is shared by the input it reads alone");
+                None
+            }
+        }
+    }
+
+    /// What of `frame` this bundle's rules can tell apart, as one text: two frames with the same
+    /// text get the same answer to every decision that depends on nothing else (a list item's
+    /// visibility). With caller terms ([`crate::terms`]), their values and the frame parts read
+    /// outside them; else (or should the terms fail to evaluate) the frame parts the bundle
+    /// reads ([`Frame::key_for`]).
+    pub fn frame_key(&self, frame: &Frame) -> String {
+        if let Some(bc) = &self.bytecode
+            && let Some((terms, _)) = &bc.terms
+        {
+            match self.eval_bytecode(bc, frame.document_of_frame(), Entry::Terms) {
+                Ok(values) => {
+                    let values = values.to_string();
+                    // The values' length first: where they end is never in doubt.
+                    let mut key = format!("terms:{}:{values}\n", values.len());
+                    key.push_str(&frame.key_for(terms.rest()));
+                    return key;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, policy_hash = %self.hash, "the caller terms failed; the frame is told apart by the input the bundle reads");
+                }
+            }
+        }
+        let mut key = String::from("reads:\n");
+        key.push_str(&frame.key_for(&self.reads));
+        key
+    }
+
+    /// The bundle's caller terms ([`crate::terms`]), when its decisions use them.
+    pub fn frame_terms(&self) -> Option<&FrameTerms> {
+        self.bytecode
+            .as_ref()
+            .and_then(|bc| bc.terms.as_ref())
+            .map(|(t, _)| t)
     }
 
     /// Whether decisions run on bytecode (else on the interpreter).
@@ -305,6 +384,7 @@ impl CompiledBundle {
             Entry::Decision => DECISION_RULE,
             Entry::Visible => self.visible_rule,
             Entry::VisibleTools => VISIBLE_TOOLS_RULE,
+            Entry::Terms => terms::RULE,
         }
     }
 
@@ -337,6 +417,10 @@ impl CompiledBundle {
                         .visible_tools
                         .as_mut()
                         .ok_or_else(|| PolicyError::Eval("no `visible_tools` rule".into()))?,
+                    Entry::Terms => vms
+                        .terms
+                        .as_mut()
+                        .ok_or_else(|| PolicyError::Eval("no caller terms".into()))?,
                 };
                 vm.set_input(input);
                 vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))

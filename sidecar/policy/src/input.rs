@@ -247,6 +247,16 @@ impl Frame {
         out
     }
 
+    /// The frame alone as an input document (`request` holds only the session and transport):
+    /// what a bundle's caller terms ([`crate::terms`]) are evaluated on.
+    pub fn document_of_frame(&self) -> RegoValue {
+        let n = &*NAMES;
+        let mut request = BTreeMap::new();
+        request.insert(n.session_id.clone(), self.session_id.clone());
+        request.insert(n.transport.clone(), self.transport.clone());
+        self.document(RegoValue::from(request), None)
+    }
+
     /// The document: the frame, `request`, and one more field (`tool` or `tools`) when given.
     fn document(&self, request: RegoValue, extra: Option<(&str, RegoValue)>) -> RegoValue {
         let n = &*NAMES;

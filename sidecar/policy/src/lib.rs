@@ -16,6 +16,7 @@ pub mod nesting;
 pub mod offline;
 pub mod param_headers;
 pub mod reads;
+pub mod terms;
 pub mod value;
 
 use std::path::PathBuf;

@@ -1,8 +1,10 @@
 //! A visibility decision may be shared between two callers exactly when no rule of the bundle can
-//! tell them apart ([`Frame::key_for`] over the bundle's [`InputReads`]). Proved on random
-//! callers: whenever two frames get the same key, every tool's visibility is the same for both,
-//! decided one by one. And the proof can fail: with any one of the reads that matter left out,
-//! the same random callers show two frames of one key that see different tools.
+//! tell them apart: [`Frame::key_for`] over the bundle's [`InputReads`], and, finer,
+//! [`CompiledBundle::frame_key`] over its caller terms (`mcp_guard_policy::terms`). Proved on
+//! random callers: whenever two frames get the same key, every tool's visibility is the same for
+//! both, decided one by one. And the proof can fail: with any one of the reads that matter left
+//! out, or the terms' values left out of the key, the same random callers show two frames of one
+//! key that see different tools.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -75,7 +77,7 @@ impl Rng {
 type Choices = [usize; 15];
 
 /// How many values each field of [`Choices`] takes.
-const POOLS: Choices = [6, 2, 2, 3, 3, 3, 3, 2, 3, 3, 2, 2, 2, 3, 2];
+const POOLS: Choices = [6, 2, 2, 3, 3, 3, 3, 2, 5, 3, 2, 2, 2, 3, 2];
 
 /// Random callers, half of them an earlier caller with one field drawn again: so that callers
 /// meet, and many of them differ in exactly one field (what a key must tell apart, or may not).
@@ -126,7 +128,13 @@ fn frame_of(c: &Choices, server: &regorus::Value) -> Frame {
     let subject = Subject {
         sub: ["u1", "u2"][c[7]],
         iss: "https://idp",
-        email: [Some("a@example.com"), Some("b@elsewhere.org"), None][c[8]],
+        email: [
+            Some("a@example.com"),
+            Some("b@elsewhere.org"),
+            None,
+            Some("c@example.com"),
+            Some("Dana@Example.com"),
+        ][c[8]],
         groups: &groups[c[1]],
         roles: &roles[c[0]],
         scopes: &scopes[c[2]],
@@ -207,13 +215,13 @@ fn visibility(
 /// Frames grouped by their key under `reads`; the number of pairs compared and the first pair of
 /// one key that sees different tools, if any.
 fn disagreement(
-    reads: &InputReads,
+    key_of: impl Fn(&Frame) -> String,
     frames: &[(Frame, Vec<bool>)],
 ) -> (usize, Option<(usize, usize)>) {
     let mut first_of_key: HashMap<String, usize> = HashMap::new();
     let mut compared = 0;
     for (i, (frame, seen)) in frames.iter().enumerate() {
-        let key = frame.key_for(reads);
+        let key = key_of(frame);
         match first_of_key.get(&key) {
             Some(&j) => {
                 compared += 1;
@@ -264,7 +272,7 @@ fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
             (frame, seen)
         })
         .collect();
-    let (compared, differ) = disagreement(bundle.reads(), &frames);
+    let (compared, differ) = disagreement(|f| f.key_for(bundle.reads()), &frames);
     assert_eq!(
         differ,
         None,
@@ -278,10 +286,28 @@ fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
     for path in matter {
         let narrowed = without(bundle.reads(), path);
         assert!(
-            disagreement(&narrowed, &frames).1.is_some(),
+            disagreement(|f| f.key_for(&narrowed), &frames).1.is_some(),
             "leaving out {path:?} went unnoticed"
         );
     }
+    // The finer key, with the caller terms: again no two frames of one key see different tools,
+    // and more of them share one.
+    let terms = bundle.frame_terms().expect("the policy has caller terms");
+    let (shared, differ) = disagreement(|f| bundle.frame_key(f), &frames);
+    assert_eq!(
+        differ, None,
+        "two frames of one terms key saw different tools (terms {terms:?})"
+    );
+    assert!(
+        shared > compared,
+        "the terms shared no more decisions ({shared}) than the reads ({compared})"
+    );
+    assert!(
+        disagreement(|f| f.key_for(terms.rest()), &frames)
+            .1
+            .is_some(),
+        "leaving the terms' values out of the key went unnoticed"
+    );
 }
 
 #[test]
@@ -332,5 +358,63 @@ fn callers_of_one_key_see_the_same_tools_under_whole_objects_and_computed_keys()
             &["subject"],
             &["client", "version"],
         ],
+    );
+}
+
+/// Terms of every shape: a builtin over a field, a membership, a comparison, a statement and its
+/// negation, a value compared with data (the field's own value is the term), a whole object, an
+/// array's element, and an expression that mixes the caller and the tool (not a term: only the
+/// caller's field in it is).
+const TERMS: &str = r#"package mcp.authz
+import rego.v1
+
+default allow := false
+
+allow if {
+	endswith(lower(input.subject.email), "@example.com")
+	not "mcp-admin" in input.subject.roles
+	startswith(input.request.tool, "tool_1")
+}
+
+allow if {
+	regex.match(`^[a-c]@`, object.get(input.subject, "email", ""))
+	input.tool.annotations.readOnlyHint
+}
+
+allow if {
+	input.subject.claims.tier == "gold"
+	input.subject.claims.after_hours
+	input.request.tool in data.gold
+}
+
+allow if {
+	input.subject.roles[0] == "developer"
+	count(input.subject.scopes) > 1
+	not input.tool.annotations.destructiveHint
+}
+
+allow if {
+	input.client.name in data.trusted
+	input.request.transport == "sse"
+	endswith(input.request.tool, "3")
+}
+
+allow if concat("/", [input.subject.claims.dept, input.request.tool]) == "ops/tool_05"
+
+deny contains "after hours" if {
+	input.subject.claims.after_hours == true
+	input.tool.changed
+}
+"#;
+
+#[test]
+fn callers_of_one_key_see_the_same_tools_under_terms_of_every_shape() {
+    let data = r#"{"gold": ["tool_02", "tool_04", "run_query"], "trusted": ["agent"]}"#;
+    check(
+        TERMS,
+        Some(data),
+        23,
+        // `object.get(input.subject, ...)` reads the whole subject, as far as the reads can tell.
+        &[&["subject"], &["client", "name"], &["request", "transport"]],
     );
 }

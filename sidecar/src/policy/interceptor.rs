@@ -61,8 +61,9 @@ const MAX_CACHED: usize = 100_000;
 const MAX_FRAMES: usize = 1_000;
 
 /// Tool visibility already decided, by exact key: the bundle's generation, the frame (numbered
-/// here by the text of what the bundle's rules can read of it, [`Frame::key_for`], so two callers
-/// share an entry only when no rule can tell them apart) and the definition's SHA-256. A
+/// here by the text of what the bundle's rules can tell of it, [`CompiledBundle::frame_key`]: its
+/// caller terms' values and the frame parts read besides them, so two callers share an entry only
+/// when no rule can tell them apart) and the definition's SHA-256. A
 /// visibility input holds nothing else, so an agent that lists the same tools again, with a
 /// refreshed token too, pays for each decision once, and so does each next caller the policy
 /// cannot tell from an earlier one (another user of the same roles, for a policy reading roles).
@@ -267,7 +268,7 @@ impl PolicyInterceptor {
     ) -> Vec<bool> {
         if list == List::Tools {
             // The key is built before the lock is taken: other listings wait only for the lookup.
-            let key = frame.key_for(bundle.reads());
+            let key = bundle.frame_key(frame);
             let frame_number = self.visible_cache.lock().frame(key);
             return items
                 .iter()
@@ -805,10 +806,12 @@ allow if endswith(input.subject.email, "@example.com")
         };
         let frames = || p.visible_cache.lock().frames.len();
         assert!(sees(&caller("ana", "ana@example.com", 1)));
-        // Ana with a refreshed token, and Bo of the same email: the policy reads neither `sub`
-        // nor `exp`, so their decisions are Ana's.
+        // Ana with a refreshed token, Bo of the same email, and Dee of the same domain: the
+        // policy reads neither `sub` nor `exp`, and the email only through `endswith` (a caller
+        // term), so their decisions are Ana's.
         assert!(sees(&caller("ana", "ana@example.com", 2)));
         assert!(sees(&caller("bo", "ana@example.com", 3)));
+        assert!(sees(&caller("dee", "dee@example.com", 4)));
         assert_eq!(
             frames(),
             1,

@@ -26,7 +26,7 @@ use crate::jsonrpc::{Payload, code};
 use crate::metrics::Outcome;
 use crate::observe::Recording;
 use crate::sse;
-use crate::upstream::{Upstream, strip_hop_by_hop};
+use crate::upstream::{Upstream, UpstreamBody, strip_hop_by_hop};
 use mcp_guard_policy::mcp;
 
 /// How a forwarded exchange ended: the answer, how the request metrics count the messages that
@@ -125,7 +125,7 @@ impl Forward {
     }
 
     /// The session an `initialize` opened, remembered with its client and its owner.
-    fn remember_session(&self, x: &Exchange, resp: &Response<hyper::body::Incoming>) {
+    fn remember_session(&self, x: &Exchange, resp: &Response<UpstreamBody>) {
         if let (Some(c), Payload::Single(m)) = (&x.client, &x.payload)
             && m.mcp == mcp::Method::Initialize
             && let Some(sid) = resp
@@ -180,7 +180,7 @@ fn answer_here(payload: &Payload, d: Decision) -> Response<Body> {
 /// Streams the server's answer back, rewriting what must change and merging in the answers
 /// to denied requests of a batch.
 pub(super) async fn answer(
-    resp: Response<hyper::body::Incoming>,
+    resp: Response<UpstreamBody>,
     mut rewriter: Rewriter,
     denied: Vec<Value>,
     max_list_bytes: usize,
@@ -240,7 +240,10 @@ const WHOLE_ANSWER_BYTES: usize = 64 * 1024;
 /// connection's task): a system call and a context switch more per request. A longer answer,
 /// one with trailers, or one that fails goes on streaming from where reading stopped, its
 /// failure included, as it would have without the read.
-async fn whole_or_streamed(mut body: hyper::body::Incoming) -> Body {
+async fn whole_or_streamed<B>(mut body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+{
     let mut read: Vec<Bytes> = Vec::new();
     let mut len = 0;
     let stopped = loop {

@@ -16,7 +16,7 @@ use super::{
     SESSION_HEADER, caller, clients, is_content_type, legacy, session_refused, upstream_error,
 };
 use crate::intercept::{Interceptor, Transport};
-use crate::upstream::{Upstream, UpstreamError, strip_hop_by_hop};
+use crate::upstream::{Upstream, UpstreamBody, UpstreamError, strip_hop_by_hop};
 
 /// The stage for streams.
 pub(super) struct Streams {
@@ -68,10 +68,7 @@ impl Streams {
     }
 
     /// Forwards a request that has no body (GET, DELETE) as the client sent it.
-    async fn send_bodyless(
-        &self,
-        parts: Parts,
-    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+    async fn send_bodyless(&self, parts: Parts) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.upstream
             .send(
                 parts.method,

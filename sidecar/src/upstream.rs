@@ -289,11 +289,16 @@ impl Upstream {
                 }
                 return Err("the connection closed before the request was sent".into());
             }
-            let mut sent = std::pin::pin!(conn.sender.try_send_request(req));
-            let mut open = true;
+            let Conn { mut sender, io } = conn;
+            let mut io = Some(io);
+            let mut sent = std::pin::pin!(sender.try_send_request(req));
             let answer = poll_fn(|cx| {
-                if open && conn.ended(cx) {
-                    open = false;
+                // A connection that ended is dropped at once: its request, if still waiting,
+                // then fails instead of waiting for the timeout.
+                if let Some(open) = &mut io
+                    && open.as_mut().poll(cx).is_ready()
+                {
+                    io = None;
                 }
                 sent.as_mut().poll(cx)
             })
@@ -303,7 +308,7 @@ impl Upstream {
                     let (parts, body) = resp.into_parts();
                     let mut body = UpstreamBody {
                         body,
-                        conn: open.then_some(conn),
+                        conn: io.map(|io| Conn { sender, io }),
                         pool: Arc::clone(&self.pool),
                     };
                     if body.is_end_stream() {
@@ -388,6 +393,8 @@ mod tests {
     enum After {
         KeepOpen,
         Close,
+        /// Close on the request, answering nothing.
+        HangUp,
     }
 
     async fn server(answer: &'static [u8], after: After) -> Server {
@@ -414,6 +421,9 @@ mod tests {
                         // Requests here have no body: one ends with its head.
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
+                            if let After::HangUp = after {
+                                break 'conn;
+                            }
                             if s.write_all(answer).await.is_err() {
                                 break 'conn;
                             }
@@ -539,6 +549,18 @@ mod tests {
             200,
             "and a new one opens for the next request"
         );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_hangs_up_on_a_request_fails_it_at_once() {
+        let s = server(OK, After::HangUp).await;
+        // The timeout (5 s) is not what ends the request: the connection's end is.
+        match get(&upstream(s.port, Duration::from_secs(60))).await {
+            Err(UpstreamError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("closed"), "{reason}");
+            }
+            other => panic!("expected the server unavailable, got {other:?}"),
+        }
     }
 
     #[tokio::test]

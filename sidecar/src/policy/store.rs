@@ -96,6 +96,10 @@ impl PolicyStore {
         match CompiledBundle::compile(&bundle, &input::probe()) {
             Ok(compiled) => {
                 let hash = compiled.hash.to_string();
+                let bytecode = compiled.uses_bytecode();
+                let caller_terms = compiled
+                    .frame_terms()
+                    .map_or(0, mcp_guard_policy::terms::FrameTerms::len);
                 let previous = self.current.swap(Some(Arc::new(compiled)));
                 {
                     let mut st = self.status.write();
@@ -116,7 +120,7 @@ impl PolicyStore {
                 }
                 self.metrics
                     .policy_loaded(&hash, previous.as_ref().map(|p| &*p.hash));
-                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), "policy loaded");
+                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), bytecode, caller_terms, "policy loaded");
                 Ok(true)
             }
             Err(e) => self.failed(e, Some(bundle.hash.to_string())),

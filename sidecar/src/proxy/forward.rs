@@ -236,10 +236,10 @@ const WHOLE_ANSWER_BYTES: usize = 64 * 1024;
 /// The server's plain answer as the client gets it: read to its end when it ends within
 /// [`WHOLE_ANSWER_BYTES`], so that it goes out whole, with its length, in one write. Streamed
 /// as it arrives, an answer the server sends chunked costs a write for its data and another for
-/// the end of the chunked encoding, each after a wake-up (the end arrives through the server
-/// connection's task): a system call and a context switch more per request. A longer answer,
-/// one with trailers, or one that fails goes on streaming from where reading stopped, its
-/// failure included, as it would have without the read.
+/// the end of the chunked encoding, each after a wake-up (the end may arrive in a later read
+/// of the server's connection): a system call and a context switch more per request. A longer
+/// answer, one with trailers, or one that fails goes on streaming from where reading stopped,
+/// its failure included, as it would have without the read.
 async fn whole_or_streamed<B>(mut body: B) -> Body
 where
     B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,

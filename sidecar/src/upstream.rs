@@ -78,14 +78,18 @@ struct Pool {
 }
 
 impl Pool {
-    /// The most recently used connection that has not been idle too long.
+    /// The most recently used connection, unless it has been idle too long. The pool is in the
+    /// order connections came back, so then every other one has too: all are closed, after the
+    /// lock is released.
     fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock();
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < self.idle_timeout {
-                return Some(conn);
-            }
+        let (conn, since) = idle.pop()?;
+        if since.elapsed() < self.idle_timeout {
+            return Some(conn);
         }
+        let stale = std::mem::take(&mut *idle);
+        drop(idle);
+        drop((conn, stale));
         None
     }
 

@@ -43,8 +43,9 @@ deny contains "generation {generation}" if input.request.tool == "never-{generat
 const TOKEN_TTL: Duration = Duration::from_secs(20);
 
 /// When the sidecar's token cache has reached its steady size: a token's lifetime, then the
-/// cache's sweep of expired entries (every 30 s, sidecar/src/auth/cache.rs).
-const CACHE_FILLED: Duration = Duration::from_secs(TOKEN_TTL.as_secs() + 30);
+/// cache's sweep of expired entries.
+const CACHE_FILLED: Duration =
+    Duration::from_secs(TOKEN_TTL.as_secs() + mcp_guard_sidecar::auth::cache::SWEEP_EVERY_SECS);
 
 fn soak_duration() -> Duration {
     let secs = std::env::var("MCP_GUARD_SOAK_SECONDS")

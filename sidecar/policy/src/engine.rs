@@ -34,6 +34,8 @@ pub const ENTRY_PACKAGE: &str = "data.mcp.authz";
 /// Glue that reads the operator's rules into one decision, so a decision is one evaluation.
 /// Allowed means `allow` is true and no `deny` reason holds.
 const GLUE: &str = include_str!("glue.rego");
+/// The glue's file name, as errors and the analyses name it.
+const GLUE_FILE: &str = "mcp-guard-glue.rego";
 const DECISION_RULE: &str = "data.mcp_guard.internal.decision";
 const VISIBLE_RULE: &str = "data.mcp_guard.internal.visible";
 const VISIBLE_BY_CALL_RULE: &str = "data.mcp_guard.internal.visible_by_call";
@@ -175,8 +177,7 @@ impl CompiledBundle {
         if bundle.is_empty() {
             return Err(PolicyError::Compile("the bundle has no .rego file".into()));
         }
-        let mut engine = Engine::new();
-        engine.set_strict_builtin_errors(true);
+        let mut engine = new_engine();
         for (name, text) in &bundle.modules {
             if let Some((line, col)) = crate::nesting::too_deep(text) {
                 return Err(PolicyError::Compile(format!(
@@ -191,7 +192,7 @@ impl CompiledBundle {
                 .map_err(compile_error)?;
         }
         engine
-            .add_policy("mcp-guard-glue.rego".into(), GLUE.into())
+            .add_policy(GLUE_FILE.into(), GLUE.into())
             .map_err(compile_error)?;
         let data = match &bundle.data {
             Some(text) => {
@@ -233,14 +234,7 @@ impl CompiledBundle {
         let has_visible_tools = declares("visible_tools");
         // The engine parsed every module above, so its tokenizer reads them too; should it not,
         // the whole input counts as read (no decision is shared between callers).
-        let reads = InputReads::of_modules(
-            bundle
-                .modules
-                .iter()
-                .map(|(name, text)| (name.as_str(), text.as_str()))
-                .chain([("mcp-guard-glue.rego", GLUE)]),
-        )
-        .unwrap_or_else(|_| InputReads::whole());
+        let reads = InputReads::of_modules(sources(bundle)).unwrap_or_else(|_| InputReads::whole());
         let mut compiled = CompiledBundle {
             engine,
             bytecode: None,
@@ -285,13 +279,6 @@ impl CompiledBundle {
     }
 
     fn compile_bytecode(&mut self, data: RegoValue) -> Result<Bytecode, String> {
-        let program = |engine: &mut Engine, rule: &str| -> Result<Arc<Program>, String> {
-            let entry: Arc<str> = rule.into();
-            let policy = engine
-                .compile_with_entrypoint(&entry)
-                .map_err(|e| e.to_string())?;
-            Compiler::compile_from_policy(&policy, &[rule]).map_err(|e| e.to_string())
-        };
         let decision = program(&mut self.engine, DECISION_RULE)?;
         let visible = program(&mut self.engine, self.visible_rule)?;
         let visible_tools = if self.has_visible_tools {
@@ -311,25 +298,12 @@ impl CompiledBundle {
     /// The bundle's caller terms, compiled: `None` when it has none, or when their rule does not
     /// compile to bytecode (visibility is then shared by [`crate::reads`] alone).
     fn compile_terms(bundle: &Bundle) -> Option<(FrameTerms, Arc<Program>)> {
-        let terms = FrameTerms::of_modules(
-            bundle
-                .modules
-                .iter()
-                .map(|(name, text)| (name.as_str(), text.as_str()))
-                .chain([("mcp-guard-glue.rego", GLUE)]),
-        )?;
-        let compiled = (|| -> Result<Arc<Program>, String> {
-            let mut engine = Engine::new();
-            engine.set_strict_builtin_errors(true);
-            engine
-                .add_policy("mcp-guard-frame-terms.rego".into(), terms.source())
-                .map_err(|e| e.to_string())?;
-            let entry: Arc<str> = terms::RULE.into();
-            let policy = engine
-                .compile_with_entrypoint(&entry)
-                .map_err(|e| e.to_string())?;
-            Compiler::compile_from_policy(&policy, &[terms::RULE]).map_err(|e| e.to_string())
-        })();
+        let terms = FrameTerms::of_modules(sources(bundle))?;
+        let mut engine = new_engine();
+        let compiled = engine
+            .add_policy("mcp-guard-frame-terms.rego".into(), terms.source())
+            .map_err(|e| e.to_string())
+            .and_then(|_| program(&mut engine, terms::RULE));
         match compiled {
             Ok(program) => Some((terms, program)),
             Err(e) => {
@@ -573,6 +547,32 @@ impl CompiledBundle {
         }
         out
     }
+}
+
+/// An engine as every bundle is compiled with: a builtin's error fails the evaluation.
+fn new_engine() -> Engine {
+    let mut engine = Engine::new();
+    engine.set_strict_builtin_errors(true);
+    engine
+}
+
+/// A bundle's modules `(file name, source)` and the glue: what the engine compiles, and what the
+/// analyses of what it reads ([`crate::reads`], [`crate::terms`]) read.
+fn sources(bundle: &Bundle) -> impl Iterator<Item = (&str, &str)> {
+    bundle
+        .modules
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .chain([(GLUE_FILE, GLUE)])
+}
+
+/// The bytecode program of one entry `rule` of a compiled engine.
+fn program(engine: &mut Engine, rule: &str) -> Result<Arc<Program>, String> {
+    let entry: Arc<str> = rule.into();
+    let policy = engine
+        .compile_with_entrypoint(&entry)
+        .map_err(|e| e.to_string())?;
+    Compiler::compile_from_policy(&policy, &[rule]).map_err(|e| e.to_string())
 }
 
 /// Runs an evaluation, turning a panic inside the engine into an error (the request is then

@@ -26,7 +26,6 @@
 
 use regorus::unstable::{Expr, Literal, Parser, Query, Rule, RuleHead};
 
-use crate::PolicyError;
 use crate::reads::InputReads;
 
 /// Builtins a term may call: pure and deterministic (no time, randomness, network or
@@ -68,11 +67,16 @@ const PURE_BUILTINS: [&str; 34] = [
     "upper",
 ];
 
-/// The package of the rule the terms are compiled into.
-pub const PACKAGE: &str = "mcp_guard.frame_terms";
+/// The package of the rule the terms are compiled into (a macro, so that [`RULE`] is spelled
+/// from it).
+macro_rules! package {
+    () => {
+        "mcp_guard.frame_terms"
+    };
+}
 
 /// The rule whose value is every term's value (or truth) for one frame.
-pub const RULE: &str = "data.mcp_guard.frame_terms.key";
+pub const RULE: &str = concat!("data.", package!(), ".key");
 
 /// What stands for a term in the source that [`crate::reads`] reads for the rest.
 const PLACEHOLDER: &str = "__mcp_guard_term__";
@@ -102,7 +106,7 @@ impl FrameTerms {
         let mut terms = Vec::new();
         let mut masked = Vec::new();
         for (file, text) in modules {
-            let (found, rest) = module_terms(file, text).ok()??;
+            let (found, rest) = module_terms(file, text)?;
             terms.extend(found);
             masked.push((file.to_owned(), rest));
         }
@@ -133,9 +137,11 @@ impl FrameTerms {
     /// The module of [`RULE`]: a set holding, for each term `i`, `[i, value]` when it is seen by
     /// its value and defined, or `[i, true]` when it is a statement and holds.
     pub fn source(&self) -> String {
-        let mut out = format!(
-            "# mcp-guard: the caller's terms of the bundle in force.\npackage {PACKAGE}\n\nimport rego.v1\n"
-        );
+        let mut out = String::from(concat!(
+            "# mcp-guard: the caller's terms of the bundle in force.\npackage ",
+            package!(),
+            "\n\nimport rego.v1\n"
+        ));
         for (i, (seen, text)) in self.terms.iter().enumerate() {
             match seen {
                 Seen::Value => out.push_str(&format!(
@@ -153,18 +159,18 @@ impl FrameTerms {
 /// One module's terms, and its source with each of them replaced by [`PLACEHOLDER`].
 type ModuleTerms = (Vec<(Seen, String)>, String);
 
-/// The terms of one module; `Ok(None)` when the module rules terms out (a `with`, a name that
-/// shadows a builtin, a term whose text cannot be told exactly).
-fn module_terms(file: &str, text: &str) -> Result<Option<ModuleTerms>, PolicyError> {
-    let source = regorus::Source::from_contents(file.into(), text.into())
-        .map_err(|e| PolicyError::Compile(e.to_string()))?;
+/// The terms of one module; `None` when the module rules terms out (a `with`, a name that
+/// shadows a builtin, a term whose text cannot be told exactly) or does not parse (the engine
+/// has refused it then anyway).
+fn module_terms(file: &str, text: &str) -> Option<ModuleTerms> {
+    let source = regorus::Source::from_contents(file.into(), text.into()).ok()?;
     // Parsed as the engine parses a bundle (Rego v1).
     let module = Parser::new(&source)
         .and_then(|mut p| {
             p.enable_rego_v1()?;
             p.parse()
         })
-        .map_err(|e| PolicyError::Compile(e.to_string()))?;
+        .ok()?;
     let shadowed = |name: &str| {
         PURE_BUILTINS
             .iter()
@@ -178,7 +184,7 @@ fn module_terms(file: &str, text: &str) -> Result<Option<ModuleTerms>, PolicyErr
         let alias = import.r#as.as_ref().map(|s| s.text().to_owned());
         let last = import.span.text().rsplit('.').next().map(str::to_owned);
         if [alias, last].iter().flatten().any(|n| shadowed(n.trim())) {
-            return Ok(None);
+            return None;
         }
     }
     let mut walk = Walk::default();
@@ -192,7 +198,7 @@ fn module_terms(file: &str, text: &str) -> Result<Option<ModuleTerms>, PolicyErr
                     RuleHead::Set { refr, key, .. } => (refr, key.as_ref()),
                 };
                 if root_name(refr).is_some_and(shadowed) {
-                    return Ok(None);
+                    return None;
                 }
                 if let Some(v) = value {
                     walk.value(v);
@@ -206,14 +212,14 @@ fn module_terms(file: &str, text: &str) -> Result<Option<ModuleTerms>, PolicyErr
             }
             Rule::Default { refr, value, .. } => {
                 if root_name(refr).is_some_and(shadowed) {
-                    return Ok(None);
+                    return None;
                 }
                 walk.value(value);
             }
         }
     }
     if walk.with || walk.unsure {
-        return Ok(None);
+        return None;
     }
     // The parser's spans index the text it read.
     let contents = source.contents();
@@ -222,15 +228,13 @@ fn module_terms(file: &str, text: &str) -> Result<Option<ModuleTerms>, PolicyErr
     let mut rest = String::with_capacity(contents.len());
     let mut at = 0;
     for (start, end) in spans {
-        let (Some(before), true) = (contents.get(at..start), start >= at) else {
-            return Ok(None);
-        };
-        rest.push_str(before);
+        // Terms never overlap; should two, the range runs backwards and the module gets none.
+        rest.push_str(contents.get(at..start)?);
         rest.push_str(PLACEHOLDER);
         at = end;
     }
-    rest.push_str(contents.get(at..).unwrap_or_default());
-    Ok(Some((walk.terms, rest)))
+    rest.push_str(contents.get(at..)?);
+    Some((walk.terms, rest))
 }
 
 /// The first name of a rule's head (`deny` of `deny contains ...`, `a` of `a.b := 1`).
@@ -253,10 +257,10 @@ struct Walk {
 
 impl Walk {
     fn take(&mut self, seen: Seen, e: &Expr) {
-        match extent(e) {
-            Some((start, end)) => {
-                let text = e.span().source.contents().get(start..end);
-                self.terms.push((seen, text.unwrap_or_default().to_owned()));
+        let contents = e.span().source.contents();
+        match extent(e).and_then(|(start, end)| Some((start, end, contents.get(start..end)?))) {
+            Some((start, end, text)) => {
+                self.terms.push((seen, text.to_owned()));
                 self.spans.push((start, end));
             }
             None => self.unsure = true,

@@ -212,8 +212,8 @@ fn visibility(
         .collect()
 }
 
-/// Frames grouped by their key under `reads`; the number of pairs compared and the first pair of
-/// one key that sees different tools, if any.
+/// Frames grouped by `key_of`; the number of pairs compared and the first pair of one key that
+/// sees different tools, if any.
 fn disagreement(
     key_of: impl Fn(&Frame) -> String,
     frames: &[(Frame, Vec<bool>)],

@@ -24,7 +24,7 @@ pub fn now_secs() -> u64 {
 }
 
 /// How often an insert sweeps out expired entries (seconds).
-const SWEEP_EVERY_SECS: u64 = 30;
+pub const SWEEP_EVERY_SECS: u64 = 30;
 
 /// Values kept until their own expiry (unix seconds), at most `capacity` of them.
 pub struct ExpiringCache<K, V> {

@@ -8,6 +8,10 @@
 #             request (cached after the first), deciding each call with
 #             sidecar/benches/fixtures/realistic.rego and auditing it
 #
+# Every call is the same, so a governed sidecar decides the first and remembers the decision for
+# the rest (the policy's memo). --distinct gives every call arguments of its own (`"text":
+# "hello N"`): no decision repeats and each is evaluated, the cost of a call never seen.
+#
 # The sidecar runs twice, each time given a warmup of sequential calls (keep-alive, one curl
 # process) before the measured calls are sent the same way:
 # - under `valgrind --tool=callgrind`, instrumentation switched on after the warmup: instructions
@@ -18,7 +22,8 @@
 # Report: bench/results/<date>-<name>-instructions.md.
 #
 # Usage: bench/instructions.sh [--name NAME] [--requests 2000] [--warmup 200] [--governed]
-#                              [--sidecar BIN] [--no-build] [--out DIR] [--keep-dump FILE]
+#                              [--distinct] [--sidecar BIN] [--no-build] [--out DIR]
+#                              [--keep-dump FILE]
 # --sidecar measures another build of mcp-guard-sidecar (a copy of the binary before a change,
 # say), with the example server of this tree. --keep-dump copies callgrind's dump to FILE, for
 # callgrind_annotate --tree=calling or kcachegrind.
@@ -29,6 +34,7 @@ NAME="${BENCH_NAME:-request-path}"
 REQUESTS=2000
 WARMUP=200
 GOVERNED=0
+DISTINCT=0
 BUILD=1
 OUT="$ROOT/bench/results"
 KEEP_DUMP=""
@@ -39,6 +45,7 @@ while [ $# -gt 0 ]; do
     --requests) REQUESTS="$2"; shift 2 ;;
     --warmup) WARMUP="$2"; shift 2 ;;
     --governed) GOVERNED=1; shift ;;
+    --distinct) DISTINCT=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --keep-dump) KEEP_DUMP="$2"; shift 2 ;;
@@ -103,15 +110,24 @@ stop_sidecar() {
   wait "$SC_PID" 2>/dev/null || true
 }
 
-BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello from wrk"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}'
-printf '%s' "$BODY" >"$WORK/body.json"
+body() { # body TEXT: a call of echo with TEXT
+  printf '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"%s"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}' "$1"
+}
+body "hello from wrk" >"$WORK/body.json"
+SENT=0
 requests() { # requests N OUT: a curl config sending N calls one after the other on one connection
-  local i
+  local i file="$WORK/body.json"
   for i in $(seq 1 "$1"); do
     if [ "$i" -gt 1 ]; then echo next; fi
+    if [ "$DISTINCT" = 1 ]; then
+      SENT=$((SENT + 1))
+      file="$WORK/bodies/$SENT.json"
+      mkdir -p "$WORK/bodies"
+      body "hello $SENT" >"$file"
+    fi
     cat <<EOF
 url = "http://127.0.0.1:$SC_PORT/mcp"
-data-binary = "@$WORK/body.json"
+data-binary = "@$file"
 header = "Content-Type: application/json"
 header = "Accept: application/json, text/event-stream"
 header = "MCP-Protocol-Version: 2026-07-28"
@@ -146,6 +162,7 @@ TOTAL="$(sed -n 's/^summary: \([0-9]*\).*/\1/p; s/^totals: \([0-9]*\).*/\1/p' "$
 [ -n "$TOTAL" ] || die "no totals in $DUMP"
 PER="$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { printf "%.0f", t / n }')"
 WHAT="$([ "$GOVERNED" = 1 ] && echo governed || echo plain)"
+if [ "$DISTINCT" = 1 ]; then WHAT="$WHAT, every call distinct"; fi
 log "$WHAT: $PER instructions per request ($TOTAL over $REQUESTS)"
 
 SYSCALLS="–"

@@ -54,11 +54,17 @@ fn decisions(c: &mut Criterion) {
     assert!(!compiled.decide(&denied).unwrap().allowed());
     assert!(compiled.uses_bytecode());
     let mut g = c.benchmark_group("decision");
+    // Evaluated every time (the bundle's memo left aside), then remembered.
+    let evaluate = |input: &Value| compiled.decide_evaluated(regorus::Value::from(input.clone()));
     g.bench_function("bytecode_reused_vm/allow", |b| {
-        b.iter(|| black_box(compiled.decide(black_box(&allowed)).unwrap()))
+        b.iter(|| black_box(evaluate(black_box(&allowed)).unwrap()))
     });
     g.bench_function("bytecode_reused_vm/deny", |b| {
-        b.iter(|| black_box(compiled.decide(black_box(&denied)).unwrap()))
+        b.iter(|| black_box(evaluate(black_box(&denied)).unwrap()))
+    });
+    assert!(compiled.remembers_decisions().is_ok());
+    g.bench_function("remembered/allow", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(&allowed)).unwrap()))
     });
     g.bench_function("interpreter_reused_engine/allow", |b| {
         b.iter(|| black_box(compiled.decide_interpreted(black_box(&allowed)).unwrap()))
@@ -186,14 +192,15 @@ fn filtering(c: &mut Criterion) {
     // The request path of one tools/call: input frame (caller converted once per token) + VM.
     let warm = new_interceptor();
     warm.filter_list(&ctx, List::Tools, &mut list.clone());
-    let call = |tool: &str| {
+    let call_with = |tool: &str, arguments: Value| {
         let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
-                          "params":{"name": tool, "arguments":{"limit":10,"table":"orders"}}});
+                          "params":{"name": tool, "arguments": arguments}});
         match mcp_guard_sidecar::jsonrpc::Payload::parse(body.to_string().as_bytes()).unwrap() {
             mcp_guard_sidecar::jsonrpc::Payload::Single(m) => m,
             mcp_guard_sidecar::jsonrpc::Payload::Batch(_) => unreachable!(),
         }
     };
+    let call = |tool: &str| call_with(tool, json!({"limit": 10, "table": "orders"}));
     let allowed = call("tool_15");
     let denied = call("tool_45");
     assert_eq!(warm.check(&ctx, &allowed), Verdict::Allow);
@@ -203,6 +210,28 @@ fn filtering(c: &mut Criterion) {
     });
     c.bench_function("decision/request_path_check/deny", |b| {
         b.iter(|| black_box(warm.check(black_box(&ctx), black_box(&denied))))
+    });
+    // Every call with arguments of its own: no decision repeats, each is evaluated (and
+    // remembered, the memo starting over when full).
+    let distinct: Vec<_> = (0..4096)
+        .map(|page| {
+            call_with(
+                "tool_15",
+                json!({"limit": 10, "table": "orders", "page": page}),
+            )
+        })
+        .collect();
+    assert!(
+        distinct
+            .iter()
+            .all(|m| warm.check(&ctx, m) == Verdict::Allow)
+    );
+    let mut next = distinct.iter().cycle();
+    c.bench_function("decision/request_path_check/distinct", |b| {
+        b.iter(|| {
+            let msg = next.next().unwrap();
+            black_box(warm.check(black_box(&ctx), black_box(msg)))
+        })
     });
 
     // Another user of another role: the policy tells the two apart.

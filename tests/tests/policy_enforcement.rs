@@ -78,6 +78,14 @@ async fn hot_reload_follows_kubelet_swaps_and_keeps_the_last_good_bundle() {
     );
     let denied = sum(&s, 2, 1).await;
     assert_denied(&denied, "get-sum");
+    // The same call again: the bundle remembers its decision (it calls nothing that is not
+    // deterministic, as its load says), and the call is still refused.
+    assert_denied(&sum(&s, 4, 1).await, "get-sum");
+    let remembers = |l: &str| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["message"] == "policy loaded" && v["remembers_decisions"] == true)
+    };
+    assert!(sc.proc.logs().lines().any(remembers), "{}", sc.proc.logs());
     let first_hash = policy_status(&sc)["hash"]
         .as_str()
         .unwrap_or_default()
@@ -112,9 +120,10 @@ async fn hot_reload_follows_kubelet_swaps_and_keeps_the_last_good_bundle() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let r = sum(&s, 11, 2).await;
+    // The very call bundle 1 refused, and remembered refusing: a new bundle decides anew.
+    let r = sum(&s, 11, 1).await;
     assert_eq!(
-        r["result"]["content"][0]["text"], "The sum of 2 and 1 is 3.",
+        r["result"]["content"][0]["text"], "The sum of 1 and 1 is 2.",
         "{r}"
     );
     let took = swapped.elapsed();

@@ -25,6 +25,7 @@ use crate::PolicyError;
 use crate::bundle::Bundle;
 use crate::input::Frame;
 use crate::limits::{self, Limit};
+use crate::memo::{self, Memo};
 use crate::reads::InputReads;
 use crate::terms::{self, FrameTerms};
 
@@ -153,6 +154,9 @@ pub struct CompiledBundle {
     visible_rule: &'static str,
     /// The parts of the input the bundle's rules can read.
     reads: InputReads,
+    /// Decisions remembered by what the rules read of their input ([`crate::memo`]); `Err`
+    /// names the call that rules it out.
+    memo: Result<Memo, String>,
 }
 
 impl std::fmt::Debug for CompiledBundle {
@@ -248,6 +252,7 @@ impl CompiledBundle {
                 VISIBLE_BY_CALL_RULE
             },
             reads,
+            memo: Err("not yet compiled".into()),
         };
         let tools_probe = tools_probe(probe);
         let by_interpreter = compiled.decide(probe)?;
@@ -275,6 +280,11 @@ impl CompiledBundle {
                 tracing::warn!(policy_hash = %compiled.hash, reason = %e, "bundle cannot be compiled to bytecode; using the interpreter");
             }
         }
+        // Only now: the probes above must each be evaluated, not remembered.
+        compiled.memo = match memo::impure_call(sources(bundle)) {
+            None => Ok(Memo::new(&compiled.reads)),
+            Some(call) => Err(call),
+        };
         Ok(compiled)
     }
 
@@ -452,9 +462,44 @@ impl CompiledBundle {
         self.decide_value(RegoValue::from(input.clone()))
     }
 
-    /// Decides on one input document built as the engine's value (the request path).
+    /// Decides on one input document built as the engine's value (the request path): the
+    /// decision remembered for an input the rules cannot tell from this one, or else a new one
+    /// (remembered when it succeeds).
     pub fn decide_value(&self, input: RegoValue) -> Result<Decision, PolicyError> {
+        let Ok(memo) = &self.memo else {
+            return self.evaluate_decision(input);
+        };
+        let key = memo.key(&input);
+        if let Some(decision) = key.as_deref().and_then(|k| memo.get(k)) {
+            return Ok(decision);
+        }
+        let decision = self.evaluate_decision(input)?;
+        if let Some(key) = key {
+            memo.insert(key, &decision);
+        }
+        Ok(decision)
+    }
+
+    fn evaluate_decision(&self, input: RegoValue) -> Result<Decision, PolicyError> {
         decision_of(&self.eval(input, Entry::Decision)?)
+    }
+
+    /// Decides by evaluating the bundle, whatever it remembers. For the benchmark and the
+    /// equivalence test.
+    #[doc(hidden)]
+    pub fn decide_evaluated(&self, input: RegoValue) -> Result<Decision, PolicyError> {
+        self.evaluate_decision(input)
+    }
+
+    /// Whether decisions are remembered ([`crate::memo`]): `Err` names the call (not known to
+    /// be deterministic) that rules it out.
+    pub fn remembers_decisions(&self) -> Result<(), &str> {
+        self.memo.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// How many decisions are remembered now.
+    pub fn remembered(&self) -> usize {
+        self.memo.as_ref().map_or(0, Memo::len)
     }
 
     /// Whether the list item of one input is visible: the bundle's own `visible` rule, or else
@@ -558,7 +603,7 @@ fn new_engine() -> Engine {
 
 /// A bundle's modules `(file name, source)` and the glue: what the engine compiles, and what the
 /// analyses of what it reads ([`crate::reads`], [`crate::terms`]) read.
-fn sources(bundle: &Bundle) -> impl Iterator<Item = (&str, &str)> {
+fn sources(bundle: &Bundle) -> impl Iterator<Item = (&str, &str)> + Clone {
     bundle
         .modules
         .iter()

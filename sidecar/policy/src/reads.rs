@@ -164,6 +164,41 @@ impl InputReads {
     }
 }
 
+/// The name of every function called in one module, in order, as written before its
+/// parenthesis (`startswith`, `time.now_ns`, `lib.util.ok`); a name reached through something
+/// computed (`x[0].f(`) starts with `?`. Words that stand before a parenthesis without calling
+/// (`not (`, `if (`) are among them; the caller tells them apart.
+pub(crate) fn called_names(file: &str, text: &str) -> Result<Vec<String>, PolicyError> {
+    let tokens = tokens(file, text)?;
+    let mut calls = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if !matches!(token, Tok::Symbol(s) if s == "(") {
+            continue;
+        }
+        let mut at = i;
+        let mut names = Vec::new();
+        while let Some(Tok::Name(name)) = at.checked_sub(1).and_then(|b| tokens.get(b)) {
+            names.push(name.as_str());
+            at -= 1;
+            let dot = at.checked_sub(1).and_then(|b| tokens.get(b));
+            let named = at.checked_sub(2).and_then(|b| tokens.get(b));
+            if !is_symbol(dot, ".") {
+                break;
+            }
+            if !matches!(named, Some(Tok::Name(_))) {
+                names.push("?");
+                break;
+            }
+            at -= 1;
+        }
+        if !names.is_empty() {
+            names.reverse();
+            calls.push(names.join("."));
+        }
+    }
+    Ok(calls)
+}
+
 /// Writes, into `out`, what a read of `path` below `value` sees: the value at its end, or the
 /// first value on the way that has no such field (a rule reading further sees nothing more).
 pub(crate) fn write_read(out: &mut String, value: &RegoValue, path: &[String]) {

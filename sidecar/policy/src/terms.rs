@@ -24,48 +24,10 @@
 //! The terms are compiled into a rule of their own ([`FrameTerms::source`]), evaluated once per
 //! listing on the frame alone; its value joins the frame's key.
 
-use regorus::unstable::{Expr, Literal, Parser, Query, Rule, RuleHead};
+use regorus::unstable::{Expr, Literal, Module, Parser, Query, Rule, RuleHead};
 
+use crate::builtins::DETERMINISTIC;
 use crate::reads::InputReads;
-
-/// Builtins a term may call: pure and deterministic (no time, randomness, network or
-/// environment), so one call's value depends on its arguments alone.
-const PURE_BUILTINS: [&str; 34] = [
-    "abs",
-    "array.concat",
-    "ceil",
-    "concat",
-    "contains",
-    "count",
-    "endswith",
-    "floor",
-    "format_int",
-    "glob.match",
-    "indexof",
-    "intersection",
-    "is_array",
-    "is_boolean",
-    "is_null",
-    "is_number",
-    "is_object",
-    "is_set",
-    "is_string",
-    "lower",
-    "object.get",
-    "regex.match",
-    "replace",
-    "round",
-    "split",
-    "startswith",
-    "substring",
-    "to_number",
-    "trim",
-    "trim_prefix",
-    "trim_space",
-    "trim_suffix",
-    "union",
-    "upper",
-];
 
 /// The package of the rule the terms are compiled into (a macro, so that [`RULE`] is spelled
 /// from it).
@@ -163,16 +125,9 @@ type ModuleTerms = (Vec<(Seen, String)>, String);
 /// shadows a builtin, a term whose text cannot be told exactly) or does not parse (the engine
 /// has refused it then anyway).
 fn module_terms(file: &str, text: &str) -> Option<ModuleTerms> {
-    let source = regorus::Source::from_contents(file.into(), text.into()).ok()?;
-    // Parsed as the engine parses a bundle (Rego v1).
-    let module = Parser::new(&source)
-        .and_then(|mut p| {
-            p.enable_rego_v1()?;
-            p.parse()
-        })
-        .ok()?;
+    let (source, module) = parse(file, text)?;
     let shadowed = |name: &str| {
-        PURE_BUILTINS
+        DETERMINISTIC
             .iter()
             .any(|b| b.split('.').next() == Some(name))
     };
@@ -235,6 +190,19 @@ fn module_terms(file: &str, text: &str) -> Option<ModuleTerms> {
     }
     rest.push_str(contents.get(at..)?);
     Some((walk.terms, rest))
+}
+
+/// One module parsed as the engine parses a bundle (Rego v1), with the source its spans index;
+/// `None` when it does not parse (the engine has refused it then).
+pub(crate) fn parse(file: &str, text: &str) -> Option<(regorus::Source, Module)> {
+    let source = regorus::Source::from_contents(file.into(), text.into()).ok()?;
+    let module = Parser::new(&source)
+        .and_then(|mut p| {
+            p.enable_rego_v1()?;
+            p.parse()
+        })
+        .ok()?;
+    Some((source, module))
 }
 
 /// The first name of a rule's head (`deny` of `deny contains ...`, `a` of `a.b := 1`).
@@ -329,7 +297,7 @@ impl Walk {
                 self.parts(fields.iter().flat_map(|(_, k, v)| [&**k, &**v]), false)
             }
             Expr::Call { fcn, params, .. } => {
-                let pure = builtin_name(fcn).is_some_and(|n| PURE_BUILTINS.contains(&n.as_str()));
+                let pure = builtin_name(fcn).is_some_and(|n| DETERMINISTIC.contains(&n.as_str()));
                 self.parts(params.iter().map(|p| &**p), !pure)
             }
             Expr::UnaryExpr { expr, .. } => self.parts([&**expr], false),

@@ -12,9 +12,10 @@ use std::collections::HashMap;
 
 use mcp_guard_policy::bundle::Bundle;
 use mcp_guard_policy::catalog::{self, ToolCatalog};
-use mcp_guard_policy::engine::CompiledBundle;
+use mcp_guard_policy::engine::{CompiledBundle, Decision};
 use mcp_guard_policy::input::{self, ClientInfo, Frame, ServerInfo, Subject};
-use mcp_guard_policy::mcp::List;
+use mcp_guard_policy::mcp::{Item, ItemKind, List};
+use mcp_guard_policy::memo;
 use mcp_guard_policy::reads::InputReads;
 use serde_json::{Map, Value, json};
 
@@ -152,6 +153,16 @@ fn frame_of(c: &Choices, server: &regorus::Value) -> Frame {
     Frame::new(subject, Some(&client), server, session, transport)
 }
 
+/// The server every message is decided for.
+fn server() -> regorus::Value {
+    ServerInfo {
+        name: "warehouse".into(),
+        namespace: "prod-eu".into(),
+        pod: "warehouse-0".into(),
+    }
+    .to_value()
+}
+
 /// Definitions of many kinds: tools the policies name, read-only or not, destructive or not.
 fn tools(rng: &mut Rng) -> Vec<Value> {
     let mut names: Vec<String> = (0..50).map(|i| format!("tool_{i:02}")).collect();
@@ -212,20 +223,22 @@ fn visibility(
         .collect()
 }
 
-/// Frames grouped by `key_of`; the number of pairs compared and the first pair of one key that
-/// sees different tools, if any.
-fn disagreement(
-    key_of: impl Fn(&Frame) -> String,
-    frames: &[(Frame, Vec<bool>)],
+/// Items grouped by `key_of` (`None`: shared with no other); the number of pairs compared and
+/// the first pair of one key that got different answers, if any.
+fn disagreement<T, A: PartialEq>(
+    key_of: impl Fn(&T) -> Option<String>,
+    items: &[(T, A)],
 ) -> (usize, Option<(usize, usize)>) {
     let mut first_of_key: HashMap<String, usize> = HashMap::new();
     let mut compared = 0;
-    for (i, (frame, seen)) in frames.iter().enumerate() {
-        let key = key_of(frame);
+    for (i, (item, answer)) in items.iter().enumerate() {
+        let Some(key) = key_of(item) else {
+            continue;
+        };
         match first_of_key.get(&key) {
             Some(&j) => {
                 compared += 1;
-                if frames[j].1 != *seen {
+                if items[j].1 != *answer {
                     return (compared, Some((j, i)));
                 }
             }
@@ -256,12 +269,7 @@ fn without(reads: &InputReads, drop: &[&str]) -> InputReads {
 fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
     let bundle = compiled(rego, data);
     let mut rng = Rng(seed);
-    let server = ServerInfo {
-        name: "warehouse".into(),
-        namespace: "prod-eu".into(),
-        pod: "warehouse-0".into(),
-    }
-    .to_value();
+    let server = server();
     let tools = tools(&mut rng);
     let views = views(&tools);
     let frames: Vec<(Frame, Vec<bool>)> = random_callers(&mut rng, 600)
@@ -272,7 +280,7 @@ fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
             (frame, seen)
         })
         .collect();
-    let (compared, differ) = disagreement(|f| f.key_for(bundle.reads()), &frames);
+    let (compared, differ) = disagreement(|f| Some(f.key_for(bundle.reads())), &frames);
     assert_eq!(
         differ,
         None,
@@ -286,14 +294,16 @@ fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
     for path in matter {
         let narrowed = without(bundle.reads(), path);
         assert!(
-            disagreement(|f| f.key_for(&narrowed), &frames).1.is_some(),
+            disagreement(|f| Some(f.key_for(&narrowed)), &frames)
+                .1
+                .is_some(),
             "leaving out {path:?} went unnoticed"
         );
     }
     // The finer key, with the caller terms: again no two frames of one key see different tools,
     // and more of them share one.
     let terms = bundle.frame_terms().expect("the policy has caller terms");
-    let (shared, differ) = disagreement(|f| bundle.frame_key(f), &frames);
+    let (shared, differ) = disagreement(|f: &Frame| Some(bundle.frame_key(f)), &frames);
     assert_eq!(
         differ, None,
         "two frames of one terms key saw different tools (terms {terms:?})"
@@ -303,7 +313,7 @@ fn check(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
         "the terms shared no more decisions ({shared}) than the reads ({compared})"
     );
     assert!(
-        disagreement(|f| f.key_for(terms.rest()), &frames)
+        disagreement(|f| Some(f.key_for(terms.rest())), &frames)
             .1
             .is_some(),
         "leaving the terms' values out of the key went unnoticed"
@@ -417,4 +427,159 @@ fn callers_of_one_key_see_the_same_tools_under_terms_of_every_shape() {
         // `object.get(input.subject, ...)` reads the whole subject, as far as the reads can tell.
         &[&["subject"], &["client", "name"], &["request", "transport"]],
     );
+}
+
+/// One message of a random caller: the caller, the tool it names, its arguments and its method.
+type Call = (Choices, usize, usize, usize);
+
+/// The arguments calls carry: none, a limit either side of the realistic policy's bound, a table
+/// named with and without `pii`, a long text, a number where a string is expected.
+fn arguments() -> Vec<Value> {
+    vec![
+        json!({}),
+        json!({"limit": 10}),
+        json!({"limit": 5000}),
+        json!({"table": "orders"}),
+        json!({"table": "PII_users", "limit": 10}),
+        json!({"text": "x".repeat(10_001)}),
+        json!({"limit": "10"}),
+    ]
+}
+
+const METHODS: [&str; 2] = ["tools/call", "prompts/get"];
+
+/// Random messages, half of them an earlier one with one part drawn again (a caller's field, the
+/// tool, the arguments or the method): so that inputs repeat, and many differ in one part only.
+fn random_calls(rng: &mut Rng, n: usize, tools: usize, args: usize) -> Vec<Call> {
+    let callers = random_callers(rng, n);
+    let mut calls: Vec<Call> = Vec::with_capacity(n);
+    for caller in callers {
+        let call = if calls.is_empty() || rng.next().is_multiple_of(2) {
+            let tool = (rng.next() % tools as u64) as usize;
+            let arg = (rng.next() % args as u64) as usize;
+            let method = usize::from(rng.next().is_multiple_of(8));
+            (caller, tool, arg, method)
+        } else {
+            let (mut c, mut tool, mut arg, mut method) = *rng.pick(&calls);
+            match rng.next() % 6 {
+                0 => tool = (rng.next() % tools as u64) as usize,
+                1 => arg = (rng.next() % args as u64) as usize,
+                2 => method = 1 - method,
+                _ => {
+                    let field = (rng.next() % POOLS.len() as u64) as usize;
+                    c[field] = (rng.next() % POOLS[field] as u64) as usize;
+                }
+            }
+            (c, tool, arg, method)
+        };
+        calls.push(call);
+    }
+    calls
+}
+
+/// A bundle's decisions remembered ([`mcp_guard_policy::memo`]) are the decisions it evaluates:
+/// every random message decided through the bundle's memo gets what an evaluation of its own
+/// input gives, the memo answers many of them, and leaving any one of the reads that matter out
+/// of the key is caught on the same messages.
+fn check_decisions(rego: &str, data: Option<&str>, seed: u64, matter: &[&[&str]]) {
+    let bundle = compiled(rego, data);
+    assert_eq!(bundle.remembers_decisions(), Ok(()));
+    let mut rng = Rng(seed);
+    let server = server();
+    let tools = tools(&mut rng);
+    let views = views(&tools);
+    let args = arguments();
+    let calls = random_calls(&mut rng, 2_000, tools.len(), args.len());
+    let decided: Vec<(regorus::Value, Decision)> = calls
+        .iter()
+        .map(|(caller, tool, arg, method)| {
+            let frame = frame_of(caller, &server);
+            let name = tools[*tool]["name"].as_str().expect("named");
+            let kind = [ItemKind::Tool, ItemKind::Prompt][*method];
+            let item = Item { kind, name };
+            let view = (kind == ItemKind::Tool).then(|| views[*tool].clone());
+            let input = frame.message(METHODS[*method], Some(item), Some(&args[*arg]), view);
+            let evaluated = bundle.decide_evaluated(input.clone()).expect("evaluates");
+            (input, evaluated)
+        })
+        .collect();
+    let allowed = decided.iter().filter(|(_, d)| d.allowed()).count();
+    assert!(
+        allowed > 50 && decided.len() - allowed > 50,
+        "{allowed} of {} allowed: the messages would prove little",
+        decided.len()
+    );
+    for (i, (input, evaluated)) in decided.iter().enumerate() {
+        let remembered = bundle.decide_value(input.clone()).expect("decides");
+        assert_eq!(&remembered, evaluated, "message {i}: {:?}", calls[i]);
+    }
+    let served = decided.len() - bundle.remembered();
+    assert!(
+        served >= 100,
+        "the memo answered only {served} messages: the test would prove little"
+    );
+    let reads = bundle.reads();
+    let keys = memo::Keys::new(reads);
+    let key = |keys: &memo::Keys, input: &regorus::Value| {
+        keys.of(input).map(|k| String::from_utf8(k).expect("JSON"))
+    };
+    assert_eq!(
+        disagreement(|i| key(&keys, i), &decided).1,
+        None,
+        "two inputs of one key were decided differently"
+    );
+    for path in matter {
+        let narrowed = memo::Keys::new(&without(reads, path));
+        assert!(
+            disagreement(|i| key(&narrowed, i), &decided).1.is_some(),
+            "leaving out {path:?} went unnoticed"
+        );
+    }
+}
+
+#[test]
+fn remembered_decisions_are_evaluated_decisions_under_the_realistic_policy() {
+    check_decisions(
+        REALISTIC,
+        Some(REALISTIC_DATA),
+        31,
+        &[
+            // Not `request.tool`, `request.method` nor `tool.changed`: the tool's definition hash,
+            // read too, names the tool as well, and is there for a call only.
+            &["request", "arguments"],
+            &["subject", "roles"],
+            &["subject", "scopes"],
+            &["client", "name"],
+            &["subject", "claims", "tier"],
+        ],
+    );
+}
+
+#[test]
+fn remembered_decisions_are_evaluated_decisions_under_whole_objects_and_computed_keys() {
+    check_decisions(
+        WIDE,
+        None,
+        37,
+        &[
+            &["request", "transport"],
+            &["subject"],
+            &["request", "tool"],
+        ],
+    );
+}
+
+#[test]
+fn a_bundle_reading_the_clock_remembers_nothing() {
+    let rego = "package mcp.authz\nimport rego.v1\nallow if time.now_ns() > 0\n";
+    let bundle = compiled(rego, None);
+    assert_eq!(bundle.remembers_decisions(), Err("time.now_ns"));
+    let frame = frame_of(&[0; 15], &ServerInfo::default().to_value());
+    for _ in 0..3 {
+        let d = bundle
+            .decide_value(frame.message("tools/call", None, None, None))
+            .expect("decides");
+        assert!(d.allowed());
+    }
+    assert_eq!(bundle.remembered(), 0);
 }

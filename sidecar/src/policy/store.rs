@@ -100,6 +100,10 @@ impl PolicyStore {
                 let caller_terms = compiled
                     .frame_terms()
                     .map_or(0, mcp_guard_policy::terms::FrameTerms::len);
+                // Why decisions are evaluated every time: the first call not known to be
+                // deterministic (absent when decisions are remembered).
+                let not_remembered = compiled.remembers_decisions().err().map(str::to_owned);
+                let remembers_decisions = not_remembered.is_none();
                 let previous = self.current.swap(Some(Arc::new(compiled)));
                 {
                     let mut st = self.status.write();
@@ -120,7 +124,7 @@ impl PolicyStore {
                 }
                 self.metrics
                     .policy_loaded(&hash, previous.as_ref().map(|p| &*p.hash));
-                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), bytecode, caller_terms, "policy loaded");
+                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), bytecode, caller_terms, remembers_decisions, not_remembered = not_remembered.as_deref(), "policy loaded");
                 Ok(true)
             }
             Err(e) => self.failed(e, Some(bundle.hash.to_string())),

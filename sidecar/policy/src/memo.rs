@@ -1,0 +1,327 @@
+//! A bundle's decisions remembered for the inputs that repeat.
+//!
+//! Rego has no side effects, and a bundle's data is fixed when it is loaded. So when every
+//! function the bundle calls is deterministic (no clock, no randomness, no network, no runtime
+//! environment, no output), a decision depends on the input document alone, and on the input
+//! only through the subtrees the bundle reads ([`crate::reads`]). Two inputs that agree on every
+//! one of them get the same decision: an agent calling a tool again with the same arguments,
+//! with a refreshed token, in another session or under another name the rules never read, is
+//! given the decision taken for the first call, without an evaluation.
+//!
+//! The key of an input is what each read sees of it, written out as JSON, in the bundle's fixed
+//! order of reads ([`Keys::of`]). Input documents are built from JSON (no sets), so the JSON
+//! text of a value tells it from every other value a rule could tell it from.
+//!
+//! In doubt, nothing is remembered: a bundle that calls any function not known
+//! to be deterministic (`time.now_ns`, `rand.intn`, `http.send`, `print`, ...), or a function this
+//! module cannot name, remembers nothing ([`impure_call`] says which call, and the `policy loaded`
+//! log line says so). A failed evaluation is never remembered. The memo belongs to one compiled
+//! bundle: a reload starts with none.
+
+use std::collections::{BTreeSet, HashMap};
+
+use parking_lot::Mutex;
+use regorus::Value as RegoValue;
+use regorus::unstable::{Rule, RuleHead};
+
+use crate::builtins::{DETERMINISTIC, NOT_DETERMINISTIC};
+use crate::engine::Decision;
+use crate::reads::{self, InputReads};
+
+/// Decisions remembered at most; the memo starts over when full.
+pub const MAX_ENTRIES: usize = 1_024;
+
+/// The longest key remembered, in bytes: an input whose reads are longer (a call with large
+/// arguments, for a policy that reads them) is decided every time, so a few large inputs cannot
+/// hold megabytes.
+pub const MAX_KEY_BYTES: usize = 4_096;
+
+/// Words that may stand before a parenthesis without naming a function.
+const KEYWORDS: &[&str] = &[
+    "as", "contains", "else", "every", "if", "in", "not", "some", "with",
+];
+
+/// The first call in `modules` that is not known to be deterministic, by the name it is called
+/// with; `None` when every call is a pure builtin or a function the modules define themselves.
+/// A module that cannot be read at all is named as such.
+pub fn impure_call<'a>(
+    modules: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+) -> Option<String> {
+    let mut own = BTreeSet::new();
+    for (file, text) in modules.clone() {
+        match own_functions(file, text) {
+            Some(names) => own.extend(names),
+            None => return Some(format!("{file} (not parsed)")),
+        }
+    }
+    for (file, text) in modules {
+        let calls = match reads::called_names(file, text) {
+            Ok(calls) => calls,
+            Err(_) => return Some(format!("{file} (not parsed)")),
+        };
+        for call in calls {
+            if KEYWORDS.contains(&call.as_str()) {
+                continue;
+            }
+            let last = call.rsplit('.').next().unwrap_or_default();
+            let never = NOT_DETERMINISTIC
+                .iter()
+                .any(|n| call == *n || (n.ends_with('.') && call.starts_with(n)));
+            let known = DETERMINISTIC.contains(&call.as_str()) || own.contains(last);
+            if never || !known {
+                return Some(call);
+            }
+        }
+    }
+    None
+}
+
+/// The last name of every function (a rule with arguments) a module defines; `None` when it does
+/// not parse (the engine has refused it then).
+fn own_functions(file: &str, text: &str) -> Option<Vec<String>> {
+    let (_, module) = crate::terms::parse(file, text)?;
+    let mut names = Vec::new();
+    for rule in &module.policy {
+        if let Rule::Spec {
+            head: RuleHead::Func { refr, .. },
+            ..
+        } = &**rule
+        {
+            let head = refr.span().text();
+            names.push(head.rsplit('.').next().unwrap_or(head).trim().to_owned());
+        }
+    }
+    Some(names)
+}
+
+/// What rules reading some parts of the input can see of an input document: the key two inputs
+/// share exactly when no such rule can tell them apart. Built once per bundle: the reads as a tree
+/// of field names, so that keying an input visits each field it needs once and writes JSON.
+pub struct Keys {
+    /// The reads from the document's root; `None`: the whole input is read.
+    root: Option<Node>,
+}
+
+/// A field of the input some read goes through: the fields read below it, or none when a read
+/// ends here (no read ends above another, [`InputReads`] keeps the shortest).
+#[derive(Default)]
+struct Node {
+    fields: Vec<Field>,
+}
+
+struct Field {
+    name: Box<str>,
+    /// The name as the engine's value, for a lookup in a large object.
+    key: RegoValue,
+    node: Node,
+}
+
+/// Objects up to this size are searched field by field; larger ones by the engine's lookup.
+const SCAN: usize = 16;
+
+impl Keys {
+    pub fn new(reads: &InputReads) -> Self {
+        let Some(paths) = reads.paths() else {
+            return Keys { root: None };
+        };
+        let mut root = Node::default();
+        for path in paths {
+            let mut node = &mut root;
+            for name in path {
+                let at = match node.fields.iter().position(|f| *f.name == **name) {
+                    Some(at) => at,
+                    None => {
+                        node.fields.push(Field {
+                            name: name.as_str().into(),
+                            key: RegoValue::from(name.as_str()),
+                            node: Node::default(),
+                        });
+                        node.fields.len() - 1
+                    }
+                };
+                node = &mut node.fields[at].node;
+            }
+        }
+        Keys { root: Some(root) }
+    }
+
+    /// What each read sees of `input`, in the fixed order of the reads, one line each: `=` and
+    /// the JSON of the value where the read ends; or, where it cannot go on, `@` and the value
+    /// that is not an object, or `!` for a missing field (one line for every read through it).
+    /// `None` when it is longer than [`MAX_KEY_BYTES`].
+    pub fn of(&self, input: &RegoValue) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(256);
+        match &self.root {
+            // A bundle that reads nothing of the input decides the same on every input.
+            Some(root) if root.fields.is_empty() => {}
+            Some(root) => seen(&mut out, input, root)?,
+            None => serde_json::to_writer(&mut out, input).ok()?,
+        }
+        (out.len() <= MAX_KEY_BYTES).then_some(out)
+    }
+}
+
+/// Writes what the reads below `node` see of `value` (see [`Keys::of`]).
+fn seen(out: &mut Vec<u8>, value: &RegoValue, node: &Node) -> Option<()> {
+    if node.fields.is_empty() {
+        out.push(b'=');
+        serde_json::to_writer(&mut *out, value).ok()?;
+        out.push(b'\n');
+    } else if let Ok(object) = value.as_object() {
+        for field in &node.fields {
+            let found = if object.len() <= SCAN {
+                object
+                    .iter()
+                    .find(|(k, _)| k.as_string().is_ok_and(|k| **k == *field.name))
+                    .map(|(_, v)| v)
+            } else {
+                object.get(&field.key)
+            };
+            match found {
+                Some(v) => seen(out, v, &field.node)?,
+                None => out.extend_from_slice(b"!\n"),
+            }
+        }
+    } else {
+        out.push(b'@');
+        serde_json::to_writer(&mut *out, value).ok()?;
+        out.push(b'\n');
+    }
+    (out.len() <= MAX_KEY_BYTES).then_some(())
+}
+
+/// The decisions of one compiled bundle, by what the bundle reads of their input.
+pub(crate) struct Memo {
+    keys: Keys,
+    entries: Mutex<HashMap<Vec<u8>, Decision>>,
+}
+
+impl Memo {
+    /// A memo for a bundle whose rules read `reads`, when every call it makes is deterministic
+    /// (the caller checks with [`impure_call`]).
+    pub(crate) fn new(reads: &InputReads) -> Self {
+        Memo {
+            keys: Keys::new(reads),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key of `input` under this bundle's reads ([`Keys::of`]).
+    pub(crate) fn key(&self, input: &RegoValue) -> Option<Vec<u8>> {
+        self.keys.of(input)
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Decision> {
+        self.entries.lock().get(key).cloned()
+    }
+
+    pub(crate) fn insert(&self, key: Vec<u8>, decision: &Decision) {
+        let mut entries = self.entries.lock();
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, decision.clone());
+    }
+
+    /// Decisions remembered now.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn impure(text: &str) -> Option<String> {
+        impure_call([("t.rego", text)])
+    }
+
+    #[test]
+    fn pure_builtins_and_own_functions_are_deterministic() {
+        let text = r#"package mcp.authz
+import rego.v1
+import data.lib
+allow if startswith(input.request.tool, "ticket_")
+allow if has_role("admin")
+allow if lib.util.ok(input.subject)
+has_role(r) if r in input.subject.roles
+ok(x) := true if x
+deny contains sprintf("%s", [input.request.tool]) if not (count(input.subject.roles) > 0)
+# time.now_ns() in a comment is no call
+deny contains "time.now_ns()" if false
+"#;
+        assert_eq!(impure(text), None);
+    }
+
+    #[test]
+    fn a_clock_randomness_output_or_unknown_call_turns_remembering_off() {
+        for (call, expected) in [
+            ("time.now_ns()", "time.now_ns"),
+            ("time.clock([0, \"UTC\"])", "time.clock"),
+            ("rand.intn(\"x\", 10)", "rand.intn"),
+            ("uuid.rfc4122(\"x\")", "uuid.rfc4122"),
+            ("http.send({})", "http.send"),
+            ("opa.runtime()", "opa.runtime"),
+            ("print(1)", "print"),
+            ("trace(\"x\")", "trace"),
+            ("mystery(1)", "mystery"),
+        ] {
+            let text = format!("package mcp.authz\nimport rego.v1\nallow if {call}\n");
+            assert_eq!(impure(&text).as_deref(), Some(expected), "{call}");
+        }
+        // A function of the bundle's own cannot stand in for one that is never deterministic.
+        let text =
+            "package mcp.authz\nimport rego.v1\nnow_ns(x) := x\nallow if time.now_ns() > 0\n";
+        assert_eq!(impure(text).as_deref(), Some("time.now_ns"));
+        let text = "package mcp.authz\nimport rego.v1\nprint(x) := x\nallow if print(1)\n";
+        assert_eq!(impure(text).as_deref(), Some("print"));
+    }
+
+    #[test]
+    fn keys_hold_what_the_reads_see_and_nothing_else() {
+        let memo = Memo::new(&InputReads::of_paths(vec![
+            vec!["subject".into(), "roles".into()],
+            vec!["request".into(), "arguments".into()],
+        ]));
+        let doc = |roles: &str, args: &str, sub: &str| {
+            RegoValue::from_json_str(&format!(
+                r#"{{"subject": {{"sub": "{sub}", "roles": {roles}}}, "request": {{"arguments": {args}, "session_id": "{sub}"}}}}"#
+            ))
+            .expect("json")
+        };
+        let a = memo.key(&doc(r#"["x"]"#, r#"{"n": 1}"#, "alice"));
+        assert!(a.is_some());
+        assert_eq!(a, memo.key(&doc(r#"["x"]"#, r#"{"n": 1}"#, "bob")));
+        assert_ne!(a, memo.key(&doc(r#"["y"]"#, r#"{"n": 1}"#, "alice")));
+        assert_ne!(a, memo.key(&doc(r#"["x"]"#, r#"{"n": "1"}"#, "alice")));
+        assert_ne!(a, memo.key(&doc(r#"["x"]"#, r#"{}"#, "alice")));
+        // A bundle that reads nothing of the input decides alike on every input.
+        let nothing = Keys::new(&InputReads::of_paths(Vec::new()));
+        assert_eq!(
+            nothing.of(&doc(r#"["x"]"#, r#"{}"#, "alice")),
+            nothing.of(&doc(r#"["y"]"#, r#"{"n": 2}"#, "bob"))
+        );
+        let long = format!(r#"{{"text": "{}"}}"#, "x".repeat(MAX_KEY_BYTES));
+        assert_eq!(memo.key(&doc(r#"["x"]"#, &long, "alice")), None);
+    }
+
+    #[test]
+    fn a_full_memo_starts_over() {
+        let memo = Memo::new(&InputReads::whole());
+        let d = Decision {
+            allow: true,
+            reasons: Vec::new(),
+            redact: Vec::new(),
+            limits: Vec::new(),
+        };
+        for i in 0..MAX_ENTRIES {
+            memo.insert(i.to_string().into_bytes(), &d);
+        }
+        assert_eq!(memo.len(), MAX_ENTRIES);
+        memo.insert(b"one more".to_vec(), &d);
+        assert_eq!(memo.len(), 1);
+        assert_eq!(memo.get(b"one more"), Some(d));
+        assert_eq!(memo.get(b"0"), None);
+    }
+}

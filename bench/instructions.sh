@@ -10,7 +10,8 @@
 #
 # Every call is the same, so a governed sidecar decides the first and remembers the decision for
 # the rest (the policy's memo). --distinct gives every call arguments of its own (`"text":
-# "hello N"`): no decision repeats and each is evaluated, the cost of a call never seen.
+# "hello N"`): no decision repeats and each is evaluated, the cost of a call never seen. --list
+# sends tools/list instead (the answer filtered by the sidecar) and counts that.
 #
 # The sidecar runs twice, each time given a warmup of sequential calls (keep-alive, one curl
 # process) before the measured calls are sent the same way:
@@ -22,7 +23,7 @@
 # Report: bench/results/<date>-<name>-instructions.md.
 #
 # Usage: bench/instructions.sh [--name NAME] [--requests 2000] [--warmup 200] [--governed]
-#                              [--distinct] [--sidecar BIN] [--no-build] [--out DIR]
+#                              [--distinct | --list] [--sidecar BIN] [--no-build] [--out DIR]
 #                              [--keep-dump FILE]
 # --sidecar measures another build of mcp-guard-sidecar (a copy of the binary before a change,
 # say), with the example server of this tree. --keep-dump copies callgrind's dump to FILE, for
@@ -35,6 +36,7 @@ REQUESTS=2000
 WARMUP=200
 GOVERNED=0
 DISTINCT=0
+LIST=0
 BUILD=1
 OUT="$ROOT/bench/results"
 KEEP_DUMP=""
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP="$2"; shift 2 ;;
     --governed) GOVERNED=1; shift ;;
     --distinct) DISTINCT=1; shift ;;
+    --list) LIST=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --keep-dump) KEEP_DUMP="$2"; shift 2 ;;
@@ -114,6 +117,11 @@ body() { # body TEXT: a call of echo with TEXT
   printf '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"%s"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}' "$1"
 }
 body "hello from wrk" >"$WORK/body.json"
+MIRROR=('header = "Mcp-Method: tools/call"' 'header = "Mcp-Name: echo"')
+if [ "$LIST" = 1 ]; then
+  printf '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}' >"$WORK/body.json"
+  MIRROR=('header = "Mcp-Method: tools/list"')
+fi
 SENT=0
 requests() { # requests N OUT: a curl config sending N calls one after the other on one connection
   local i file="$WORK/body.json"
@@ -131,8 +139,7 @@ data-binary = "@$file"
 header = "Content-Type: application/json"
 header = "Accept: application/json, text/event-stream"
 header = "MCP-Protocol-Version: 2026-07-28"
-header = "Mcp-Method: tools/call"
-header = "Mcp-Name: echo"
+$(printf '%s\n' "${MIRROR[@]}")
 write-out = "%{http_code}\n"
 output = "/dev/null"
 EOF
@@ -163,6 +170,7 @@ TOTAL="$(sed -n 's/^summary: \([0-9]*\).*/\1/p; s/^totals: \([0-9]*\).*/\1/p' "$
 PER="$(awk -v t="$TOTAL" -v n="$REQUESTS" 'BEGIN { printf "%.0f", t / n }')"
 WHAT="$([ "$GOVERNED" = 1 ] && echo governed || echo plain)"
 if [ "$DISTINCT" = 1 ]; then WHAT="$WHAT, every call distinct"; fi
+if [ "$LIST" = 1 ]; then WHAT="$WHAT, tools/list"; fi
 log "$WHAT: $PER instructions per request ($TOTAL over $REQUESTS)"
 
 SYSCALLS="–"
@@ -193,8 +201,8 @@ COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 DIRTY="$(cd "$ROOT" && { git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'; })"
 {
   printf '# Instructions per request: %s (%s)\n\n' "$NAME" "$WHAT"
-  printf -- '- **%s instructions per request** (%s over %s sequential tools/call on one keep-alive connection, after %s unmeasured)\n' \
-    "$PER" "$TOTAL" "$REQUESTS" "$WARMUP"
+  printf -- '- **%s instructions per request** (%s over %s sequential %s on one keep-alive connection, after %s unmeasured)\n' \
+    "$PER" "$TOTAL" "$REQUESTS" "$([ "$LIST" = 1 ] && echo tools/list || echo tools/call)" "$WARMUP"
   printf -- '- **%s system calls and %s context switches per request** (natively, the same calls, perf stat)\n' \
     "$SYSCALLS" "$SWITCHES"
   printf -- '- sidecar: %s\n' "$SIDECAR_BIN"

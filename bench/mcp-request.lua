@@ -22,14 +22,33 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
 wrk.headers["Mcp-Method"] = method
+local function call_body(text)
+  return '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+    .. '"arguments":{"text":"' .. text .. '"},' .. meta .. '}}'
+end
 if method == "tools/call" then
-  wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
-    .. '"arguments":{"text":"hello from wrk"},' .. meta .. '}}'
+  wrk.body = call_body("hello from wrk")
   wrk.headers["Mcp-Name"] = "echo"
 elseif method == "tools/list" then
   wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{' .. meta .. '}}'
 else
   error("BENCH_METHOD must be tools/call or tools/list, not " .. method)
+end
+-- BENCH_DISTINCT=1: every call's text is its own (`hello from wrk <thread>-<n>`), so no two calls
+-- are alike and a governed sidecar evaluates each one's decision.
+local distinct = os.getenv("BENCH_DISTINCT") == "1" and method == "tools/call"
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+-- Defined only then: without it, wrk sends its one prepared request, as for the other scenarios.
+if distinct then
+  local sent = 0
+  function request()
+    sent = sent + 1
+    return wrk.format(nil, nil, nil, call_body("hello from wrk " .. tostring(thread_id) .. "-" .. sent))
+  end
 end
 -- bench/run.sh sets BENCH_AUTHORIZATION for a target that verifies a bearer token.
 local authorization = os.getenv("BENCH_AUTHORIZATION")

@@ -17,8 +17,10 @@
 #   sidecar-limits-redis  the same limit counted fleet-wide in a real Redis (Debian redis-server,
 #                     tests/scripts/install-redis.sh) on loopback: one EVALSHA per call
 #
-# Scenarios (--scenarios, default call): call (tools/call of echo, JSON answer), list (tools/list,
-# JSON), call-sse and list-sse (the same answered as SSE by a --stateless-sse server). Each target
+# Scenarios (--scenarios, default call): call (tools/call of echo, JSON answer), call-distinct
+# (the same call with a text of its own every time: a governed sidecar remembers a decision for a
+# repeated call, so here it evaluates every one), list (tools/list, JSON), call-sse and list-sse
+# (the same answered as SSE by a --stateless-sse server). Each target
 # of each scenario: a warmup (discarded), then a measured wrk run with the same connections; with
 # --rounds N the targets take turns N times (order rotated) and each reports its median round.
 # With --rate R, each target then takes a fixed-rate, latency-corrected load of R req/s
@@ -30,7 +32,7 @@
 # .json. See bench/README.md.
 #
 # Usage: bench/run.sh [--name foundation] [--duration 10] [--warmup 2] [--connections 16]
-#                     [--threads 2] [--rounds 1] [--scenarios call,list,call-sse,list-sse]
+#                     [--threads 2] [--rounds 1] [--scenarios call,call-distinct,list,call-sse,list-sse]
 #                     [--rate 3000] [--streams 1000] [--all] [--no-nginx] [--otlp-down]
 #                     [--governed] [--no-otlp-twin] [--limits] [--no-install] [--no-build] [--out DIR]
 #                     [--sidecar BIN]
@@ -69,7 +71,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIO_LIST="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
     --streams) STREAMS="$2"; shift 2 ;;
-    --all) WITH_GOVERNED=1; SCENARIO_LIST=call,list,call-sse,list-sse; RATE=3000; STREAMS=1000; shift ;;
+    --all) WITH_GOVERNED=1; SCENARIO_LIST=call,call-distinct,list,call-sse,list-sse; RATE=3000; STREAMS=1000; shift ;;
     --no-nginx) WITH_NGINX=0; shift ;;
     --otlp-down) WITH_OTLP_DOWN=1; shift ;;
     --governed) WITH_GOVERNED=1; shift ;;
@@ -89,13 +91,13 @@ BENCH_TOOL=bench
 . "$ROOT/bench/lib.sh"
 
 IFS=, read -r -a SCENARIOS <<<"$SCENARIO_LIST"
-[ "${#SCENARIOS[@]}" -gt 0 ] || die "--scenarios is empty (call, list, call-sse, list-sse)"
+[ "${#SCENARIOS[@]}" -gt 0 ] || die "--scenarios is empty (call, call-distinct, list, call-sse, list-sse)"
 KINDS=()
 for s in "${SCENARIOS[@]}"; do
   case "$s" in
-    call|list) k=json ;;
+    call|call-distinct|list) k=json ;;
     call-sse|list-sse) k=sse ;;
-    *) die "unknown scenario $s in --scenarios (call, list, call-sse, list-sse)" ;;
+    *) die "unknown scenario $s in --scenarios (call, call-distinct, list, call-sse, list-sse)" ;;
   esac
   [[ " ${KINDS[*]} " == *" $k "* ]] || KINDS+=("$k")
 done
@@ -497,11 +499,13 @@ measure() { # measure SCENARIO TARGET ROUND: one warmup + one measured wrk run
   local authorization="${AUTH[$name]:-}"
   check_target "$s" "$name" "$url" "$authorization"
   log "$name, $s (round $round/$ROUNDS): warmup ${WARMUP}s, then ${DURATION}s measured, $CONNECTIONS connections"
-  BENCH_AUTHORIZATION="$authorization" BENCH_METHOD="$method" \
+  local distinct=0
+  [ "$s" = call-distinct ] && distinct=1
+  BENCH_AUTHORIZATION="$authorization" BENCH_METHOD="$method" BENCH_DISTINCT="$distinct" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/bench/mcp-request.lua" "$url" >/dev/null
   before="$(cpu_ticks "$@")"
   [ $# -gt 0 ] && perf_start "$WORK/perf-$key.txt" "$@"
-  out="$(BENCH_AUTHORIZATION="$authorization" BENCH_METHOD="$method" wrk -t"$THREADS" -c"$CONNECTIONS" \
+  out="$(BENCH_AUTHORIZATION="$authorization" BENCH_METHOD="$method" BENCH_DISTINCT="$distinct" wrk -t"$THREADS" -c"$CONNECTIONS" \
     -d"${DURATION}s" --latency -s "$ROOT/bench/mcp-request.lua" "$url")"
   after="$(cpu_ticks "$@")"
   [ $# -gt 0 ] && perf_stop
@@ -709,6 +713,7 @@ join() { # join SEPARATOR ITEM...: the items with SEPARATOR between them
 scenario_label() { # scenario_label SCENARIO
   case "$1" in
     call) echo '`tools/call` of `echo`, JSON answer' ;;
+    call-distinct) echo '`tools/call` of `echo` with a text of its own each time (no decision repeats), JSON answer' ;;
     list) echo '`tools/list`, JSON answer' ;;
     call-sse) echo '`tools/call` of `echo`, SSE answer' ;;
     list-sse) echo '`tools/list`, SSE answer' ;;
@@ -818,7 +823,9 @@ targets_table() {
     printf '`sidecar-governed`: the same, and every request carries a real OpenID provider'"'"'s RS256 JWT that\n'
     printf 'the sidecar verifies (`--issuer`; the verified token is cached, as for an agent reusing its token)\n'
     printf 'and turns into identity headers, each call is decided by `sidecar/benches/fixtures/realistic.rego`\n'
-    printf '(about 20 rules, `--policy-dir`) and audited to stdout like the other sidecar, and its span is\n'
+    printf '(about 20 rules, `--policy-dir`; a call repeated, as in `call`, is decided once and then\n'
+    printf 'answered from the bundle'"'"'s memo of decisions; in `call-distinct` every call is evaluated)\n'
+    printf 'and audited to stdout like the other sidecar, and its span is\n'
     printf 'exported over OTLP (HTTP/protobuf, every request sampled) to a live receiver on loopback\n'
     printf '(`tests/scripts/otlp_receiver.py --summary`, which parsed every export and counted its spans:\n'
     items=()

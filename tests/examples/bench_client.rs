@@ -113,6 +113,9 @@ struct StreamsArgs {
 enum Scenario {
     /// `tools/call` of `echo`, answered `application/json`.
     Call,
+    /// `tools/call` of `echo` with a text of its own every time (no decision repeats),
+    /// answered `application/json`.
+    CallDistinct,
     /// `tools/list`, answered `application/json`.
     List,
     /// `tools/call` of `echo`, answered `text/event-stream`.
@@ -123,12 +126,23 @@ enum Scenario {
 
 impl Scenario {
     fn is_call(self) -> bool {
-        matches!(self, Scenario::Call | Scenario::CallSse)
+        matches!(
+            self,
+            Scenario::Call | Scenario::CallDistinct | Scenario::CallSse
+        )
+    }
+
+    /// The text a call sends to `echo` and expects back.
+    fn text(self, id: u64) -> String {
+        match self {
+            Scenario::CallDistinct => format!("{ECHO_TEXT} {id}"),
+            _ => ECHO_TEXT.to_owned(),
+        }
     }
 
     fn content_type(self) -> &'static str {
         match self {
-            Scenario::Call | Scenario::List => "application/json",
+            Scenario::Call | Scenario::CallDistinct | Scenario::List => "application/json",
             Scenario::CallSse | Scenario::ListSse => "text/event-stream",
         }
     }
@@ -143,10 +157,10 @@ impl Scenario {
         h
     }
 
-    fn body(self, id: u64) -> Bytes {
-        let id = i64::try_from(id).unwrap_or(i64::MAX);
+    fn body(self, n: u64) -> Bytes {
+        let id = i64::try_from(n).unwrap_or(i64::MAX);
         let mut body = if self.is_call() {
-            call_body(id, "echo", json!({ "text": ECHO_TEXT }))
+            call_body(id, "echo", json!({ "text": self.text(n) }))
         } else {
             list_body(id)
         };
@@ -155,9 +169,9 @@ impl Scenario {
     }
 
     /// Whether `result` is what this scenario's request must get.
-    fn check(self, result: &Value) -> Result<(), String> {
+    fn check(self, result: &Value, id: u64) -> Result<(), String> {
         let ok = if self.is_call() {
-            result["isError"] != true && result["content"][0]["text"] == ECHO_TEXT
+            result["isError"] != true && result["content"][0]["text"] == self.text(id).as_str()
         } else {
             result["tools"]
                 .as_array()
@@ -471,7 +485,7 @@ async fn one_request(
     let req = target.request(hyper::Method::POST, scenario.body(id), &scenario.headers());
     let resp = sender.send_request(req).await?;
     let (result, at) = read_answer(resp, Some(scenario.content_type()), id).await?;
-    scenario.check(&result).map_err(Failure::Answer)?;
+    scenario.check(&result, id).map_err(Failure::Answer)?;
     Ok(at)
 }
 

@@ -24,6 +24,12 @@ use crate::value::{Keys, convert, object};
 /// server cannot list its way past pinning.
 const MAX_TOOLS: usize = 10_000;
 
+/// Definitions kept to be compared with the next listing's, at most: a definition equal to the
+/// one kept under its name has that one's hash, and is not serialized and hashed again (most of
+/// what a listing cost). Past this many tools each listing hashes the rest, as before, so a
+/// server with very many tools cannot make the sidecar hold them all twice.
+const MAX_KEPT: usize = 1_000;
+
 /// The `pinned_hash` of a tool the catalog had no room to pin.
 const UNPINNED: &str = "";
 
@@ -37,6 +43,8 @@ struct Entry {
     view: RegoValue,
     /// The arguments this definition mirrors into `Mcp-Param-*` headers.
     params: ParamHeaders,
+    /// The definition `hash` is of, while fewer than [`MAX_KEPT`] are kept.
+    definition: Option<Value>,
 }
 
 /// What changed when a list answer was recorded.
@@ -63,6 +71,8 @@ pub struct Recorded {
 #[derive(Debug, Default)]
 struct Inner {
     tools: HashMap<String, Entry>,
+    /// Entries holding their definition.
+    kept: usize,
     /// Object keys shared by the views: a server's tools repeat the same few keys.
     keys: Keys,
 }
@@ -155,10 +165,29 @@ impl ToolCatalog {
             unpinned: 0,
         };
         let unpinned: Arc<str> = Arc::from(UNPINNED);
-        // Hashed before taking the lock: calls deciding on a tool's view wait for none of it.
-        let hashes: Vec<Arc<str>> = tools.iter().map(|d| definition_hash(d).into()).collect();
+        // A definition the same as the one kept under its name has its hash; the others are
+        // hashed before taking the write lock: calls deciding on a tool's view wait for none of it.
+        let known: Vec<Option<Arc<str>>> = {
+            let inner = self.inner.read();
+            tools
+                .iter()
+                .map(|def| {
+                    let e = inner.tools.get(def.get("name")?.as_str()?)?;
+                    (e.definition.as_ref() == Some(def)).then(|| Arc::clone(&e.hash))
+                })
+                .collect()
+        };
+        let hashes: Vec<Arc<str>> = tools
+            .iter()
+            .zip(known)
+            .map(|(d, known)| known.unwrap_or_else(|| definition_hash(d).into()))
+            .collect();
         let mut inner = self.inner.write();
-        let Inner { tools: map, keys } = &mut *inner;
+        let Inner {
+            tools: map,
+            kept,
+            keys,
+        } = &mut *inner;
         for (def, hash) in tools.iter().zip(hashes) {
             let Some(name) = def.get("name").and_then(Value::as_str) else {
                 recorded
@@ -173,6 +202,9 @@ impl ToolCatalog {
                     e.view = annotate(def, &hash, &e.pinned, keys);
                     e.hash = Arc::clone(&hash);
                     e.params = param_headers::declared(def.get("inputSchema"));
+                    if e.definition.is_some() {
+                        e.definition = Some(def.clone());
+                    }
                     if e.pinned != hash {
                         recorded.changed.push(Changed {
                             tool: name.to_owned(),
@@ -196,6 +228,8 @@ impl ToolCatalog {
                         });
                     }
                     let view = annotate(def, &hash, &pinned, keys);
+                    let definition = (*kept < MAX_KEPT).then(|| def.clone());
+                    *kept += usize::from(definition.is_some());
                     map.insert(
                         name.to_owned(),
                         Entry {
@@ -203,6 +237,7 @@ impl ToolCatalog {
                             hash: Arc::clone(&hash),
                             view: view.clone(),
                             params: param_headers::declared(def.get("inputSchema")),
+                            definition,
                         },
                     );
                     view
@@ -313,6 +348,33 @@ mod tests {
             c.record(std::slice::from_ref(&v2)).changed.is_empty(),
             "reported once"
         );
+    }
+
+    #[test]
+    fn a_definition_listed_again_keeps_its_hash_and_past_those_kept_is_hashed_again() {
+        let c = ToolCatalog::default();
+        let tools: Vec<Value> = (0..=MAX_KEPT)
+            .map(|i| json!({"name": format!("t{i}"), "description": "first"}))
+            .collect();
+        c.record(&tools);
+        assert_eq!(c.inner.read().kept, MAX_KEPT);
+        // One tool whose definition is kept and the one past them change: both are noticed.
+        let mut again = tools.clone();
+        again[0]["description"] = json!("second");
+        again[MAX_KEPT]["description"] = json!("second");
+        let changed: Vec<String> = c
+            .record(&again)
+            .changed
+            .into_iter()
+            .map(|c| c.tool)
+            .collect();
+        assert_eq!(changed, ["t0".to_owned(), format!("t{MAX_KEPT}")]);
+        // Listed again as they are: every hash is still the hash of what was listed.
+        let recorded = c.record(&again);
+        assert!(recorded.changed.is_empty());
+        for ((_, hash), def) in recorded.views.iter().zip(&again) {
+            assert_eq!(&**hash, definition_hash(def));
+        }
     }
 
     #[test]

@@ -72,8 +72,17 @@ struct Bytecode {
     visible: Arc<Program>,
     visible_tools: Option<Arc<Program>>,
     /// The bundle's caller terms ([`crate::terms`]) and their rule's program, when it has any.
-    terms: Option<(FrameTerms, Arc<Program>)>,
+    terms: Option<Terms>,
     data: RegoValue,
+}
+
+/// A bundle's caller terms, compiled.
+struct Terms {
+    terms: FrameTerms,
+    program: Arc<Program>,
+    /// Their values (as JSON) by what the terms read of the frame: the terms call only
+    /// deterministic builtins ([`crate::terms`]), so equal reads give equal values.
+    values: Memo<Arc<str>>,
 }
 
 /// One thread's VMs for one bundle, one per entry rule.
@@ -94,7 +103,7 @@ impl Vms {
                 None => None,
             },
             terms: match &bc.terms {
-                Some((_, p)) => Some(vm_for(p, &RegoValue::new_object())?),
+                Some(t) => Some(vm_for(&t.program, &RegoValue::new_object())?),
                 None => None,
             },
         })
@@ -156,7 +165,7 @@ pub struct CompiledBundle {
     reads: InputReads,
     /// Decisions remembered by what the rules read of their input ([`crate::memo`]); `Err`
     /// names the call that rules it out.
-    memo: Result<Memo, String>,
+    memo: Result<Memo<Decision>, String>,
 }
 
 impl std::fmt::Debug for CompiledBundle {
@@ -307,20 +316,54 @@ impl CompiledBundle {
 
     /// The bundle's caller terms, compiled: `None` when it has none, or when their rule does not
     /// compile to bytecode (visibility is then shared by [`crate::reads`] alone).
-    fn compile_terms(bundle: &Bundle) -> Option<(FrameTerms, Arc<Program>)> {
+    fn compile_terms(bundle: &Bundle) -> Option<Terms> {
+        const FILE: &str = "mcp-guard-frame-terms.rego";
         let terms = FrameTerms::of_modules(sources(bundle))?;
+        let source = terms.source();
         let mut engine = new_engine();
         let compiled = engine
-            .add_policy("mcp-guard-frame-terms.rego".into(), terms.source())
+            .add_policy(FILE.into(), source.clone())
             .map_err(|e| e.to_string())
-            .and_then(|_| program(&mut engine, terms::RULE));
+            .and_then(|_| program(&mut engine, terms::RULE))
+            .and_then(|program| {
+                let reads =
+                    InputReads::of_modules([(FILE, source.as_str())]).map_err(|e| e.to_string())?;
+                Ok((program, reads))
+            });
         match compiled {
-            Ok(program) => Some((terms, program)),
+            Ok((program, reads)) => Some(Terms {
+                terms,
+                program,
+                values: Memo::new(&reads),
+            }),
             Err(e) => {
                 tracing::warn!(policy_hash = %bundle.hash, reason = %e, "the bundle's caller terms do not compile; list visibility is shared by the input it reads alone");
                 None
             }
         }
+    }
+
+    /// The caller terms' values for `frame`, as JSON: remembered by what the terms read of it,
+    /// else evaluated (and remembered).
+    fn terms_values(
+        &self,
+        bc: &Bytecode,
+        t: &Terms,
+        frame: &Frame,
+    ) -> Result<Arc<str>, PolicyError> {
+        let document = frame.document_of_frame();
+        let key = t.values.key(&document);
+        if let Some(values) = key.as_deref().and_then(|k| t.values.get(k)) {
+            return Ok(values);
+        }
+        let values: Arc<str> = self
+            .eval_bytecode(bc, document, Entry::Terms)?
+            .to_string()
+            .into();
+        if let Some(key) = key {
+            t.values.insert(key, &values);
+        }
+        Ok(values)
     }
 
     /// What of `frame` this bundle's rules can tell apart, as one text: two frames with the same
@@ -330,14 +373,13 @@ impl CompiledBundle {
     /// reads ([`Frame::key_for`]).
     pub fn frame_key(&self, frame: &Frame) -> String {
         if let Some(bc) = &self.bytecode
-            && let Some((terms, _)) = &bc.terms
+            && let Some(t) = &bc.terms
         {
-            match self.eval_bytecode(bc, frame.document_of_frame(), Entry::Terms) {
+            match self.terms_values(bc, t, frame) {
                 Ok(values) => {
-                    let values = values.to_string();
                     // The values' length first: where they end is never in doubt.
                     let mut key = format!("terms:{}:{values}\n", values.len());
-                    key.push_str(&frame.key_for(terms.rest()));
+                    key.push_str(&frame.key_for(t.terms.rest()));
                     return key;
                 }
                 Err(e) => {
@@ -355,7 +397,7 @@ impl CompiledBundle {
         self.bytecode
             .as_ref()
             .and_then(|bc| bc.terms.as_ref())
-            .map(|(t, _)| t)
+            .map(|t| &t.terms)
     }
 
     /// Whether decisions run on bytecode (else on the interpreter).

@@ -25,7 +25,6 @@ use regorus::Value as RegoValue;
 use regorus::unstable::{Rule, RuleHead};
 
 use crate::builtins::{DETERMINISTIC, NOT_DETERMINISTIC};
-use crate::engine::Decision;
 use crate::reads::{self, InputReads};
 
 /// Decisions remembered at most; the memo starts over when full.
@@ -190,15 +189,16 @@ fn seen(out: &mut Vec<u8>, value: &RegoValue, node: &Node) -> Option<()> {
     (out.len() <= MAX_KEY_BYTES).then_some(())
 }
 
-/// The decisions of one compiled bundle, by what the bundle reads of their input.
-pub(crate) struct Memo {
+/// Answers of one compiled bundle (decisions, the caller terms' values), by what the rules that
+/// gave them read of their input.
+pub(crate) struct Memo<V> {
     keys: Keys,
-    entries: Mutex<HashMap<Vec<u8>, Decision>>,
+    entries: Mutex<HashMap<Vec<u8>, V>>,
 }
 
-impl Memo {
-    /// A memo for a bundle whose rules read `reads`, when every call it makes is deterministic
-    /// (the caller checks with [`impure_call`]).
+impl<V: Clone> Memo<V> {
+    /// A memo for rules that read `reads` and call only deterministic functions (for a bundle,
+    /// the caller checks with [`impure_call`]).
     pub(crate) fn new(reads: &InputReads) -> Self {
         Memo {
             keys: Keys::new(reads),
@@ -206,24 +206,24 @@ impl Memo {
         }
     }
 
-    /// The key of `input` under this bundle's reads ([`Keys::of`]).
+    /// The key of `input` under the rules' reads ([`Keys::of`]).
     pub(crate) fn key(&self, input: &RegoValue) -> Option<Vec<u8>> {
         self.keys.of(input)
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Decision> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
         self.entries.lock().get(key).cloned()
     }
 
-    pub(crate) fn insert(&self, key: Vec<u8>, decision: &Decision) {
+    pub(crate) fn insert(&self, key: Vec<u8>, value: &V) {
         let mut entries = self.entries.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(key, decision.clone());
+        entries.insert(key, value.clone());
     }
 
-    /// Decisions remembered now.
+    /// Answers remembered now.
     pub(crate) fn len(&self) -> usize {
         self.entries.lock().len()
     }
@@ -232,6 +232,7 @@ impl Memo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Decision;
 
     fn impure(text: &str) -> Option<String> {
         impure_call([("t.rego", text)])
@@ -280,7 +281,7 @@ deny contains "time.now_ns()" if false
 
     #[test]
     fn keys_hold_what_the_reads_see_and_nothing_else() {
-        let memo = Memo::new(&InputReads::of_paths(vec![
+        let memo: Memo<Decision> = Memo::new(&InputReads::of_paths(vec![
             vec!["subject".into(), "roles".into()],
             vec!["request".into(), "arguments".into()],
         ]));
@@ -308,7 +309,7 @@ deny contains "time.now_ns()" if false
 
     #[test]
     fn a_full_memo_starts_over() {
-        let memo = Memo::new(&InputReads::whole());
+        let memo: Memo<Decision> = Memo::new(&InputReads::whole());
         let d = Decision {
             allow: true,
             reasons: Vec::new(),

@@ -30,9 +30,13 @@ rows=$(awk '
     echo "| \`$name\` | $1 $2 | **$3 $4** | $5 $6 |"
   done
   echo
-  echo "- \`request_path_check\`: what a tools/call costs in the sidecar (input frame + bytecode VM)."
+  echo "- \`request_path_check\`: what a tools/call costs in the sidecar (input frame + bytecode VM);"
+  echo "  \`allow\` and \`deny\` repeat one call, whose decision the bundle remembers"
+  echo "  (sidecar/policy/src/memo.rs); \`distinct\` gives every call arguments of its own, so each"
+  echo "  decision is evaluated."
   echo "- \`bytecode_reused_vm\`, \`interpreter_reused_engine\`, \`interpreter_clone_per_decision\`: one"
-  echo "  decision from a JSON input under each strategy (the first is what the sidecar uses)."
+  echo "  decision from a JSON input under each strategy, evaluated every time (the first is what the"
+  echo "  sidecar uses); \`remembered\`: the same decision from the bundle's memo."
   echo "- \`filter/tools_list_1000/...\`: visibility decided per tool (the policy has no \`visible_tools\`)."
   echo "  \`cold\`: the sidecar's first listing (every definition pinned, every decision evaluated);"
   echo "  \`new_caller\`: a caller's first listing of tools the sidecar has seen, after another caller"

@@ -21,8 +21,10 @@
 //! A bundle that replaces parts of the input (`with`), or that names a rule or an import like one
 //! of the builtins below, gets no terms at all.
 //!
-//! The terms are compiled into a rule of their own ([`FrameTerms::source`]), evaluated once per
-//! listing on the frame alone; its value joins the frame's key.
+//! The terms are compiled into a rule of their own ([`FrameTerms::source`]), evaluated on the
+//! frame alone; its value joins the frame's key. They call only deterministic builtins, so their
+//! value is remembered by what they read of the frame ([`crate::memo`]): a listing of a caller seen
+//! before evaluates nothing.
 
 use regorus::unstable::{Expr, Literal, Module, Parser, Query, Rule, RuleHead};
 

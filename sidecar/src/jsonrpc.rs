@@ -200,6 +200,16 @@ pub fn id_key(id: &Value) -> String {
     id.to_string()
 }
 
+/// A JSON value written out as a body. Written straight into bytes: `Value::to_string` goes
+/// through the formatting machinery token by token, and grows its string as it goes (on a listing
+/// of a few tools, about 7 % of what the sidecar spent on it). `size` is the expected length.
+pub fn to_body(value: &Value, size: usize) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(size);
+    // Writing a `Value` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut out, value);
+    bytes::Bytes::from(out)
+}
+
 /// Builds a JSON-RPC error response.
 pub fn error_response(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Value {
     let mut error = Map::with_capacity(3);

@@ -22,7 +22,7 @@ use super::{
     SESSION_HEADER, accepted, clients, error, is_content_type, json_response, upstream_error,
 };
 use crate::intercept::Interceptor;
-use crate::jsonrpc::{Payload, code};
+use crate::jsonrpc::{self, Payload, code};
 use crate::metrics::Outcome;
 use crate::observe::Recording;
 use crate::sse;
@@ -89,9 +89,9 @@ impl Forward {
         let body = match &d.forward {
             None => x.body.clone(),
             Some(msgs) if msgs.len() == 1 && matches!(x.payload, Payload::Single(_)) => {
-                Bytes::from(msgs[0].to_string())
+                jsonrpc::to_body(&msgs[0], x.body.len())
             }
-            Some(msgs) => Bytes::from(Value::Array(msgs.clone()).to_string()),
+            Some(msgs) => jsonrpc::to_body(&Value::Array(msgs.clone()), x.body.len()),
         };
         let mut headers = std::mem::take(&mut x.parts.headers);
         rec.propagate(&mut headers);

@@ -187,7 +187,7 @@ impl Rewriter {
                 .fold(false, |acc, m| self.rewrite_message(m) | acc),
             m => self.rewrite_message(m),
         };
-        changed.then(|| Bytes::from(v.to_string()))
+        changed.then(|| jsonrpc::to_body(&v, body.len()))
     }
 
     /// Rewrites one raw SSE event; returns it unchanged (same bytes) when nothing needs changing.

@@ -8,9 +8,10 @@
 //! with a refreshed token, in another session or under another name the rules never read, is
 //! given the decision taken for the first call, without an evaluation.
 //!
-//! The key of an input is what each read sees of it, written out as JSON, in the bundle's fixed
-//! order of reads ([`Keys::of`]). Input documents are built from JSON (no sets), so the JSON
-//! text of a value tells it from every other value a rule could tell it from.
+//! The key of an input is what each read sees of it, one line per read in the bundle's fixed
+//! order of reads: the JSON of the value, or that there is none ([`Keys::of`]). Input documents
+//! are built from JSON (no sets), so the JSON text of a value tells it from every other value a
+//! rule could tell it from.
 //!
 //! In doubt, nothing is remembered: a bundle that calls any function not known
 //! to be deterministic (`time.now_ns`, `rand.intn`, `http.send`, `print`, ...), or a function this
@@ -106,6 +107,8 @@ pub struct Keys {
 #[derive(Default)]
 struct Node {
     fields: Vec<Field>,
+    /// The reads that end at or below this node.
+    reads: usize,
 }
 
 struct Field {
@@ -126,6 +129,7 @@ impl Keys {
         let mut root = Node::default();
         for path in paths {
             let mut node = &mut root;
+            node.reads += 1;
             for name in path {
                 let at = match node.fields.iter().position(|f| *f.name == **name) {
                     Some(at) => at,
@@ -139,34 +143,42 @@ impl Keys {
                     }
                 };
                 node = &mut node.fields[at].node;
+                node.reads += 1;
             }
         }
         Keys { root: Some(root) }
     }
 
-    /// What each read sees of `input`, in the fixed order of the reads, one line each: `=` and
-    /// the JSON of the value where the read ends; or, where it cannot go on, `@` and the value
-    /// that is not an object, or `!` for a missing field (one line for every read through it).
-    /// `None` when it is longer than [`MAX_KEY_BYTES`].
+    /// What each read sees of `input`: one line per read, in the fixed order of the reads, `=`
+    /// and the JSON of the value where it ends, or `!` when there is none (a field on the way is
+    /// missing or not an object: the read is undefined either way). Line `i` is read `i`'s, so
+    /// two inputs have one key exactly when every read sees the same of both. `None` when it is
+    /// longer than [`MAX_KEY_BYTES`].
     pub fn of(&self, input: &RegoValue) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(256);
         match &self.root {
             // A bundle that reads nothing of the input decides the same on every input.
             Some(root) if root.fields.is_empty() => {}
-            Some(root) => seen(&mut out, input, root)?,
+            Some(root) => seen(&mut out, Some(input), root)?,
             None => serde_json::to_writer(&mut out, input).ok()?,
         }
         (out.len() <= MAX_KEY_BYTES).then_some(out)
     }
 }
 
-/// Writes what the reads below `node` see of `value` (see [`Keys::of`]).
-fn seen(out: &mut Vec<u8>, value: &RegoValue, node: &Node) -> Option<()> {
+/// Writes what each read below `node` sees of `value` (`None`: undefined), one line per read
+/// (see [`Keys::of`]).
+fn seen(out: &mut Vec<u8>, value: Option<&RegoValue>, node: &Node) -> Option<()> {
     if node.fields.is_empty() {
-        out.push(b'=');
-        serde_json::to_writer(&mut *out, value).ok()?;
+        match value {
+            Some(v) => {
+                out.push(b'=');
+                serde_json::to_writer(&mut *out, v).ok()?;
+            }
+            None => out.push(b'!'),
+        }
         out.push(b'\n');
-    } else if let Ok(object) = value.as_object() {
+    } else if let Some(object) = value.and_then(|v| v.as_object().ok()) {
         for field in &node.fields {
             let found = if object.len() <= SCAN {
                 object
@@ -176,15 +188,12 @@ fn seen(out: &mut Vec<u8>, value: &RegoValue, node: &Node) -> Option<()> {
             } else {
                 object.get(&field.key)
             };
-            match found {
-                Some(v) => seen(out, v, &field.node)?,
-                None => out.extend_from_slice(b"!\n"),
-            }
+            seen(out, found, &field.node)?;
         }
     } else {
-        out.push(b'@');
-        serde_json::to_writer(&mut *out, value).ok()?;
-        out.push(b'\n');
+        for _ in 0..node.reads {
+            out.extend_from_slice(b"!\n");
+        }
     }
     (out.len() <= MAX_KEY_BYTES).then_some(())
 }
@@ -305,6 +314,31 @@ deny contains "time.now_ns()" if false
         );
         let long = format!(r#"{{"text": "{}"}}"#, "x".repeat(MAX_KEY_BYTES));
         assert_eq!(memo.key(&doc(r#"["x"]"#, &long, "alice")), None);
+    }
+
+    #[test]
+    fn a_key_has_one_line_per_read_whatever_is_missing_on_the_way() {
+        let keys = Keys::new(&InputReads::of_paths(vec![
+            vec!["f".into(), "a".into()],
+            vec!["f".into(), "b".into()],
+            vec!["g".into()],
+        ]));
+        let key = |json: &str| {
+            let k = keys.of(&RegoValue::from_json_str(json).expect("json"));
+            String::from_utf8(k.expect("short")).expect("utf-8")
+        };
+        // `f.a` and `f.b` are undefined in all three: one key.
+        let undefined = key(r#"{"g": 1}"#);
+        assert_eq!(undefined, "!\n!\n=1\n");
+        assert_eq!(key(r#"{"f": {}, "g": 1}"#), undefined);
+        assert_eq!(key(r#"{"f": "text", "g": 1}"#), undefined);
+        // Any read seeing something else is another key, however the lines would shift.
+        assert_ne!(key(r#"{"f": {"b": 1}}"#), key(r#"{"f": {"a": 1}}"#));
+        assert_ne!(
+            key(r#"{"f": {"a": 1}, "g": 1}"#),
+            key(r#"{"f": {"b": 1}, "g": 1}"#)
+        );
+        assert_eq!(key(r#"{"f": {"a": 1, "x": 2}}"#), "=1\n!\n!\n");
     }
 
     #[test]

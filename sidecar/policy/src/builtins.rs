@@ -116,7 +116,7 @@ pub const NOT_DETERMINISTIC: &[&str] = &[
     "crypto.",
     "http.",
     "io.",
-    "net.lookup",
+    "net.lookup_ip_addr",
     "opa.",
     "print",
     "rand.",

@@ -54,23 +54,32 @@ pub fn impure_call<'a>(
             None => return Some(format!("{file} (not parsed)")),
         }
     }
+    let never = |name: &str| {
+        NOT_DETERMINISTIC
+            .iter()
+            .any(|n| name == *n || (n.ends_with('.') && name.starts_with(n)))
+    };
+    let known = |name: &str| {
+        let last = name.rsplit('.').next().unwrap_or_default();
+        !never(name) && (DETERMINISTIC.contains(&name) || own.contains(last))
+    };
     for (file, text) in modules {
-        let calls = match reads::called_names(file, text) {
-            Ok(calls) => calls,
-            Err(_) => return Some(format!("{file} (not parsed)")),
+        let Ok(names) = reads::names(file, text) else {
+            return Some(format!("{file} (not parsed)"));
         };
-        for call in calls {
-            if KEYWORDS.contains(&call.as_str()) {
-                continue;
-            }
-            let last = call.rsplit('.').next().unwrap_or_default();
-            let never = NOT_DETERMINISTIC
-                .iter()
-                .any(|n| call == *n || (n.ends_with('.') && call.starts_with(n)));
-            let known = DETERMINISTIC.contains(&call.as_str()) || own.contains(last);
-            if never || !known {
-                return Some(call);
-            }
+        // Named at all, even without a call (`with f as time.now_ns`): not deterministic.
+        if let Some(name) = names.mentioned.into_iter().find(|n| never(n)) {
+            return Some(name);
+        }
+        let calls = names
+            .calls
+            .into_iter()
+            .filter(|c| !KEYWORDS.contains(&c.as_str()));
+        // A function replaced for one expression is replaced by a literal, or by a function
+        // that must itself be known.
+        let replacements = names.replacements.into_iter().flatten();
+        if let Some(name) = calls.chain(replacements).find(|n| !known(n)) {
+            return Some(name);
         }
     }
     None
@@ -286,6 +295,25 @@ deny contains "time.now_ns()" if false
         assert_eq!(impure(text).as_deref(), Some("time.now_ns"));
         let text = "package mcp.authz\nimport rego.v1\nprint(x) := x\nallow if print(1)\n";
         assert_eq!(impure(text).as_deref(), Some("print"));
+    }
+
+    #[test]
+    fn a_function_replaced_for_one_expression_must_be_deterministic_too() {
+        let bundle = |body: &str| {
+            format!(
+                "package mcp.authz\nimport rego.v1\nf(x) := x\ng(x) := x\nallow if {{\n\t{body}\n}}\n"
+            )
+        };
+        for (body, expected) in [
+            ("f(1) with f as time.now_ns", Some("time.now_ns")),
+            ("f(1) with f as mystery", Some("mystery")),
+            ("f(1) with f as g", None),
+            ("f(1) with f as 2", None),
+            ("input.a with input as {\"a\": 1}", None),
+            ("input.a with input.subject as data.fixtures.alice", None),
+        ] {
+            assert_eq!(impure(&bundle(body)).as_deref(), expected, "{body}");
+        }
     }
 
     #[test]

@@ -164,21 +164,69 @@ impl InputReads {
     }
 }
 
-/// The name of every function called in one module, in order, as written before its
-/// parenthesis (`startswith`, `time.now_ns`, `lib.util.ok`); a name reached through something
-/// computed (`x[0].f(`) starts with `?`. Words that stand before a parenthesis without calling
-/// (`not (`, `if (`) are among them; the caller tells them apart.
-pub(crate) fn called_names(file: &str, text: &str) -> Result<Vec<String>, PolicyError> {
+/// The names of one module, as far as telling whether it is deterministic needs them.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Names {
+    /// Every function called, as written before its parenthesis (`startswith`, `time.now_ns`,
+    /// `lib.util.ok`); a name reached through something computed (`x[0].f(`) starts with `?`.
+    /// Words that stand before a parenthesis without calling (`not (`, `if (`) are among them;
+    /// the caller tells them apart.
+    pub calls: Vec<String>,
+    /// Every dotted name written anywhere (`input.subject.roles`, `time.now_ns`), called or not.
+    pub mentioned: Vec<String>,
+    /// What a function is replaced by for one expression (`with f as g`, `with time.now_ns as
+    /// t`): the name after `as` when the replaced one is neither `input` nor `data` (those are
+    /// replaced by values). `None` for a replacement that is not a name (a literal).
+    pub replacements: Vec<Option<String>>,
+}
+
+/// The dotted name starting at `tokens[at]` (a name not itself after a dot), and where it ends.
+fn chain_at(tokens: &[Tok], at: usize) -> Option<(String, usize)> {
+    let Some(Tok::Name(first)) = tokens.get(at) else {
+        return None;
+    };
+    let mut name = first.clone();
+    let mut end = at + 1;
+    while is_symbol(tokens.get(end), ".") {
+        let Some(Tok::Name(next)) = tokens.get(end + 1) else {
+            break;
+        };
+        name.push('.');
+        name.push_str(next);
+        end += 2;
+    }
+    Some((name, end))
+}
+
+pub(crate) fn names(file: &str, text: &str) -> Result<Names, PolicyError> {
     let tokens = tokens(file, text)?;
-    let mut calls = Vec::new();
+    let mut names = Names::default();
     for (i, token) in tokens.iter().enumerate() {
+        let after_dot = i
+            .checked_sub(1)
+            .is_some_and(|b| is_symbol(tokens.get(b), "."));
+        if !after_dot && let Some((name, _)) = chain_at(&tokens, i) {
+            names.mentioned.push(name);
+        }
+        if is_name(Some(token), "with") {
+            let target = chain_at(&tokens, i + 1);
+            let replaces_a_function = target.as_ref().is_some_and(|(t, _)| {
+                t != "input" && t != "data" && !t.starts_with("input.") && !t.starts_with("data.")
+            });
+            let as_at = target.map_or(i + 1, |(_, end)| end);
+            if replaces_a_function && is_name(tokens.get(as_at), "as") {
+                names
+                    .replacements
+                    .push(chain_at(&tokens, as_at + 1).map(|(n, _)| n));
+            }
+        }
         if !matches!(token, Tok::Symbol(s) if s == "(") {
             continue;
         }
         let mut at = i;
-        let mut names = Vec::new();
+        let mut parts = Vec::new();
         while let Some(Tok::Name(name)) = at.checked_sub(1).and_then(|b| tokens.get(b)) {
-            names.push(name.as_str());
+            parts.push(name.as_str());
             at -= 1;
             let dot = at.checked_sub(1).and_then(|b| tokens.get(b));
             let named = at.checked_sub(2).and_then(|b| tokens.get(b));
@@ -186,17 +234,17 @@ pub(crate) fn called_names(file: &str, text: &str) -> Result<Vec<String>, Policy
                 break;
             }
             if !matches!(named, Some(Tok::Name(_))) {
-                names.push("?");
+                parts.push("?");
                 break;
             }
             at -= 1;
         }
-        if !names.is_empty() {
-            names.reverse();
-            calls.push(names.join("."));
+        if !parts.is_empty() {
+            parts.reverse();
+            names.calls.push(parts.join("."));
         }
     }
-    Ok(calls)
+    Ok(names)
 }
 
 /// Writes, into `out`, what a read of `path` below `value` sees: the value at its end, or the

@@ -351,19 +351,13 @@ impl CompiledBundle {
         t: &Terms,
         frame: &Frame,
     ) -> Result<Arc<str>, PolicyError> {
-        let document = frame.document_of_frame();
-        let key = t.values.key(&document);
-        if let Some(values) = key.as_deref().and_then(|k| t.values.get(k)) {
-            return Ok(values);
-        }
-        let values: Arc<str> = self
-            .eval_bytecode(bc, document, Entry::Terms)?
-            .to_string()
-            .into();
-        if let Some(key) = key {
-            t.values.insert(key, &values);
-        }
-        Ok(values)
+        t.values
+            .get_or_evaluate(frame.document_of_frame(), |document| {
+                Ok(self
+                    .eval_bytecode(bc, document, Entry::Terms)?
+                    .to_string()
+                    .into())
+            })
     }
 
     /// What of `frame` this bundle's rules can tell apart, as one text: two frames with the same
@@ -508,18 +502,10 @@ impl CompiledBundle {
     /// decision remembered for an input the rules cannot tell from this one, or else a new one
     /// (remembered when it succeeds).
     pub fn decide_value(&self, input: RegoValue) -> Result<Decision, PolicyError> {
-        let Ok(memo) = &self.memo else {
-            return self.evaluate_decision(input);
-        };
-        let key = memo.key(&input);
-        if let Some(decision) = key.as_deref().and_then(|k| memo.get(k)) {
-            return Ok(decision);
+        match &self.memo {
+            Ok(memo) => memo.get_or_evaluate(input, |input| self.evaluate_decision(input)),
+            Err(_) => self.evaluate_decision(input),
         }
-        let decision = self.evaluate_decision(input)?;
-        if let Some(key) = key {
-            memo.insert(key, &decision);
-        }
-        Ok(decision)
     }
 
     fn evaluate_decision(&self, input: RegoValue) -> Result<Decision, PolicyError> {

@@ -224,16 +224,29 @@ impl<V: Clone> Memo<V> {
         }
     }
 
-    /// The key of `input` under the rules' reads ([`Keys::of`]).
-    pub(crate) fn key(&self, input: &RegoValue) -> Option<Vec<u8>> {
-        self.keys.of(input)
+    /// The answer remembered for an input the rules cannot tell from `input`, or else
+    /// `evaluate`'s, remembered when it succeeds.
+    pub(crate) fn get_or_evaluate<E>(
+        &self,
+        input: RegoValue,
+        evaluate: impl FnOnce(RegoValue) -> Result<V, E>,
+    ) -> Result<V, E> {
+        let key = self.keys.of(&input);
+        if let Some(value) = key.as_deref().and_then(|k| self.get(k)) {
+            return Ok(value);
+        }
+        let value = evaluate(input)?;
+        if let Some(key) = key {
+            self.insert(key, &value);
+        }
+        Ok(value)
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<V> {
+    fn get(&self, key: &[u8]) -> Option<V> {
         self.entries.lock().get(key).cloned()
     }
 
-    pub(crate) fn insert(&self, key: Vec<u8>, value: &V) {
+    fn insert(&self, key: Vec<u8>, value: &V) {
         let mut entries = self.entries.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
@@ -328,12 +341,12 @@ deny contains "time.now_ns()" if false
             ))
             .expect("json")
         };
-        let a = memo.key(&doc(r#"["x"]"#, r#"{"n": 1}"#, "alice"));
+        let a = memo.keys.of(&doc(r#"["x"]"#, r#"{"n": 1}"#, "alice"));
         assert!(a.is_some());
-        assert_eq!(a, memo.key(&doc(r#"["x"]"#, r#"{"n": 1}"#, "bob")));
-        assert_ne!(a, memo.key(&doc(r#"["y"]"#, r#"{"n": 1}"#, "alice")));
-        assert_ne!(a, memo.key(&doc(r#"["x"]"#, r#"{"n": "1"}"#, "alice")));
-        assert_ne!(a, memo.key(&doc(r#"["x"]"#, r#"{}"#, "alice")));
+        assert_eq!(a, memo.keys.of(&doc(r#"["x"]"#, r#"{"n": 1}"#, "bob")));
+        assert_ne!(a, memo.keys.of(&doc(r#"["y"]"#, r#"{"n": 1}"#, "alice")));
+        assert_ne!(a, memo.keys.of(&doc(r#"["x"]"#, r#"{"n": "1"}"#, "alice")));
+        assert_ne!(a, memo.keys.of(&doc(r#"["x"]"#, r#"{}"#, "alice")));
         // A bundle that reads nothing of the input decides alike on every input.
         let nothing = Keys::new(&InputReads::of_paths(Vec::new()));
         assert_eq!(
@@ -341,7 +354,7 @@ deny contains "time.now_ns()" if false
             nothing.of(&doc(r#"["y"]"#, r#"{"n": 2}"#, "bob"))
         );
         let long = format!(r#"{{"text": "{}"}}"#, "x".repeat(MAX_KEY_BYTES));
-        assert_eq!(memo.key(&doc(r#"["x"]"#, &long, "alice")), None);
+        assert_eq!(memo.keys.of(&doc(r#"["x"]"#, &long, "alice")), None);
     }
 
     #[test]

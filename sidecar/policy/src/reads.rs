@@ -201,14 +201,24 @@ fn chain_at(tokens: &[Tok], at: usize) -> Option<(String, usize)> {
 pub(crate) fn names(file: &str, text: &str) -> Result<Names, PolicyError> {
     let tokens = tokens(file, text)?;
     let mut names = Names::default();
-    for (i, token) in tokens.iter().enumerate() {
-        let after_dot = i
-            .checked_sub(1)
-            .is_some_and(|b| is_symbol(tokens.get(b), "."));
-        if !after_dot && let Some((name, _)) = chain_at(&tokens, i) {
-            names.mentioned.push(name);
+    for i in 0..tokens.len() {
+        let before = |back: usize| i.checked_sub(back).and_then(|b| tokens.get(b));
+        // A name after a dot continues the name before it, unless something computed (`]`,
+        // `)`) stands before the dot.
+        let after_dot = is_symbol(before(1), ".");
+        if after_dot && matches!(before(2), Some(Tok::Name(_))) {
+            continue;
         }
-        if is_name(Some(token), "with") {
+        if let Some((name, end)) = chain_at(&tokens, i) {
+            let name = if after_dot { format!("?.{name}") } else { name };
+            if is_symbol(tokens.get(end), "(") {
+                names.calls.push(name.clone());
+            }
+            if !after_dot {
+                names.mentioned.push(name);
+            }
+        }
+        if is_name(tokens.get(i), "with") {
             let target = chain_at(&tokens, i + 1);
             let replaces_a_function = target.as_ref().is_some_and(|(t, _)| {
                 t != "input" && t != "data" && !t.starts_with("input.") && !t.starts_with("data.")
@@ -219,29 +229,6 @@ pub(crate) fn names(file: &str, text: &str) -> Result<Names, PolicyError> {
                     .replacements
                     .push(chain_at(&tokens, as_at + 1).map(|(n, _)| n));
             }
-        }
-        if !matches!(token, Tok::Symbol(s) if s == "(") {
-            continue;
-        }
-        let mut at = i;
-        let mut parts = Vec::new();
-        while let Some(Tok::Name(name)) = at.checked_sub(1).and_then(|b| tokens.get(b)) {
-            parts.push(name.as_str());
-            at -= 1;
-            let dot = at.checked_sub(1).and_then(|b| tokens.get(b));
-            let named = at.checked_sub(2).and_then(|b| tokens.get(b));
-            if !is_symbol(dot, ".") {
-                break;
-            }
-            if !matches!(named, Some(Tok::Name(_))) {
-                parts.push("?");
-                break;
-            }
-            at -= 1;
-        }
-        if !parts.is_empty() {
-            parts.reverse();
-            names.calls.push(parts.join("."));
         }
     }
     Ok(names)

@@ -61,6 +61,7 @@ done
 BENCH_TOOL=instructions
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+[ "$DISTINCT" = 1 ] && [ "$LIST" = 1 ] && die "--distinct gives calls distinct arguments; --list sends no call: use one"
 for tool in valgrind callgrind_control callgrind_annotate curl; do
   command -v "$tool" >/dev/null || die "$tool is missing (Debian: apt-get install valgrind curl)"
 done
@@ -113,13 +114,14 @@ stop_sidecar() {
   wait "$SC_PID" 2>/dev/null || true
 }
 
+META='"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}'
 body() { # body TEXT: a call of echo with TEXT
-  printf '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"%s"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}' "$1"
+  printf '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"%s"},%s}}' "$1" "$META"
 }
 body "hello from wrk" >"$WORK/body.json"
 MIRROR=('header = "Mcp-Method: tools/call"' 'header = "Mcp-Name: echo"')
 if [ "$LIST" = 1 ]; then
-  printf '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp-guard-bench","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}' >"$WORK/body.json"
+  printf '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{%s}}' "$META" >"$WORK/body.json"
   MIRROR=('header = "Mcp-Method: tools/list"')
 fi
 SENT=0

@@ -10,7 +10,7 @@ use mcp_guard_sidecar::auth::jsonwebtoken::{
     self as jwt, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
 use mcp_guard_tests::oidc::{
-    IdentityServer, Provider, RESOURCE, b64url, gen_key, jwt_parts, probe, whoami,
+    IdentityServer, Provider, RESOURCE, b64url, b64url_decode, gen_key, jwt_parts, probe, whoami,
 };
 use mcp_guard_tests::{PROTOCOL_2025, Sidecar, TempDir, initialize_body, post, workspace_root};
 use serde_json::{Value, json};
@@ -176,7 +176,12 @@ async fn adversarial_tokens_against_the_real_provider() {
         Some("invalid_token"),
     ));
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-    parts[2] = format!("{}AA", &parts[2][..parts[2].len() - 2]);
+    // Flip one bit of the decoded signature: editing the base64 text instead can leave the
+    // decoded bytes unchanged (the old "replace the last two characters with AA" did for one
+    // token in 256), and the forged token would then verify.
+    let mut signature = b64url_decode(&parts[2]).expect("the provider's signature is base64url");
+    signature[0] ^= 0x01;
+    parts[2] = b64url(&signature);
     cases.push((
         "bad signature",
         bearer(&parts.join(".")),

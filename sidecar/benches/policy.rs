@@ -111,7 +111,7 @@ fn bench_first_listings(
         b.iter_batched(
             || (make(), list.clone()),
             |(interceptor, mut result)| {
-                interceptor.filter_list(ctx, List::Tools, &mut result);
+                interceptor.filter_result(ctx, List::Tools, &mut result);
                 // Returned, so the interceptor (which lives as long as the sidecar) is dropped
                 // outside the measurement.
                 black_box((interceptor, result))
@@ -124,11 +124,11 @@ fn bench_first_listings(
             b.iter_batched(
                 || {
                     let interceptor = make();
-                    interceptor.filter_list(other, List::Tools, &mut list.clone());
+                    interceptor.filter_result(other, List::Tools, &mut list.clone());
                     (interceptor, list.clone())
                 },
                 |(interceptor, mut result)| {
-                    interceptor.filter_list(ctx, List::Tools, &mut result);
+                    interceptor.filter_result(ctx, List::Tools, &mut result);
                     // Returned, so the interceptor (which lives as long as the sidecar) is dropped
                     // outside the measurement.
                     black_box((interceptor, result))
@@ -191,7 +191,7 @@ fn filtering(c: &mut Criterion) {
 
     // The request path of one tools/call: input frame (caller converted once per token) + VM.
     let warm = new_interceptor();
-    warm.filter_list(&ctx, List::Tools, &mut list.clone());
+    warm.filter_result(&ctx, List::Tools, &mut list.clone());
     let call_with = |tool: &str, arguments: Value| {
         let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
                           "params":{"name": tool, "arguments": arguments}});
@@ -283,7 +283,7 @@ fn filtering(c: &mut Criterion) {
         b.iter_batched(
             || list.clone(),
             |mut result| {
-                warm.filter_list(&ctx, List::Tools, &mut result);
+                warm.filter_result(&ctx, List::Tools, &mut result);
                 black_box(result)
             },
             criterion::BatchSize::LargeInput,
@@ -337,12 +337,12 @@ fn filtering(c: &mut Criterion) {
         let mut cfg = config.clone();
         cfg.pod_namespace = namespace.into();
         let (mut per_item, mut batch) = (list.clone(), list.clone());
-        PolicyInterceptor::new(&cfg, Arc::clone(&store), Arc::clone(&metrics)).filter_list(
+        PolicyInterceptor::new(&cfg, Arc::clone(&store), Arc::clone(&metrics)).filter_result(
             &caller_ctx,
             List::Tools,
             &mut per_item,
         );
-        PolicyInterceptor::new(&cfg, Arc::clone(&batch_store), Arc::clone(&metrics)).filter_list(
+        PolicyInterceptor::new(&cfg, Arc::clone(&batch_store), Arc::clone(&metrics)).filter_result(
             &caller_ctx,
             List::Tools,
             &mut batch,

@@ -21,6 +21,7 @@ use mcp_guard_policy::mcp::{Class, Item, ItemKind, List};
 
 use crate::intercept::{Context, DecisionNote, Filtered, Interceptor, Verdict};
 use crate::jsonrpc::Message;
+use crate::list_answer::ListAnswer;
 use crate::policy::{PolicyConfig, PolicyStore};
 
 /// Refusals kept, newest first.
@@ -174,11 +175,11 @@ impl Interceptor for Watch {
         self.inner.rewrites(list)
     }
 
-    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
-        if list == List::Tools {
+    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
+        if answer.list == List::Tools {
             self.seen.caller(ctx);
         }
-        self.inner.filter_list(ctx, list, result)
+        self.inner.filter_list(ctx, answer)
     }
 
     fn task_created(&self, task_id: &str, tool: &str) {
@@ -244,7 +245,7 @@ pub fn access(seen: &Seen) -> Value {
                                 None => b
                                     .visible_value(frame.list_item(
                                         List::Tools,
-                                        &json!({"name": name}),
+                                        Some(name),
                                         Some(view.clone()),
                                     ))
                                     .unwrap_or(false),
@@ -282,6 +283,7 @@ pub fn access(seen: &Seen) -> Value {
 mod tests {
     use super::*;
     use crate::intercept::{StaticToolFilter, Transport};
+    use crate::list_answer::filter_value;
 
     /// An anonymous caller's request of `method`, naming `tool`.
     fn request(method: &str, tool: &str) -> (Context<'static>, Message) {
@@ -325,7 +327,7 @@ mod tests {
 
         let mut list = json!({"tools":[{"name":"echo"},{"name":"rm"}]});
         seen.catalog.record(list["tools"].as_array().unwrap());
-        let f = w.filter_list(&ctx, List::Tools, &mut list);
+        let f = filter_value(&*w, &ctx, List::Tools, &mut list);
         assert_eq!(f.hidden, ["rm"]);
         assert_eq!(list, json!({"tools":[{"name":"echo"}]}));
         let t = access(&seen);
@@ -380,8 +382,8 @@ mod tests {
         };
         let mut list = json!({"tools": [{"name": "echo"}, {"name": "rm"}]});
         seen.catalog.record(list["tools"].as_array().unwrap());
-        w.filter_list(&anonymous, List::Tools, &mut list.clone());
-        w.filter_list(&as_admin, List::Tools, &mut list);
+        filter_value(&*w, &anonymous, List::Tools, &mut list.clone());
+        filter_value(&*w, &as_admin, List::Tools, &mut list);
         let t = access(&seen);
         assert!(t["policyHash"].is_string(), "{t}");
         let decided = |tool: usize, who: usize| {

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use crate::intercept::{Interceptor, StaticToolFilter, Transport};
 use crate::jsonrpc::{Message, Payload};
+use crate::list_answer::{MarksPrivate, Read};
+use crate::observe::ListNotes;
 use crate::proxy::rewrite::Rewriter;
 use crate::sse::EventSplitter;
 use mcp_guard_policy::mcp::List;
@@ -96,7 +98,10 @@ pub fn sse_split(data: &[u8]) {
 }
 
 fn hiding_rewriter(sniff: bool, pending: Vec<(String, List)>) -> Rewriter {
-    let filter: Arc<dyn Interceptor> = Arc::new(StaticToolFilter::new(&[], &[HIDDEN.to_owned()]));
+    let filter: Arc<dyn Interceptor> = Arc::new(MarksPrivate(StaticToolFilter::new(
+        &[],
+        &[HIDDEN.to_owned()],
+    )));
     Rewriter::new(
         filter,
         Transport::StreamableHttp,
@@ -193,13 +198,37 @@ pub fn sse_rewrite(data: &[u8]) {
     }
 }
 
-/// A JSON answer to a `tools/list` the client sent with id 1.
+/// A JSON answer to a `tools/list` the client sent with id 1. Also: the answer read without
+/// parsing its items is rewritten as the same answer parsed whole is (the same message to a
+/// JSON reader, the same audit notes).
 pub fn json_rewrite(data: &[u8]) {
-    let mut rewriter = hiding_rewriter(false, vec![("1".to_owned(), List::Tools)]);
+    let pending = || vec![("1".to_owned(), List::Tools)];
+    let notes = ListNotes::default();
+    let mut rewriter = hiding_rewriter(false, pending()).with_audit(Some(Arc::clone(&notes)));
     let out = rewriter.rewrite_json(data);
     let sent = out.as_deref().unwrap_or(data);
     if let Ok(v) = serde_json::from_slice::<Value>(sent) {
         assert_hidden_absent(&v);
+    }
+    let parsed_notes = ListNotes::default();
+    let mut parsed = hiding_rewriter(false, pending()).with_audit(Some(Arc::clone(&parsed_notes)));
+    let expected = parsed.rewrite_parsed(data);
+    let read = |b: &Option<Bytes>| {
+        b.as_deref()
+            .map(|b| serde_json::from_slice::<Value>(b).map_err(|_| b.to_vec()))
+    };
+    assert_eq!(
+        read(&out),
+        read(&expected),
+        "read and parsed answers differ"
+    );
+    assert_eq!(*notes.lock(), *parsed_notes.lock(), "audit notes differ");
+    // Written again, a read answer is still one each reader reads alike: no member twice.
+    if let (Some(_), Some(out)) = (Read::of(data), &out) {
+        assert!(
+            Read::of(out).is_some(),
+            "the rewritten answer gives a member twice"
+        );
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::identity::Identity;
 use crate::jsonrpc::{self, Message};
+use crate::list_answer::ListAnswer;
 use mcp_guard_policy::mcp::{List, Method};
 
 /// Which MCP transport a message arrived on.
@@ -164,14 +165,6 @@ impl Filtered {
     }
 }
 
-/// The name of a list item (its `name`, or its `uri` / `uriTemplate`), as the audit records it.
-pub fn item_name(list: List, item: &Value) -> String {
-    item.get(list.item_field())
-        .and_then(Value::as_str)
-        .unwrap_or("(unnamed)")
-        .to_owned()
-}
-
 /// Decides on client messages and rewrites list results.
 pub trait Interceptor: Send + Sync + 'static {
     /// Decides on one request or notification from the client.
@@ -185,8 +178,16 @@ pub trait Interceptor: Send + Sync + 'static {
     /// Whether answers to `list` must be seen (and possibly rewritten) by [`Self::filter_list`].
     fn rewrites(&self, list: List) -> bool;
 
-    /// Removes from a list `result` the items this caller may not see, and says which.
-    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered;
+    /// Removes from a list answer the items this caller may not see, and says which.
+    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered;
+
+    /// [`Self::filter_list`] on a parsed list `result` (a `tools/list` result object, say).
+    fn filter_result(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered
+    where
+        Self: Sized,
+    {
+        crate::list_answer::filter_value(self, ctx, list, result)
+    }
 
     /// The server created task `task_id` for a call of `tool` (a task-augmented `tools/call`):
     /// later requests that name the task are decided with the tool they stem from.
@@ -222,10 +223,10 @@ impl Interceptor for Chain {
         self.0.iter().any(|i| i.rewrites(list))
     }
 
-    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
+    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
         let mut all = Filtered::default();
         for i in &self.0 {
-            all.merge(i.filter_list(ctx, list, result));
+            all.merge(i.filter_list(ctx, answer));
         }
         all
     }
@@ -312,31 +313,34 @@ impl Interceptor for StaticToolFilter {
         list == List::Tools
     }
 
-    fn filter_list(&self, _ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
+    fn filter_list(&self, _ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
         let mut out = Filtered::default();
-        if list != List::Tools {
+        if answer.list != List::Tools {
             return out;
         }
-        let Some(items) = result.get_mut("tools").and_then(Value::as_array_mut) else {
-            return out;
-        };
         // An item without a readable name cannot be judged: fail closed and drop it.
-        items.retain(|t| {
-            let name = t.get("name").and_then(Value::as_str);
-            let by = match name {
-                Some(n) => self.hidden_by(n),
-                None => Some("mcp-guard"),
-            };
-            let Some(by) = by else {
-                return true;
-            };
-            out.hidden.push(item_name(List::Tools, t));
-            if !out.sources.contains(&by) {
-                out.sources.push(by);
-            }
-            false
-        });
-        out.removed = !out.hidden.is_empty();
+        let keep: Vec<bool> = answer
+            .items()
+            .iter()
+            .map(|t| {
+                let by = match t.name() {
+                    Some(n) => self.hidden_by(n),
+                    None => Some("mcp-guard"),
+                };
+                let Some(by) = by else {
+                    return true;
+                };
+                out.hidden.push(t.display_name());
+                if !out.sources.contains(&by) {
+                    out.sources.push(by);
+                }
+                false
+            })
+            .collect();
+        if !out.hidden.is_empty() {
+            answer.retain(keep);
+            out.removed = true;
+        }
         out
     }
 }
@@ -378,7 +382,7 @@ mod tests {
         assert!(!f.visible("add"));
         let mut r =
             json!({"tools":[{"name":"echo"},{"name":"add"},{"title":"no name"}],"nextCursor":"c"});
-        let f = f.filter_list(&CTX, List::Tools, &mut r);
+        let f = f.filter_result(&CTX, List::Tools, &mut r);
         assert!(f.removed);
         assert_eq!(f.hidden, ["add", "(unnamed)"]);
         assert_eq!(f.sources, ["--allow-tools", "mcp-guard"]);

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod intercept;
 pub mod jsonrpc;
 pub mod limits;
+pub mod list_answer;
 pub mod metrics;
 pub mod observe;
 pub mod pod;

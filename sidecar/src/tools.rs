@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http_body_util::{BodyExt, Limited};
-use mcp_guard_policy::catalog::{ToolCatalog, View};
+use mcp_guard_policy::catalog::{Definition, ToolCatalog, View};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -50,7 +50,7 @@ impl Listing {
 
 /// Records one `tools/list` answer's tools (before filtering) and says what changed: a changed
 /// definition is logged and counted. Returns every tool's policy view, in list order.
-pub fn record(catalog: &ToolCatalog, metrics: &Metrics, tools: &[Value]) -> Vec<View> {
+pub fn record<D: Definition>(catalog: &ToolCatalog, metrics: &Metrics, tools: &[D]) -> Vec<View> {
     let recorded = catalog.record(tools);
     if recorded.unpinned > 0 {
         tracing::warn!(

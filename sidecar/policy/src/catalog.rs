@@ -44,7 +44,58 @@ struct Entry {
     /// The arguments this definition mirrors into `Mcp-Param-*` headers.
     params: ParamHeaders,
     /// The definition `hash` is of, while fewer than [`MAX_KEPT`] are kept.
-    definition: Option<Value>,
+    definition: Option<Kept>,
+}
+
+/// A definition kept to compare the next listing's with: the server's text when the listing
+/// gave one (compared byte for byte, nothing parsed), else the parsed definition.
+#[derive(Debug, Clone)]
+enum Kept {
+    Text(Box<str>),
+    Value(Value),
+}
+
+impl Kept {
+    fn of(def: &impl Definition) -> Kept {
+        match def.text() {
+            Some(t) => Kept::Text(t.into()),
+            None => Kept::Value(def.value().clone()),
+        }
+    }
+
+    /// Whether `def` is this definition. The same text is the same definition; a text not
+    /// the same may still be (spaces, key order), and is then hashed again, which finds so.
+    fn is(&self, def: &impl Definition) -> bool {
+        match (self, def.text()) {
+            (Kept::Text(kept), Some(text)) => **kept == *text,
+            (Kept::Text(_), None) => false,
+            (Kept::Value(kept), _) => kept == def.value(),
+        }
+    }
+}
+
+/// A tool definition as a listing gives it. The catalog asks for the parsed definition only
+/// when it has to (a tool new or changed), so a listing that hands over the server's text
+/// spares the parse of every tool it lists again.
+pub trait Definition {
+    /// The tool's name: the definition's `name`, when it is a string.
+    fn name(&self) -> Option<&str>;
+    /// The definition parsed.
+    fn value(&self) -> &Value;
+    /// The definition's JSON text exactly as the server sent it, when the listing has it.
+    fn text(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Definition for Value {
+    fn name(&self) -> Option<&str> {
+        self.get("name")?.as_str()
+    }
+
+    fn value(&self) -> &Value {
+        self
+    }
 }
 
 /// What changed when a list answer was recorded.
@@ -158,7 +209,7 @@ impl ToolCatalog {
     /// Records the tools of one `tools/list` answer (before filtering): pins each new name,
     /// reports each definition that differs from its pinned one, and returns every item's
     /// policy view, in list order.
-    pub fn record(&self, tools: &[Value]) -> Recorded {
+    pub fn record<D: Definition>(&self, tools: &[D]) -> Recorded {
         let mut recorded = Recorded {
             changed: Vec::new(),
             views: Vec::with_capacity(tools.len()),
@@ -172,15 +223,18 @@ impl ToolCatalog {
             tools
                 .iter()
                 .map(|def| {
-                    let e = inner.tools.get(def.get("name")?.as_str()?)?;
-                    (e.definition.as_ref() == Some(def)).then(|| Arc::clone(&e.hash))
+                    let e = inner.tools.get(def.name()?)?;
+                    e.definition
+                        .as_ref()
+                        .is_some_and(|kept| kept.is(def))
+                        .then(|| Arc::clone(&e.hash))
                 })
                 .collect()
         };
         let hashes: Vec<Arc<str>> = tools
             .iter()
             .zip(known)
-            .map(|(d, known)| known.unwrap_or_else(|| definition_hash(d).into()))
+            .map(|(d, known)| known.unwrap_or_else(|| definition_hash(d.value()).into()))
             .collect();
         let mut inner = self.inner.write();
         let Inner {
@@ -189,21 +243,32 @@ impl ToolCatalog {
             keys,
         } = &mut *inner;
         for (def, hash) in tools.iter().zip(hashes) {
-            let Some(name) = def.get("name").and_then(Value::as_str) else {
+            let Some(name) = def.name() else {
                 recorded
                     .views
-                    .push((annotate(def, &hash, &hash, keys), hash));
+                    .push((annotate(def.value(), &hash, &hash, keys), hash));
                 continue;
             };
             let full = map.len() >= MAX_TOOLS;
             let view = match map.get_mut(name) {
-                Some(e) if e.hash == hash => e.view.clone(),
+                Some(e) if e.hash == hash => {
+                    // The same definition in another text (the sidecar's own listing at start
+                    // gave it parsed): keep the text, so the next listing compares bytes.
+                    if let Some(kept) = &mut e.definition
+                        && def.text().is_some()
+                        && !matches!(kept, Kept::Text(t) if Some(&**t) == def.text())
+                    {
+                        *kept = Kept::of(def);
+                    }
+                    e.view.clone()
+                }
                 Some(e) => {
-                    e.view = annotate(def, &hash, &e.pinned, keys);
+                    let value = def.value();
+                    e.view = annotate(value, &hash, &e.pinned, keys);
                     e.hash = Arc::clone(&hash);
-                    e.params = param_headers::declared(def.get("inputSchema"));
+                    e.params = param_headers::declared(value.get("inputSchema"));
                     if e.definition.is_some() {
-                        e.definition = Some(def.clone());
+                        e.definition = Some(Kept::of(def));
                     }
                     if e.pinned != hash {
                         recorded.changed.push(Changed {
@@ -216,7 +281,7 @@ impl ToolCatalog {
                 }
                 None if full => {
                     recorded.unpinned += 1;
-                    annotate(def, &hash, &unpinned, keys)
+                    annotate(def.value(), &hash, &unpinned, keys)
                 }
                 None => {
                     let pinned = self.first_pin(name, &hash, &unpinned);
@@ -227,8 +292,9 @@ impl ToolCatalog {
                             now: Arc::clone(&hash),
                         });
                     }
-                    let view = annotate(def, &hash, &pinned, keys);
-                    let definition = (*kept < MAX_KEPT).then(|| def.clone());
+                    let value = def.value();
+                    let view = annotate(value, &hash, &pinned, keys);
+                    let definition = (*kept < MAX_KEPT).then(|| Kept::of(def));
                     *kept += usize::from(definition.is_some());
                     map.insert(
                         name.to_owned(),
@@ -236,7 +302,7 @@ impl ToolCatalog {
                             pinned,
                             hash: Arc::clone(&hash),
                             view: view.clone(),
-                            params: param_headers::declared(def.get("inputSchema")),
+                            params: param_headers::declared(value.get("inputSchema")),
                             definition,
                         },
                     );
@@ -375,6 +441,53 @@ mod tests {
         for ((_, hash), def) in recorded.views.iter().zip(&again) {
             assert_eq!(&**hash, definition_hash(def));
         }
+    }
+
+    /// A definition given as the server's text, as the sidecar's list answers give them.
+    struct Text(String, Value);
+
+    impl Text {
+        fn of(text: &str) -> Text {
+            Text(text.to_owned(), serde_json::from_str(text).unwrap())
+        }
+    }
+
+    impl Definition for Text {
+        fn name(&self) -> Option<&str> {
+            self.1.get("name")?.as_str()
+        }
+        fn value(&self) -> &Value {
+            &self.1
+        }
+        fn text(&self) -> Option<&str> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_definition_given_as_text_is_compared_as_text() {
+        let c = ToolCatalog::default();
+        // The sidecar's own listing at start gives it parsed; a client's listing as text.
+        let first = json!({"name": "echo", "description": "Echoes"});
+        c.record(std::slice::from_ref(&first));
+        let text = Text::of(r#"{"description":"Echoes","name":"echo"}"#);
+        let recorded = c.record(std::slice::from_ref(&text));
+        assert!(recorded.changed.is_empty());
+        assert_eq!(&*recorded.views[0].1, definition_hash(&first));
+        assert!(
+            matches!(&c.inner.read().tools["echo"].definition, Some(Kept::Text(t)) if **t == text.0),
+            "the text is kept for the next listing"
+        );
+        // The same definition written another way is still the same definition.
+        let spaced = Text::of(r#"{ "name": "echo", "description": "Echoes" }"#);
+        assert!(c.record(std::slice::from_ref(&spaced)).changed.is_empty());
+        // Another definition under the name is noticed, and hashed as what it is.
+        let other =
+            Text::of(r#"{"name":"echo","description":"Echoes, and sends your files away"}"#);
+        let recorded = c.record(std::slice::from_ref(&other));
+        assert_eq!(recorded.changed.len(), 1);
+        assert_eq!(&*recorded.views[0].1, definition_hash(&other.1));
+        assert!(c.record(std::slice::from_ref(&other)).changed.is_empty());
     }
 
     #[test]

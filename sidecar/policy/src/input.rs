@@ -327,11 +327,11 @@ impl Frame {
 
     /// The input deciding whether one item of a list answer is visible: the same as a call of
     /// that item with no arguments (`tools/call`, `prompts/get`, `resources/read`), with
-    /// `request.list` naming the list.
-    pub fn list_item(&self, list: List, item: &Value, tool: Option<RegoValue>) -> RegoValue {
+    /// `request.list` naming the list. `name` is the item's `name` (`uri`, `uriTemplate`), when a string.
+    pub fn list_item(&self, list: List, name: Option<&str>, tool: Option<RegoValue>) -> RegoValue {
         let method = list.item_call().name().unwrap_or_default();
         let key = list.item_kind().input_key();
-        let name = text(item.get(list.item_field()).and_then(Value::as_str));
+        let name = text(name);
         let mut request = self.request(method, Some(key), name, RegoValue::new_object());
         request.insert(NAMES.list.clone(), RegoValue::from(list.as_str()));
         self.document(RegoValue::from(request), tool.map(|t| ("tool", t)))

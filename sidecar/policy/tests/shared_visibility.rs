@@ -217,7 +217,11 @@ fn visibility(
         .zip(views)
         .map(|(def, view)| {
             bundle
-                .visible_value(frame.list_item(List::Tools, def, Some(view.clone())))
+                .visible_value(frame.list_item(
+                    List::Tools,
+                    def["name"].as_str(),
+                    Some(view.clone()),
+                ))
                 .expect("evaluates")
         })
         .collect()

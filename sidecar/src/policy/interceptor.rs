@@ -17,8 +17,9 @@ use mcp_guard_policy::mcp::{Class, Item, ItemKind, List, Method};
 use super::config::{Enforcement, PolicyConfig};
 use super::store::PolicyStore;
 use crate::identity::Identity;
-use crate::intercept::{Context, DecisionNote, Filtered, Interceptor, Verdict, item_name};
+use crate::intercept::{Context, DecisionNote, Filtered, Interceptor, Verdict};
 use crate::jsonrpc::{Message, code};
+use crate::list_answer::{ListAnswer, ListItem};
 use crate::metrics::Metrics;
 
 /// Tasks whose originating tool is remembered at most; past it the oldest is forgotten (its
@@ -241,7 +242,7 @@ impl PolicyInterceptor {
         bundle: &CompiledBundle,
         frame: &Frame,
         frame_number: u64,
-        item: &Value,
+        item: &ListItem<'_>,
         (view, hash): &View,
     ) -> bool {
         let key = (bundle.generation(), frame_number, Arc::clone(hash));
@@ -250,7 +251,7 @@ impl PolicyInterceptor {
         }
         let visible = self.item_visible(
             bundle,
-            frame.list_item(List::Tools, item, Some(view.clone())),
+            frame.list_item(List::Tools, item.name(), Some(view.clone())),
         );
         self.visible_cache.lock().insert(key, visible);
         visible
@@ -263,7 +264,7 @@ impl PolicyInterceptor {
         bundle: &CompiledBundle,
         frame: &Frame,
         list: List,
-        items: &[Value],
+        items: &[ListItem<'_>],
         views: &[View],
     ) -> Vec<bool> {
         if list == List::Tools {
@@ -278,7 +279,7 @@ impl PolicyInterceptor {
         }
         items
             .iter()
-            .map(|item| self.item_visible(bundle, frame.list_item(list, item, None)))
+            .map(|item| self.item_visible(bundle, frame.list_item(list, item.name(), None)))
             .collect()
     }
 
@@ -295,14 +296,13 @@ impl PolicyInterceptor {
         let Some(list) = item.kind.list() else {
             return true;
         };
-        let entry = list_item_of(list, item.name);
         if list == List::Tools && bundle.has_visible_tools {
-            let (view, _) = self.catalog.view_of(&entry);
+            let (view, _) = self.catalog.view_of(&list_item_of(list, item.name));
             return self
                 .visible_tools(bundle, frame, vec![view])
                 .contains(item.name);
         }
-        self.item_visible(bundle, frame.list_item(list, &entry, tool))
+        self.item_visible(bundle, frame.list_item(list, Some(item.name), tool))
     }
 
     /// The refusal of a governed request while no bundle ever compiled (fail closed).
@@ -436,11 +436,10 @@ impl Interceptor for PolicyInterceptor {
         self.tasks.lock().insert(task_id, tool);
     }
 
-    fn filter_list(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered {
+    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
         let mut out = Filtered::default();
-        let Some(items) = result.get_mut(list.field()).and_then(Value::as_array_mut) else {
-            return out;
-        };
+        let list = answer.list;
+        let items = answer.items();
         let views = if list == List::Tools {
             crate::tools::record(&self.catalog, &self.metrics, items)
         } else {
@@ -448,11 +447,11 @@ impl Interceptor for PolicyInterceptor {
         };
         let Some(bundle) = self.store.current() else {
             out.sources.push("no policy loaded");
-            out.hidden = items.iter().map(|i| item_name(list, i)).collect();
+            out.hidden = items.iter().map(ListItem::display_name).collect();
             if self.mode == Enforcement::Shadow {
                 return out;
             }
-            items.clear();
+            answer.clear();
             out.removed = !out.hidden.is_empty();
             tracing::warn!(
                 method = list.as_str(),
@@ -468,28 +467,22 @@ impl Interceptor for PolicyInterceptor {
             .iter()
             .zip(&keep)
             .filter(|(_, k)| !**k)
-            .map(|(i, _)| item_name(list, i))
+            .map(|(i, _)| i.display_name())
             .collect();
         if !out.hidden.is_empty() {
             out.sources.push("policy");
             if self.mode == Enforcement::Shadow {
                 tracing::info!(method = list.as_str(), hidden = out.hidden.len(), policy_hash = %bundle.hash, "would hide list items (shadow)");
             } else {
-                let mut flags = keep.into_iter();
-                items.retain(|_| flags.next().unwrap_or(false));
+                answer.retain(keep);
                 out.removed = true;
             }
         }
         // Visibility was decided for this caller: a result the server calls `public` (MCP
         // 2026-07-28 caching), or one that lost items, is this caller's view only. In shadow
         // mode every caller sees the same list, so the server's word stands.
-        let public = result.get("cacheScope").and_then(Value::as_str) != Some("private")
-            && result.get("cacheScope").is_some();
-        if self.mode == Enforcement::Enforce
-            && (out.removed || public)
-            && let Some(obj) = result.as_object_mut()
-        {
-            obj.insert("cacheScope".into(), Value::from("private"));
+        if self.mode == Enforcement::Enforce && (out.removed || answer.shared_by_server()) {
+            answer.make_private();
             out.made_private = true;
         }
         out
@@ -503,7 +496,7 @@ impl PolicyInterceptor {
         bundle: &CompiledBundle,
         frame: &Frame,
         list: List,
-        items: &[Value],
+        items: &[ListItem<'_>],
         views: Vec<View>,
     ) -> Vec<bool> {
         if list == List::Tools && bundle.has_visible_tools {
@@ -511,11 +504,7 @@ impl PolicyInterceptor {
             let names = self.visible_tools(bundle, frame, views);
             return items
                 .iter()
-                .map(|i| {
-                    i.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| names.contains(n))
-                })
+                .map(|i| i.name().is_some_and(|n| names.contains(n)))
                 .collect();
         }
         self.keep_items(bundle, frame, list, items, &views)
@@ -578,7 +567,7 @@ mod tests {
                 "tool": {"name": "run_query"},
             })
         );
-        let item = frame.list_item(List::Prompts, &json!({"name": "greet"}), None);
+        let item = frame.list_item(List::Prompts, Some("greet"), None);
         let item: Value = serde_json::from_str(&item.to_json_str().unwrap()).unwrap();
         assert_eq!(item["request"]["method"], "prompts/get");
         assert_eq!(item["request"]["prompt"], "greet");
@@ -754,7 +743,7 @@ deny contains "hidden" if input.request.tool == "secret"
         assert_eq!(p.check_noted(&ANON, &m, &mut n), Verdict::Allow);
         assert!(n.shadow_denied);
         let mut list = json!({"prompts": [{"name": "secret"}, {"name": "greet"}]});
-        let f = p.filter_list(&ANON, List::Prompts, &mut list);
+        let f = p.filter_result(&ANON, List::Prompts, &mut list);
         assert_eq!(
             (f.hidden.as_slice(), f.removed),
             (&["secret".to_owned()][..], false)
@@ -767,7 +756,7 @@ deny contains "hidden" if input.request.tool == "secret"
     fn filtering_names_what_it_hid_under_which_bundle() {
         let (p, dir) = governed(GOVERNANCE, Enforcement::Enforce);
         let mut list = json!({"resourceTemplates": [{"uriTemplate": "file:///x/{id}"}, {"uriTemplate": "note://{n}"}]});
-        let f = p.filter_list(&ANON, List::ResourceTemplates, &mut list);
+        let f = p.filter_result(&ANON, List::ResourceTemplates, &mut list);
         assert_eq!(f.hidden, ["file:///x/{id}"]);
         assert!(f.removed && f.policy_hash.is_some());
         assert_eq!(f.sources, ["policy"]);
@@ -801,7 +790,7 @@ allow if endswith(input.subject.email, "@example.com")
                 ..ANON
             };
             let mut list = json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]});
-            p.filter_list(&ctx, List::Tools, &mut list);
+            p.filter_result(&ctx, List::Tools, &mut list);
             list["tools"].as_array().map_or(0, Vec::len) == 1
         };
         let frames = || p.visible_cache.lock().frames.len();
@@ -829,23 +818,23 @@ allow if endswith(input.subject.email, "@example.com")
         // Nothing hidden for this caller, but another may see less: `public` does not stand.
         let mut list =
             json!({"prompts": [{"name": "greet"}], "cacheScope": "public", "ttlMs": 60000});
-        let f = p.filter_list(&ANON, List::Prompts, &mut list);
+        let f = p.filter_result(&ANON, List::Prompts, &mut list);
         assert!(f.hidden.is_empty() && f.changed());
         assert_eq!(list["cacheScope"], "private");
         assert_eq!(list["ttlMs"], 60000);
         // A private list with nothing hidden passes untouched (and is not re-serialized).
         let mut list = json!({"prompts": [{"name": "greet"}], "cacheScope": "private"});
-        assert!(!p.filter_list(&ANON, List::Prompts, &mut list).changed());
+        assert!(!p.filter_result(&ANON, List::Prompts, &mut list).changed());
         // An older revision's list (no caching hints) is left without one.
         let mut list = json!({"prompts": [{"name": "greet"}]});
-        assert!(!p.filter_list(&ANON, List::Prompts, &mut list).changed());
+        assert!(!p.filter_result(&ANON, List::Prompts, &mut list).changed());
         assert_eq!(list, json!({"prompts": [{"name": "greet"}]}));
         // In shadow mode every caller sees the whole list: the server's scope stands.
         let (shadow, shadow_dir) = governed(GOVERNANCE, Enforcement::Shadow);
         let mut list = json!({"prompts": [{"name": "secret"}], "cacheScope": "public"});
         assert!(
             !shadow
-                .filter_list(&ANON, List::Prompts, &mut list)
+                .filter_result(&ANON, List::Prompts, &mut list)
                 .changed()
         );
         assert_eq!(list["cacheScope"], "public");

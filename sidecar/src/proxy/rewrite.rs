@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::identity::Identity;
 use crate::intercept::{Context, Interceptor, Transport};
 use crate::jsonrpc::{self, code, id_key};
+use crate::list_answer;
 use crate::sse::{self, EventSplitter};
 use mcp_guard_policy::mcp::List;
 
@@ -145,16 +146,11 @@ impl Rewriter {
         let Some(method) = method else {
             return false;
         };
-        let ctx = Context {
-            transport: self.transport,
-            session_id: self.session_id.as_deref(),
-            identity: self.identity.as_deref(),
-            client: None,
-        };
+        let ctx = self.context();
         let Some(result) = obj.get_mut("result") else {
             return false;
         };
-        let filtered = self.interceptor.filter_list(&ctx, method, result);
+        let filtered = list_answer::filter_value(&*self.interceptor, &ctx, method, result);
         let changed = filtered.changed();
         if let (Some(notes), Some(id)) = (&self.audit, obj.get("id")) {
             notes.lock().push((id_key(id), filtered));
@@ -162,9 +158,44 @@ impl Rewriter {
         changed
     }
 
+    fn context(&self) -> Context<'_> {
+        Context {
+            transport: self.transport,
+            session_id: self.session_id.as_deref(),
+            identity: self.identity.as_deref(),
+            client: None,
+        }
+    }
+
     /// Rewrites a JSON body (one message or a batch). `None` when nothing changed.
     /// An answer to a filtered list that cannot be read is replaced by an error: fail closed.
+    ///
+    /// A single answer is read without parsing its items ([`list_answer::Read`]); anything
+    /// else (a batch, a task's answer awaited, an odd shape) is parsed whole, to the same end.
     pub fn rewrite_json(&mut self, body: &[u8]) -> Option<Bytes> {
+        if self.task_calls.is_empty()
+            && let Some(read) = list_answer::Read::of(body)
+        {
+            return self.rewrite_read(&read);
+        }
+        self.rewrite_parsed(body)
+    }
+
+    /// [`Self::rewrite_message`] on an answer read by [`list_answer::Read`].
+    fn rewrite_read(&mut self, read: &list_answer::Read<'_>) -> Option<Bytes> {
+        let answered = read.answered();
+        let known = answered.as_ref().and_then(|key| self.pending.take(key));
+        let list = known.or_else(|| read.by_shape())?;
+        let (filtered, out) = read.filter(&*self.interceptor, &self.context(), list)?;
+        if let (Some(notes), Some(key)) = (&self.audit, answered) {
+            notes.lock().push((key, filtered));
+        }
+        out.map(Bytes::from)
+    }
+
+    /// [`Self::rewrite_json`] on the message parsed whole.
+    #[doc(hidden)]
+    pub fn rewrite_parsed(&mut self, body: &[u8]) -> Option<Bytes> {
         let mut v: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
@@ -336,7 +367,10 @@ mod tests {
     use serde_json::json;
 
     fn filter() -> Arc<dyn Interceptor> {
-        Arc::new(StaticToolFilter::new(&[], &["secret".into()]))
+        Arc::new(list_answer::MarksPrivate(StaticToolFilter::new(
+            &[],
+            &["secret".into()],
+        )))
     }
 
     /// The rewriter of a POST that sent `tools/list` as id 1.
@@ -365,6 +399,89 @@ mod tests {
         // Not a pending id, not a list: untouched.
         let call = json!({"jsonrpc":"2.0","id":2,"result":{"content":[]}}).to_string();
         assert!(r.rewrite_json(call.as_bytes()).is_none());
+    }
+
+    /// `body` rewritten as read ([`list_answer::Read`]) and as parsed whole, by the rewriter of
+    /// a `tools/list` sent as id 1: the same message to a JSON reader, the same audit notes.
+    fn read_as_parsed(body: &str) -> Option<Value> {
+        let notes = crate::observe::ListNotes::default();
+        let out = list_request_rewriter()
+            .with_audit(Some(Arc::clone(&notes)))
+            .rewrite_json(body.as_bytes());
+        let parsed_notes = crate::observe::ListNotes::default();
+        let expected = list_request_rewriter()
+            .with_audit(Some(Arc::clone(&parsed_notes)))
+            .rewrite_parsed(body.as_bytes());
+        let json = |b: &Option<Bytes>| {
+            b.as_deref()
+                .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+        };
+        assert_eq!(json(&out), json(&expected), "{body}");
+        assert_eq!(*notes.lock(), *parsed_notes.lock(), "{body}");
+        // Written again, a read answer is still one each reader reads alike: no member twice.
+        if let (Some(_), Some(out)) = (list_answer::Read::of(body.as_bytes()), &out) {
+            assert!(list_answer::Read::of(out).is_some(), "{out:?}");
+        }
+        json(&out)
+    }
+
+    #[test]
+    fn an_answer_read_is_rewritten_as_the_answer_parsed() {
+        let filtered = [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"secret"}]}}"#,
+            // Spaces everywhere, the hidden tool first, last, alone; members after the list.
+            " { \"id\" : 1 , \"result\" : { \"tools\" : [ {\"name\":\"secret\"} , { \"name\" : \"echo\" } ] , \"nextCursor\" : \"c\" } , \"jsonrpc\":\"2.0\" } ",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"secret"}],"cacheScope":"public"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"}]}}"#,
+            // Nothing hidden, but the server called the answer shared: made private.
+            r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScope":"public","tools":[{"name":"echo"}]}}"#,
+            // Escapes in a key, in a name; an item of no name, or not an object.
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"},{"name":"echo"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"no name"},7,"x",[],{"name":5},{"name":"echo"}]}}"#,
+            // An answer under another id, found by its shape; another list beside.
+            r#"{"jsonrpc":"2.0","id":"9","result":{"prompts":[{"name":"p"}],"tools":[{"name":"secret"}]}}"#,
+        ];
+        for body in filtered {
+            assert!(list_answer::Read::of(body.as_bytes()).is_some(), "{body}");
+            let out = read_as_parsed(body).unwrap_or_else(|| panic!("not filtered: {body}"));
+            assert!(!out.to_string().contains("secret"), "{out}");
+        }
+        let untouched = [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"}],"cacheScope":"private"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"no"}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"secret"}]}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+        ];
+        for body in untouched {
+            assert!(list_answer::Read::of(body.as_bytes()).is_some(), "{body}");
+            assert_eq!(read_as_parsed(body), None, "{body}");
+        }
+        // Shapes left to the whole parse: a member given twice, an item naming itself twice,
+        // a list that is not an array, a result that is not an object, a batch.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"}]},"result":{"tools":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret","name":"echo"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":{"name":"secret"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":[{"name":"secret"}]}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"}]}}]"#,
+        ] {
+            assert!(list_answer::Read::of(body.as_bytes()).is_none(), "{body}");
+            read_as_parsed(body);
+        }
+    }
+
+    #[test]
+    fn a_filtered_answer_keeps_the_servers_text_of_what_it_keeps() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name": "echo" ,"description":"1.0e0"},{"name":"secret"}],"nextCursor":"c"}}"#;
+        let out = list_request_rewriter()
+            .rewrite_json(body.as_bytes())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name": "echo" ,"description":"1.0e0"}],"nextCursor":"c","cacheScope":"private"}}"#
+        );
     }
 
     #[test]

@@ -1,0 +1,529 @@
+//! One list answer (`tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`)
+//! as the filters see it: its items in order, each with its name and its definition, and whether
+//! the result must be marked private.
+//!
+//! An answer is read from the server's bytes without building it as a tree ([`Read`]): each
+//! item is kept as the server's text and its name read alone; the definition is parsed only when
+//! a filter needs it (a tool the catalog does not know in this text), and a filtered answer is
+//! written from the server's own text of the items kept. A message of another shape (a batch, a
+//! member given twice, a list that is not an array) is parsed whole and filtered the same way
+//! ([`filter_value`]); both ways hand the filters the same [`ListAnswer`].
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::intercept::{Context, Filtered, Interceptor};
+use crate::jsonrpc::id_key;
+use mcp_guard_policy::catalog::Definition;
+use mcp_guard_policy::mcp::List;
+
+/// One item of a list answer.
+pub struct ListItem<'a> {
+    /// The member naming the item: `name`, or `uri` / `uriTemplate` for resources.
+    field: &'static str,
+    /// The item as the server wrote it, when read from its bytes.
+    text: Option<&'a RawValue>,
+    /// The name, read from `text` (an item given parsed has it in `value`).
+    name: Option<Cow<'a, str>>,
+    /// The item parsed: given, or parsed from `text` when first asked for.
+    value: OnceCell<Value>,
+}
+
+impl<'a> ListItem<'a> {
+    /// An item already parsed.
+    pub fn parsed(list: List, value: Value) -> ListItem<'a> {
+        ListItem {
+            field: list.item_field(),
+            text: None,
+            name: None,
+            value: OnceCell::from(value),
+        }
+    }
+
+    /// The item's name (URI for resources), when it is a string.
+    pub fn name(&self) -> Option<&str> {
+        match self.text {
+            Some(_) => self.name.as_deref(),
+            None => self.value.get()?.get(self.field)?.as_str(),
+        }
+    }
+
+    /// The name as the audit trail records it.
+    pub fn display_name(&self) -> String {
+        self.name().unwrap_or("(unnamed)").to_owned()
+    }
+
+    /// The item parsed.
+    pub fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            // The text was read as JSON already, so it parses; `Null` is never reached.
+            self.text
+                .and_then(|t| serde_json::from_str(t.get()).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    fn into_value(mut self) -> Value {
+        self.value();
+        self.value.take().unwrap_or(Value::Null)
+    }
+}
+
+/// A tool of a `tools/list` answer, as the catalog records it.
+impl Definition for ListItem<'_> {
+    fn name(&self) -> Option<&str> {
+        ListItem::name(self)
+    }
+
+    fn value(&self) -> &Value {
+        ListItem::value(self)
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.text.map(RawValue::get)
+    }
+}
+
+/// The items of one list answer, which filters remove items from, and what else they change.
+pub struct ListAnswer<'a> {
+    pub list: List,
+    items: Vec<ListItem<'a>>,
+    /// The server gave the result a `cacheScope` other than `"private"`.
+    shared: bool,
+    /// A filter asked for the result to be marked `cacheScope: "private"`.
+    private: bool,
+}
+
+impl<'a> ListAnswer<'a> {
+    pub fn new(list: List, items: Vec<ListItem<'a>>, cache_scope: Option<&Value>) -> Self {
+        ListAnswer {
+            list,
+            items,
+            shared: cache_scope.is_some_and(|s| s.as_str() != Some("private")),
+            private: false,
+        }
+    }
+
+    /// The items still in the answer, in order.
+    pub fn items(&self) -> &[ListItem<'a>] {
+        &self.items
+    }
+
+    /// Keeps the items whose flag is true (an item without a flag goes).
+    pub fn retain(&mut self, keep: impl IntoIterator<Item = bool>) {
+        let mut keep = keep.into_iter();
+        self.items.retain(|_| keep.next().unwrap_or(false));
+    }
+
+    /// Removes every item.
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Whether the server marked the result as one any caller may be served
+    /// (`cacheScope` present and not `"private"`, MCP 2026-07-28).
+    pub fn shared_by_server(&self) -> bool {
+        self.shared
+    }
+
+    /// Marks the result `cacheScope: "private"`: it was decided for this caller.
+    pub fn make_private(&mut self) {
+        self.private = true;
+    }
+}
+
+/// Filters the list in a parsed `result` with `interceptor`. A result without the list (as an
+/// array) is not handed to the filters.
+pub fn filter_value(
+    interceptor: &dyn Interceptor,
+    ctx: &Context<'_>,
+    list: List,
+    result: &mut Value,
+) -> Filtered {
+    let Some(obj) = result.as_object_mut() else {
+        return Filtered::default();
+    };
+    let scope = obj.get("cacheScope").cloned();
+    let Some(Value::Array(items)) = obj.get_mut(list.field()) else {
+        return Filtered::default();
+    };
+    let parsed = std::mem::take(items)
+        .into_iter()
+        .map(|v| ListItem::parsed(list, v))
+        .collect();
+    let mut answer = ListAnswer::new(list, parsed, scope.as_ref());
+    let filtered = interceptor.filter_list(ctx, &mut answer);
+    *items = answer.items.into_iter().map(ListItem::into_value).collect();
+    if answer.private {
+        obj.insert("cacheScope".into(), Value::from("private"));
+    }
+    filtered
+}
+
+/// Members more than this in the message or its result and the message is parsed whole: each
+/// member is checked against the others for a second of its name.
+const MAX_MEMBERS: usize = 64;
+
+/// A JSON-RPC answer read one level into its `result`: every member's text, in order; the
+/// members of `result` that can hold a list, item by item. `None` from [`Read::of`] when the
+/// message is of another shape; it is then parsed whole.
+pub struct Read<'a> {
+    members: Vec<(Cow<'a, str>, Member<'a>)>,
+}
+
+enum Member<'a> {
+    Text(&'a RawValue),
+    Result(Vec<(Cow<'a, str>, Member<'a>)>),
+    /// A list of a result, with each item's name.
+    Items(List, Vec<(&'a RawValue, Option<Cow<'a, str>>)>),
+}
+
+impl<'a> Read<'a> {
+    /// Reads a single message whose `result` is an object, each member given once, each list
+    /// member an array whose items name themselves once. `None` for anything else.
+    pub fn of(body: &'a [u8]) -> Option<Read<'a>> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let members = Object { top: true }.deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(Read { members })
+    }
+
+    fn member(&self, key: &str) -> Option<&Member<'a>> {
+        self.members
+            .iter()
+            .find_map(|(k, m)| (k == key).then_some(m))
+    }
+
+    /// The key of the request this answers ([`id_key`]), when it is an answer (a `result` or
+    /// an `error`) with an id.
+    pub fn answered(&self) -> Option<String> {
+        let Some(Member::Text(id)) = self.member("id") else {
+            return None;
+        };
+        if self.member("result").is_none() && self.member("error").is_none() {
+            return None;
+        }
+        serde_json::from_str::<Value>(id.get())
+            .ok()
+            .map(|v| id_key(&v))
+    }
+
+    fn result(&self) -> Option<&[(Cow<'a, str>, Member<'a>)]> {
+        match self.member("result")? {
+            Member::Result(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The list a result is an answer to by its shape, as [`List::by_shape`] finds it.
+    pub fn by_shape(&self) -> Option<List> {
+        let result = self.result()?;
+        List::ALL.into_iter().find(|l| {
+            result
+                .iter()
+                .any(|(_, m)| matches!(m, Member::Items(found, _) if found == l))
+        })
+    }
+
+    /// Filters the `list` of the result with `interceptor`: what that did, and the message
+    /// written again when it changed. `None` when there is no result; a result without the
+    /// list is not handed to the filters.
+    pub fn filter(
+        &self,
+        interceptor: &dyn Interceptor,
+        ctx: &Context<'_>,
+        list: List,
+    ) -> Option<(Filtered, Option<Vec<u8>>)> {
+        let result = self.result()?;
+        let Some((items, scope)) = result_parts(result, list) else {
+            return Some((Filtered::default(), None));
+        };
+        let mut answer = ListAnswer::new(list, items, scope.as_ref());
+        let filtered = interceptor.filter_list(ctx, &mut answer);
+        let out = filtered.changed().then(|| self.write(&answer));
+        Some((filtered, out))
+    }
+
+    /// The message again, its `list` holding the items of `answer`.
+    fn write(&self, answer: &ListAnswer<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_members(&mut out, &self.members, answer, false);
+        out
+    }
+}
+
+/// The items of `list` in a result, and the result's `cacheScope`.
+fn result_parts<'a>(
+    result: &[(Cow<'a, str>, Member<'a>)],
+    list: List,
+) -> Option<(Vec<ListItem<'a>>, Option<Value>)> {
+    let mut items = None;
+    let mut scope = None;
+    for (key, member) in result {
+        match member {
+            Member::Items(l, found) if *l == list => {
+                items = Some(
+                    found
+                        .iter()
+                        .map(|(text, name)| ListItem {
+                            field: list.item_field(),
+                            text: Some(text),
+                            name: name.clone(),
+                            value: OnceCell::new(),
+                        })
+                        .collect(),
+                );
+            }
+            Member::Text(t) if key == "cacheScope" => scope = serde_json::from_str(t.get()).ok(),
+            _ => {}
+        }
+    }
+    Some((items?, scope))
+}
+
+/// Writes an object's members again: in the result (`in_result`), the list holding the items
+/// of `answer`, and `cacheScope` made `"private"` when a filter asked.
+fn write_members(
+    out: &mut Vec<u8>,
+    members: &[(Cow<'_, str>, Member<'_>)],
+    answer: &ListAnswer,
+    in_result: bool,
+) {
+    let private = in_result && answer.private;
+    let mut scope_written = false;
+    out.push(b'{');
+    for (i, (k, member)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_key(out, k);
+        match member {
+            Member::Text(_) if private && k == "cacheScope" => {
+                scope_written = true;
+                out.extend_from_slice(b"\"private\"");
+            }
+            Member::Text(t) => out.extend_from_slice(t.get().as_bytes()),
+            Member::Result(r) => write_members(out, r, answer, true),
+            Member::Items(l, _) if *l == answer.list => {
+                out.push(b'[');
+                for (i, item) in answer.items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    match item.text {
+                        Some(t) => out.extend_from_slice(t.get().as_bytes()),
+                        // Writing a `Value` into a `Vec` cannot fail.
+                        None => {
+                            let _ = serde_json::to_writer(&mut *out, item.value());
+                        }
+                    }
+                }
+                out.push(b']');
+            }
+            Member::Items(_, items) => {
+                out.push(b'[');
+                for (i, (t, _)) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(t.get().as_bytes());
+                }
+                out.push(b']');
+            }
+        }
+    }
+    if private && !scope_written {
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        write_key(out, "cacheScope");
+        out.extend_from_slice(b"\"private\"");
+    }
+    out.push(b'}');
+}
+
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    // Writing a string into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+}
+
+/// A key or string, borrowed from the input unless it had escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// An object's members, each once. The message (`top`) has its `result` read one level
+/// further; in the result, each member that can hold a list is read item by item.
+struct Object {
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Object {
+    type Value = Vec<(Cow<'de, str>, Member<'de>)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Object {
+    type Value = Vec<(Cow<'de, str>, Member<'de>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members: Self::Value = Vec::new();
+        while let Some(Str(key)) = map.next_key()? {
+            if members.len() >= MAX_MEMBERS || members.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(
+                    "a member given twice, or too many members",
+                ));
+            }
+            let list = (!self.top)
+                .then(|| List::ALL.into_iter().find(|l| l.field() == key))
+                .flatten();
+            let member = if self.top && key == "result" {
+                Member::Result(map.next_value_seed(Object { top: false })?)
+            } else if let Some(list) = list {
+                Member::Items(list, map.next_value_seed(Items(list))?)
+            } else {
+                Member::Text(map.next_value()?)
+            };
+            members.push((key, member));
+        }
+        Ok(members)
+    }
+}
+
+/// A list's items, each with its name.
+struct Items(List);
+
+impl<'de> DeserializeSeed<'de> for Items {
+    type Value = Vec<(&'de RawValue, Option<Cow<'de, str>>)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items {
+    type Value = Vec<(&'de RawValue, Option<Cow<'de, str>>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(text) = seq.next_element::<&'de RawValue>()? {
+            let name = name_of(text, self.0.item_field()).map_err(de::Error::custom)?;
+            items.push((text, name));
+        }
+        Ok(items)
+    }
+}
+
+/// The string member `field` of an item; `None` when the item is not an object or the member
+/// is missing or not a string. An item naming itself twice is refused: it is parsed whole.
+fn name_of<'de>(item: &'de RawValue, field: &'static str) -> Result<Option<Cow<'de, str>>, String> {
+    struct Name(&'static str);
+    impl<'de> Visitor<'de> for Name {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list item")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut name: Option<Option<Cow<'de, str>>> = None;
+            while let Some(Str(key)) = map.next_key()? {
+                if key != self.0 {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                if name.is_some() {
+                    return Err(de::Error::custom("an item names itself twice"));
+                }
+                let value: &'de RawValue = map.next_value()?;
+                name = Some(
+                    serde_json::from_str::<Str<'de>>(value.get())
+                        .ok()
+                        .map(|s| s.0),
+                );
+            }
+            Ok(name.flatten())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(item.get());
+    de.deserialize_any(Name(field)).map_err(|e| e.to_string())
+}
+
+/// For tests and fuzzing: a static filter that also marks the answers it sees private as the
+/// policy does (when it hid an item, or the server called the answer shared).
+#[cfg(any(test, feature = "fuzzing"))]
+pub struct MarksPrivate(pub crate::intercept::StaticToolFilter);
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Interceptor for MarksPrivate {
+    fn check(&self, ctx: &Context<'_>, msg: &crate::jsonrpc::Message) -> crate::intercept::Verdict {
+        self.0.check(ctx, msg)
+    }
+
+    fn rewrites(&self, list: List) -> bool {
+        self.0.rewrites(list)
+    }
+
+    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
+        let mut out = self.0.filter_list(ctx, answer);
+        if out.removed || answer.shared_by_server() {
+            answer.make_private();
+            out.made_private = true;
+        }
+        out
+    }
+}

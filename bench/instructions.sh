@@ -24,10 +24,13 @@
 #
 # Usage: bench/instructions.sh [--name NAME] [--requests 2000] [--warmup 200] [--governed]
 #                              [--distinct | --list] [--sidecar BIN] [--no-build] [--out DIR]
-#                              [--keep-dump FILE]
+#                              [--keep-dump FILE] [--otlp]
 # --sidecar measures another build of mcp-guard-sidecar (a copy of the binary before a change,
 # say), with the example server of this tree. --keep-dump copies callgrind's dump to FILE, for
-# callgrind_annotate --tree=calling or kcachegrind.
+# callgrind_annotate --tree=calling or kcachegrind. --otlp has the sidecar export its spans and
+# metrics over OTLP to a live receiver on loopback (tests/scripts/otlp_receiver.py, installed by
+# tests/scripts/install-otlp.sh), as the harness's governed sidecar does: the export threads'
+# instructions are counted with the rest, the receiver's are not.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,6 +40,7 @@ WARMUP=200
 GOVERNED=0
 DISTINCT=0
 LIST=0
+OTLP=0
 BUILD=1
 OUT="$ROOT/bench/results"
 KEEP_DUMP=""
@@ -49,6 +53,7 @@ while [ $# -gt 0 ]; do
     --governed) GOVERNED=1; shift ;;
     --distinct) DISTINCT=1; shift ;;
     --list) LIST=1; shift ;;
+    --otlp) OTLP=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --keep-dump) KEEP_DUMP="$2"; shift 2 ;;
@@ -97,6 +102,19 @@ if [ "$GOVERNED" = 1 ]; then
   # slowness would spread over the requests: an hour keeps it out of the count.
   SIDECAR_ARGS+=(--issuer "http://127.0.0.1:$IDP_PORT" --resource-uri "$RESOURCE" --policy-dir "$WORK/policy"
     --policy-poll-interval 60m)
+fi
+
+if [ "$OTLP" = 1 ]; then
+  OTLP_ENV="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/otlp/env.sh"
+  [ -f "$OTLP_ENV" ] || die "no $OTLP_ENV: run tests/scripts/install-otlp.sh"
+  OTLP_PYTHON="$(sed -n 's/^OTLP_PYTHON=//p' "$OTLP_ENV")"
+  [ -x "$OTLP_PYTHON" ] || die "$OTLP_ENV names no OTLP_PYTHON that runs: run tests/scripts/install-otlp.sh"
+  free_port RCV_PORT
+  "$OTLP_PYTHON" "$ROOT/tests/scripts/otlp_receiver.py" --port "$RCV_PORT" --out "$WORK/otlp.jsonl" --summary \
+    >"$WORK/otlp-receiver.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$RCV_PORT" "$!" otlp-receiver
+  SIDECAR_ARGS+=(--otlp-endpoint "http://127.0.0.1:$RCV_PORT")
 fi
 
 free_port SC_PORT

@@ -282,8 +282,8 @@ pub fn access(seen: &Seen) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intercept::filter_result;
     use crate::intercept::{StaticToolFilter, Transport};
-    use crate::list_answer::filter_value;
 
     /// An anonymous caller's request of `method`, naming `tool`.
     fn request(method: &str, tool: &str) -> (Context<'static>, Message) {
@@ -327,7 +327,7 @@ mod tests {
 
         let mut list = json!({"tools":[{"name":"echo"},{"name":"rm"}]});
         seen.catalog.record(list["tools"].as_array().unwrap());
-        let f = filter_value(&*w, &ctx, List::Tools, &mut list);
+        let f = filter_result(&*w, &ctx, List::Tools, &mut list);
         assert_eq!(f.hidden, ["rm"]);
         assert_eq!(list, json!({"tools":[{"name":"echo"}]}));
         let t = access(&seen);
@@ -382,8 +382,8 @@ mod tests {
         };
         let mut list = json!({"tools": [{"name": "echo"}, {"name": "rm"}]});
         seen.catalog.record(list["tools"].as_array().unwrap());
-        filter_value(&*w, &anonymous, List::Tools, &mut list.clone());
-        filter_value(&*w, &as_admin, List::Tools, &mut list);
+        filter_result(&*w, &anonymous, List::Tools, &mut list.clone());
+        filter_result(&*w, &as_admin, List::Tools, &mut list);
         let t = access(&seen);
         assert!(t["policyHash"].is_string(), "{t}");
         let decided = |tool: usize, who: usize| {

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::intercept::{Interceptor, StaticToolFilter, Transport};
+use crate::intercept::{Interceptor, MarksPrivate, StaticToolFilter, Transport};
 use crate::jsonrpc::{Message, Payload};
-use crate::list_answer::{MarksPrivate, Read};
+use crate::list_answer::Read;
 use crate::observe::ListNotes;
 use crate::proxy::rewrite::Rewriter;
 use crate::sse::EventSplitter;

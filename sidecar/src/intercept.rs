@@ -186,12 +186,28 @@ pub trait Interceptor: Send + Sync + 'static {
     where
         Self: Sized,
     {
-        crate::list_answer::filter_value(self, ctx, list, result)
+        filter_result(self, ctx, list, result)
     }
 
     /// The server created task `task_id` for a call of `tool` (a task-augmented `tools/call`):
     /// later requests that name the task are decided with the tool they stem from.
     fn task_created(&self, _task_id: &str, _tool: &str) {}
+}
+
+/// Filters the list in a parsed `result` with `interceptor`. A result without the list (as an
+/// array) is not handed to the filters.
+pub fn filter_result(
+    interceptor: &dyn Interceptor,
+    ctx: &Context<'_>,
+    list: List,
+    result: &mut Value,
+) -> Filtered {
+    let Some(mut answer) = ListAnswer::take(list, result) else {
+        return Filtered::default();
+    };
+    let filtered = interceptor.filter_list(ctx, &mut answer);
+    answer.restore(result);
+    filtered
 }
 
 /// Several interceptors in a row: a message passes only if every one allows it, and every one
@@ -340,6 +356,31 @@ impl Interceptor for StaticToolFilter {
         if !out.hidden.is_empty() {
             answer.retain(keep);
             out.removed = true;
+        }
+        out
+    }
+}
+
+/// For tests and fuzzing: a static filter that also marks the answers it sees private as the
+/// policy does (when it hid an item, or the server called the answer shared).
+#[cfg(any(test, feature = "fuzzing"))]
+pub struct MarksPrivate(pub StaticToolFilter);
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Interceptor for MarksPrivate {
+    fn check(&self, ctx: &Context<'_>, msg: &Message) -> Verdict {
+        self.0.check(ctx, msg)
+    }
+
+    fn rewrites(&self, list: List) -> bool {
+        self.0.rewrites(list)
+    }
+
+    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
+        let mut out = self.0.filter_list(ctx, answer);
+        if out.removed || answer.shared_by_server() {
+            answer.make_private();
+            out.made_private = true;
         }
         out
     }

@@ -6,8 +6,9 @@
 //! item is kept as the server's text and its name read alone; the definition is parsed only when
 //! a filter needs it (a tool the catalog does not know in this text), and a filtered answer is
 //! written from the server's own text of the items kept. A message of another shape (a batch, a
-//! member given twice, a list that is not an array) is parsed whole and filtered the same way
-//! ([`filter_value`]); both ways hand the filters the same [`ListAnswer`].
+//! member given twice, a list that is not an array) is parsed whole, and its list taken out of
+//! the parsed result ([`ListAnswer::take`]); both ways hand the filters
+//! (`Interceptor::filter_list`) the same [`ListAnswer`].
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -17,7 +18,6 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::intercept::{Context, Filtered, Interceptor};
 use crate::jsonrpc::id_key;
 use mcp_guard_policy::catalog::Definition;
 use mcp_guard_policy::mcp::List;
@@ -100,7 +100,7 @@ pub struct ListAnswer<'a> {
 }
 
 impl<'a> ListAnswer<'a> {
-    pub fn new(list: List, items: Vec<ListItem<'a>>, cache_scope: Option<&Value>) -> Self {
+    fn new(list: List, items: Vec<ListItem<'a>>, cache_scope: Option<&Value>) -> Self {
         ListAnswer {
             list,
             items,
@@ -137,32 +137,42 @@ impl<'a> ListAnswer<'a> {
     }
 }
 
-/// Filters the list in a parsed `result` with `interceptor`. A result without the list (as an
-/// array) is not handed to the filters.
-pub fn filter_value(
-    interceptor: &dyn Interceptor,
-    ctx: &Context<'_>,
-    list: List,
-    result: &mut Value,
-) -> Filtered {
-    let Some(obj) = result.as_object_mut() else {
-        return Filtered::default();
-    };
-    let scope = obj.get("cacheScope").cloned();
-    let Some(Value::Array(items)) = obj.get_mut(list.field()) else {
-        return Filtered::default();
-    };
-    let parsed = std::mem::take(items)
-        .into_iter()
-        .map(|v| ListItem::parsed(list, v))
-        .collect();
-    let mut answer = ListAnswer::new(list, parsed, scope.as_ref());
-    let filtered = interceptor.filter_list(ctx, &mut answer);
-    *items = answer.items.into_iter().map(ListItem::into_value).collect();
-    if answer.private {
-        obj.insert("cacheScope".into(), Value::from("private"));
+impl ListAnswer<'static> {
+    /// The items of `list` taken out of a parsed `result`; `None` when it holds no such list (as
+    /// an array). [`ListAnswer::restore`] puts what the filters left back.
+    pub fn take(list: List, result: &mut Value) -> Option<ListAnswer<'static>> {
+        let obj = result.as_object_mut()?;
+        let shared = obj
+            .get("cacheScope")
+            .is_some_and(|s| s.as_str() != Some("private"));
+        let Value::Array(items) = obj.get_mut(list.field())? else {
+            return None;
+        };
+        let items = std::mem::take(items)
+            .into_iter()
+            .map(|v| ListItem::parsed(list, v))
+            .collect();
+        Some(ListAnswer {
+            list,
+            items,
+            shared,
+            private: false,
+        })
     }
-    filtered
+
+    /// Puts the items left back into the `result` they were taken from, and marks it private
+    /// when a filter asked.
+    pub fn restore(self, result: &mut Value) {
+        let Some(obj) = result.as_object_mut() else {
+            return;
+        };
+        if let Some(Value::Array(items)) = obj.get_mut(self.list.field()) {
+            *items = self.items.into_iter().map(ListItem::into_value).collect();
+        }
+        if self.private {
+            obj.insert("cacheScope".into(), Value::from("private"));
+        }
+    }
 }
 
 /// Members more than this in the message or its result and the message is parsed whole: each
@@ -230,27 +240,20 @@ impl<'a> Read<'a> {
         })
     }
 
-    /// Filters the `list` of the result with `interceptor`: what that did, and the message
-    /// written again when it changed. `None` when there is no result; a result without the
-    /// list is not handed to the filters.
-    pub fn filter(
-        &self,
-        interceptor: &dyn Interceptor,
-        ctx: &Context<'_>,
-        list: List,
-    ) -> Option<(Filtered, Option<Vec<u8>>)> {
-        let result = self.result()?;
-        let Some((items, scope)) = result_parts(result, list) else {
-            return Some((Filtered::default(), None));
-        };
-        let mut answer = ListAnswer::new(list, items, scope.as_ref());
-        let filtered = interceptor.filter_list(ctx, &mut answer);
-        let out = filtered.changed().then(|| self.write(&answer));
-        Some((filtered, out))
+    /// Whether the message has a `result`.
+    pub fn has_result(&self) -> bool {
+        self.result().is_some()
     }
 
-    /// The message again, its `list` holding the items of `answer`.
-    fn write(&self, answer: &ListAnswer<'_>) -> Vec<u8> {
+    /// The items of `list` in the result, to be filtered; `None` when the result holds no such
+    /// list.
+    pub fn answer(&self, list: List) -> Option<ListAnswer<'a>> {
+        let (items, scope) = result_parts(self.result()?, list)?;
+        Some(ListAnswer::new(list, items, scope.as_ref()))
+    }
+
+    /// The message again, its list holding the items `answer` has left.
+    pub fn write(&self, answer: &ListAnswer<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         write_members(&mut out, &self.members, answer, false);
         out
@@ -501,29 +504,4 @@ fn name_of<'de>(item: &'de RawValue, field: &'static str) -> Result<Option<Cow<'
     }
     let mut de = serde_json::Deserializer::from_str(item.get());
     de.deserialize_any(Name(field)).map_err(|e| e.to_string())
-}
-
-/// For tests and fuzzing: a static filter that also marks the answers it sees private as the
-/// policy does (when it hid an item, or the server called the answer shared).
-#[cfg(any(test, feature = "fuzzing"))]
-pub struct MarksPrivate(pub crate::intercept::StaticToolFilter);
-
-#[cfg(any(test, feature = "fuzzing"))]
-impl Interceptor for MarksPrivate {
-    fn check(&self, ctx: &Context<'_>, msg: &crate::jsonrpc::Message) -> crate::intercept::Verdict {
-        self.0.check(ctx, msg)
-    }
-
-    fn rewrites(&self, list: List) -> bool {
-        self.0.rewrites(list)
-    }
-
-    fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered {
-        let mut out = self.0.filter_list(ctx, answer);
-        if out.removed || answer.shared_by_server() {
-            answer.make_private();
-            out.made_private = true;
-        }
-        out
-    }
 }

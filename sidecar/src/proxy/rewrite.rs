@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::identity::Identity;
-use crate::intercept::{Context, Interceptor, Transport};
+use crate::intercept::{Context, Filtered, Interceptor, Transport};
 use crate::jsonrpc::{self, code, id_key};
 use crate::list_answer;
 use crate::sse::{self, EventSplitter};
@@ -150,7 +150,7 @@ impl Rewriter {
         let Some(result) = obj.get_mut("result") else {
             return false;
         };
-        let filtered = list_answer::filter_value(&*self.interceptor, &ctx, method, result);
+        let filtered = crate::intercept::filter_result(&*self.interceptor, &ctx, method, result);
         let changed = filtered.changed();
         if let (Some(notes), Some(id)) = (&self.audit, obj.get("id")) {
             notes.lock().push((id_key(id), filtered));
@@ -186,7 +186,18 @@ impl Rewriter {
         let answered = read.answered();
         let known = answered.as_ref().and_then(|key| self.pending.take(key));
         let list = known.or_else(|| read.by_shape())?;
-        let (filtered, out) = read.filter(&*self.interceptor, &self.context(), list)?;
+        if !read.has_result() {
+            return None;
+        }
+        // A result without the list is not handed to the filters.
+        let (filtered, out) = match read.answer(list) {
+            Some(mut answer) => {
+                let filtered = self.interceptor.filter_list(&self.context(), &mut answer);
+                let out = filtered.changed().then(|| read.write(&answer));
+                (filtered, out)
+            }
+            None => (Filtered::default(), None),
+        };
         if let (Some(notes), Some(key)) = (&self.audit, answered) {
             notes.lock().push((key, filtered));
         }
@@ -362,15 +373,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercept::StaticToolFilter;
+    use crate::intercept::{MarksPrivate, StaticToolFilter};
     use http_body_util::{BodyExt, StreamBody};
     use serde_json::json;
 
     fn filter() -> Arc<dyn Interceptor> {
-        Arc::new(list_answer::MarksPrivate(StaticToolFilter::new(
-            &[],
-            &["secret".into()],
-        )))
+        Arc::new(MarksPrivate(StaticToolFilter::new(&[], &["secret".into()])))
     }
 
     /// The rewriter of a POST that sent `tools/list` as id 1.

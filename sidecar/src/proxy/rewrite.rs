@@ -424,7 +424,10 @@ mod tests {
             b.as_deref()
                 .map(|b| serde_json::from_slice::<Value>(b).unwrap())
         };
-        assert_eq!(json(&out), json(&expected), "{body}");
+        assert!(
+            list_answer::same_rewrite(out.as_deref(), expected.as_deref()),
+            "{body}: {out:?} and {expected:?}"
+        );
         assert_eq!(*notes.lock(), *parsed_notes.lock(), "{body}");
         // Written again, a read answer is still one each reader reads alike: no member twice.
         if let (Some(_), Some(out)) = (list_answer::Read::of(body.as_bytes()), &out) {
@@ -474,21 +477,43 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"result":{"tools":{"name":"secret"}}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":[{"name":"secret"}]}"#,
             r#"[{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"}]}}]"#,
+            // What only a whole parse refuses (and with it the answer): a number out of range,
+            // written with an exponent or with 309 digits, a lone surrogate. Found by the
+            // `json_rewrite` fuzz target (the first, without a result).
+            r#"{"idpcdpc": "2N.0", "il": 22222e32222222}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo","x":1e400}]}}"#,
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{{"name":"echo","x":{}}}]}}}}"#,
+                "9".repeat(309)
+            ),
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo","d":"\ud800"}]}}"#,
         ] {
             assert!(list_answer::Read::of(body.as_bytes()).is_none(), "{body}");
+            read_as_parsed(body);
+        }
+        // Alike but read: a number in range, paired surrogates, 308 digits.
+        for body in [
+            r#"{"jsonAAAAAAAAAAAAAAerAAAAd":177777777777777777777777777777777777777777777777777777777777777777777,"result":{"t\u006fols":[{"n\u0222222222222222222222222222":"echo"}],"cacheScope":"privaerrorte"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo","x":1e300,"y":"2e"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo","d":"\ud83d\ude00"}]}}"#,
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{{"name":"echo","x":{}}}]}}}}"#,
+                "9".repeat(308)
+            ),
+        ] {
             read_as_parsed(body);
         }
     }
 
     #[test]
     fn a_filtered_answer_keeps_the_servers_text_of_what_it_keeps() {
-        let body = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name": "echo" ,"description":"1.0e0"},{"name":"secret"}],"nextCursor":"c"}}"#;
+        let body = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name": "echo" ,"description":"Says it back"},{"name":"secret"}],"nextCursor":"c"}}"#;
         let out = list_request_rewriter()
             .rewrite_json(body.as_bytes())
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out),
-            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name": "echo" ,"description":"1.0e0"}],"nextCursor":"c","cacheScope":"private"}}"#
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name": "echo" ,"description":"Says it back"}],"nextCursor":"c","cacheScope":"private"}}"#
         );
     }
 

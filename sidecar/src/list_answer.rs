@@ -101,6 +101,7 @@ pub struct ListAnswer<'a> {
 }
 
 impl<'a> ListAnswer<'a> {
+    /// `cache_scope` is the result's `cacheScope`, as the server gave it.
     fn new(list: List, items: Vec<ListItem<'a>>, cache_scope: Option<&Value>) -> Self {
         ListAnswer {
             list,
@@ -143,9 +144,7 @@ impl ListAnswer<'static> {
     /// an array). [`ListAnswer::restore`] puts what the filters left back.
     pub fn take(list: List, result: &mut Value) -> Option<ListAnswer<'static>> {
         let obj = result.as_object_mut()?;
-        let shared = obj
-            .get("cacheScope")
-            .is_some_and(|s| s.as_str() != Some("private"));
+        let scope = obj.get("cacheScope").cloned();
         let Value::Array(items) = obj.get_mut(list.field())? else {
             return None;
         };
@@ -153,12 +152,7 @@ impl ListAnswer<'static> {
             .into_iter()
             .map(|v| ListItem::parsed(list, v))
             .collect();
-        Some(ListAnswer {
-            list,
-            items,
-            shared,
-            private: false,
-        })
+        Some(ListAnswer::new(list, items, scope.as_ref()))
     }
 
     /// Puts the items left back into the `result` they were taken from, and marks it private

@@ -262,16 +262,18 @@ impl<'a> Read<'a> {
 /// refuses the answer: a number beyond `f64`'s range (written with an exponent, or 309 digits in
 /// a row) or an escaped UTF-16 surrogate (`\uD800` to `\uDFFF`, which must come in pairs). An
 /// item holding one would be read with a definition that does not parse; such a body is parsed
-/// whole instead, which decides it as before. The look is conservative (a digit before an `e`
-/// inside a string counts too): a false alarm only costs the whole parse.
+/// whole instead, which decides it as before. The look is conservative (text inside a string
+/// that looks like such a number counts too): a false alarm only costs the whole parse.
 fn needs_whole_parse(body: &[u8]) -> bool {
     const RUN: usize = 309;
-    // A digit followed by `e` or `E`: every pair looked at, no early exit, so that the loop
-    // runs on vector instructions (an `e` in text is too common to search for one by one).
-    let mut exponent = false;
+    // A digit followed by `e` or `E` anywhere: every pair looked at, no early exit, so that the
+    // loop runs on vector instructions (an `e` in text is too common to search for one by one).
+    // Most listings have none; those with one (a hash, a UUID in a string) are looked at closer.
+    let mut digit_e = false;
     for (a, b) in body.iter().zip(body.iter().skip(1)) {
-        exponent |= a.is_ascii_digit() & ((b | 0x20) == b'e');
+        digit_e |= a.is_ascii_digit() & ((b | 0x20) == b'e');
     }
+    let exponent = digit_e && memchr::memchr2_iter(b'e', b'E', body).any(|i| is_exponent(body, i));
     let surrogate = memchr::memchr_iter(b'\\', body).any(|i| {
         body.get(i + 1) == Some(&b'u')
             && matches!(body.get(i + 2), Some(b'd' | b'D'))
@@ -292,6 +294,54 @@ fn needs_whole_parse(body: &[u8]) -> bool {
             let right = body[i..].iter().take_while(|b| b.is_ascii_digit()).count();
             left + right >= RUN
         })
+}
+
+/// Whether the `e` at `i` is the exponent of a number written as JSON writes one: digits (with
+/// a fraction, a sign) after a delimiter, the `e`, a sign, digits, then a delimiter. So `4e5d`
+/// in a UUID or `3e` in a hash is not one.
+fn is_exponent(body: &[u8], i: usize) -> bool {
+    let delimiter = |b: Option<&u8>| {
+        b.is_none_or(|b| {
+            matches!(b, b':' | b',' | b'[' | b']' | b'{' | b'}') || b.is_ascii_whitespace()
+        })
+    };
+    let digits = |bytes: &mut dyn Iterator<Item = &u8>| {
+        let mut n = 0;
+        let mut next = None;
+        for b in bytes {
+            if b.is_ascii_digit() {
+                n += 1;
+            } else {
+                next = Some(*b);
+                break;
+            }
+        }
+        (n, next)
+    };
+    // Back: digits, maybe `.` and digits, maybe `-`, then a delimiter.
+    let mut back = body[..i].iter().rev();
+    let (n, mut before) = digits(&mut back);
+    if n == 0 {
+        return false;
+    }
+    if before == Some(b'.') {
+        let (m, b) = digits(&mut back);
+        if m == 0 {
+            return false;
+        }
+        before = b;
+    }
+    if before == Some(b'-') {
+        before = back.next().copied();
+    }
+    if !delimiter(before.as_ref()) {
+        return false;
+    }
+    // Forward: maybe a sign, digits, then a delimiter.
+    let mut ahead = body[i + 1..].iter().peekable();
+    let _sign = ahead.next_if(|b| matches!(b, b'+' | b'-'));
+    let (n, after) = digits(&mut ahead);
+    n > 0 && delimiter(after.as_ref())
 }
 
 /// The items of `list` in a result, and the result's `cacheScope`.
@@ -579,5 +629,38 @@ pub fn same_rewrite(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
             _ => a == b,
         },
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_only_a_whole_parse_checks_is_looked_for_closely() {
+        let whole = [
+            r#"{"x":1e400}"#,
+            r#"{"x": -2.5E+400 }"#,
+            r#"{"x":[1,2e-3]}"#,
+            r#"{"d":"\ud800"}"#,
+            // Conservative: text in a string written like a number.
+            r#"{"d":"limit: 1e5, or less"}"#,
+        ];
+        for body in whole {
+            assert!(needs_whole_parse(body.as_bytes()), "{body}");
+        }
+        let read = [
+            r#"{"id":"3f2e4e5d-8c1b-4e2a-9d3e-0a1b2c3d4e5f","x":1.5,"y":-3}"#,
+            r#"{"description":"Echoes the text, 2 entries, v2e","pin":"sha256:9e3e"}"#,
+            r#"{"d":"\ud83d\ude00","e":"\\ud800 is written with its backslash escaped"}"#,
+        ];
+        for body in read {
+            let escaped_backslash = body.contains(r"\\ud8");
+            assert_eq!(
+                needs_whole_parse(body.as_bytes()),
+                escaped_backslash,
+                "{body}"
+            );
+        }
     }
 }

@@ -105,15 +105,7 @@ if [ "$GOVERNED" = 1 ]; then
 fi
 
 if [ "$OTLP" = 1 ]; then
-  OTLP_ENV="${MCP_GUARD_CACHE:-$HOME/.cache/mcp-guard}/otlp/env.sh"
-  [ -f "$OTLP_ENV" ] || die "no $OTLP_ENV: run tests/scripts/install-otlp.sh"
-  OTLP_PYTHON="$(sed -n 's/^OTLP_PYTHON=//p' "$OTLP_ENV")"
-  [ -x "$OTLP_PYTHON" ] || die "$OTLP_ENV names no OTLP_PYTHON that runs: run tests/scripts/install-otlp.sh"
-  free_port RCV_PORT
-  "$OTLP_PYTHON" "$ROOT/tests/scripts/otlp_receiver.py" --port "$RCV_PORT" --out "$WORK/otlp.jsonl" --summary \
-    >"$WORK/otlp-receiver.log" 2>&1 &
-  PIDS+=("$!")
-  wait_port "$RCV_PORT" "$!" otlp-receiver
+  start_otlp_receiver
   SIDECAR_ARGS+=(--otlp-endpoint "http://127.0.0.1:$RCV_PORT")
 fi
 

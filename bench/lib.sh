@@ -93,6 +93,23 @@ start_idp() {
   wait_port "$IDP_PORT" "$IDP_PID" idp
 }
 
+# start_otlp_receiver: the live OTLP receiver (tests/scripts/otlp_receiver.py on the Python that
+# tests/scripts/install-otlp.sh installs, PyPI opentelemetry-proto): every export parsed and its
+# spans counted (--summary: dumping them as JSON costs more CPU than the sidecar spends on a span,
+# on the same cores); sets RCV_PORT, RCV_PID (in PIDS) and OTLP_PYTHON.
+start_otlp_receiver() {
+  local env_file="${MCP_GUARD_CACHE:-${HOME:-/root}/.cache/mcp-guard}/otlp/env.sh"
+  [ -f "$env_file" ] || die "no $env_file: run tests/scripts/install-otlp.sh"
+  OTLP_PYTHON="$(sed -n 's/^OTLP_PYTHON=//p' "$env_file")"
+  [ -x "$OTLP_PYTHON" ] || die "$env_file names no OTLP_PYTHON that runs: run tests/scripts/install-otlp.sh"
+  free_port RCV_PORT
+  "$OTLP_PYTHON" "$ROOT/tests/scripts/otlp_receiver.py" --port "$RCV_PORT" --out "$WORK/otlp.jsonl" --summary \
+    >"$WORK/otlp-receiver.log" 2>&1 &
+  RCV_PID=$!
+  PIDS+=("$RCV_PID")
+  wait_port "$RCV_PORT" "$RCV_PID" otlp-receiver
+}
+
 # admin_token: on stdout, the admin agent's client-credentials token (roles mcp-admin, scopes
 # mcp:tools mcp:admin) for BENCH_RESOURCE, from the provider start_idp started.
 admin_token() {

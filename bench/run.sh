@@ -309,19 +309,7 @@ if [ "$WITH_GOVERNED" = 1 ]; then
   # The admin agent's client-credentials token (roles mcp-admin), valid for the whole run.
   TOKEN="$(admin_token)"
   GOV_AUTH="Bearer $TOKEN"
-  # The live OTLP receiver (PyPI opentelemetry-proto): every export parsed and written out.
-  OTLP_ENV="$CACHE/otlp/env.sh"
-  [ -f "$OTLP_ENV" ] || die "no $OTLP_ENV: run tests/scripts/install-otlp.sh"
-  OTLP_PYTHON="$(sed -n 's/^OTLP_PYTHON=//p' "$OTLP_ENV")"
-  [ -x "$OTLP_PYTHON" ] || die "$OTLP_ENV names no OTLP_PYTHON that runs: run tests/scripts/install-otlp.sh"
-  free_port RCV_PORT
-  # --summary: every export parsed and its spans counted, not dumped as JSON (which costs more CPU
-  # than the sidecar spends on the span, on the same cores).
-  "$OTLP_PYTHON" "$ROOT/tests/scripts/otlp_receiver.py" --port "$RCV_PORT" --out "$WORK/otlp.jsonl" --summary \
-    >"$WORK/otlp-receiver.log" 2>&1 &
-  RCV_PID=$!
-  PIDS+=("$RCV_PID")
-  wait_port "$RCV_PORT" "$RCV_PID" otlp-receiver
+  start_otlp_receiver
   mkdir -p "$WORK/policy"
   cp "$ROOT/sidecar/benches/fixtures/realistic.rego" "$WORK/policy/realistic.rego"
   cp "$ROOT/sidecar/benches/fixtures/realistic.json" "$WORK/policy/data.json"

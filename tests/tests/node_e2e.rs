@@ -560,7 +560,14 @@ fn webhook_ready(node: &Node) {
 fn unguarded_server(node: &Node) {
     node.kubectl.apply(&app_manifest());
     rollout(node, APP_NS, "tools");
-    assert_eq!(listed(node), ALL_TOOLS, "every tool, without mcp-guard");
+    // A pod Ready is not yet a Service that routes to it: kube-proxy programs the new Service's
+    // rules on its own schedule, and a client that comes first is refused a connection.
+    node.wait(
+        "every tool, without mcp-guard, through the new Service",
+        APP_NS,
+        LONG,
+        || listed(node) == ALL_TOOLS,
+    );
     let r = client(
         node,
         json!([

@@ -15,7 +15,7 @@ use mcp_guard_policy::bundle::Bundle;
 use mcp_guard_policy::engine::CompiledBundle;
 use mcp_guard_policy::input;
 use mcp_guard_policy::mcp::List;
-use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport, Verdict};
+use mcp_guard_sidecar::intercept::{Context, Interceptor, Transport, Verdict, filter_result};
 use mcp_guard_sidecar::metrics::Metrics;
 use mcp_guard_sidecar::policy::{PolicyConfig, PolicyInterceptor, PolicyStore};
 use serde_json::{Value, json};
@@ -111,7 +111,7 @@ fn bench_first_listings(
         b.iter_batched(
             || (make(), list.clone()),
             |(interceptor, mut result)| {
-                interceptor.filter_result(ctx, List::Tools, &mut result);
+                filter_result(&interceptor, ctx, List::Tools, &mut result);
                 // Returned, so the interceptor (which lives as long as the sidecar) is dropped
                 // outside the measurement.
                 black_box((interceptor, result))
@@ -124,11 +124,11 @@ fn bench_first_listings(
             b.iter_batched(
                 || {
                     let interceptor = make();
-                    interceptor.filter_result(other, List::Tools, &mut list.clone());
+                    filter_result(&interceptor, other, List::Tools, &mut list.clone());
                     (interceptor, list.clone())
                 },
                 |(interceptor, mut result)| {
-                    interceptor.filter_result(ctx, List::Tools, &mut result);
+                    filter_result(&interceptor, ctx, List::Tools, &mut result);
                     // Returned, so the interceptor (which lives as long as the sidecar) is dropped
                     // outside the measurement.
                     black_box((interceptor, result))
@@ -191,7 +191,7 @@ fn filtering(c: &mut Criterion) {
 
     // The request path of one tools/call: input frame (caller converted once per token) + VM.
     let warm = new_interceptor();
-    warm.filter_result(&ctx, List::Tools, &mut list.clone());
+    filter_result(&warm, &ctx, List::Tools, &mut list.clone());
     let call_with = |tool: &str, arguments: Value| {
         let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
                           "params":{"name": tool, "arguments": arguments}});
@@ -283,7 +283,7 @@ fn filtering(c: &mut Criterion) {
         b.iter_batched(
             || list.clone(),
             |mut result| {
-                warm.filter_result(&ctx, List::Tools, &mut result);
+                filter_result(&warm, &ctx, List::Tools, &mut result);
                 black_box(result)
             },
             criterion::BatchSize::LargeInput,
@@ -337,12 +337,14 @@ fn filtering(c: &mut Criterion) {
         let mut cfg = config.clone();
         cfg.pod_namespace = namespace.into();
         let (mut per_item, mut batch) = (list.clone(), list.clone());
-        PolicyInterceptor::new(&cfg, Arc::clone(&store), Arc::clone(&metrics)).filter_result(
+        filter_result(
+            &PolicyInterceptor::new(&cfg, Arc::clone(&store), Arc::clone(&metrics)),
             &caller_ctx,
             List::Tools,
             &mut per_item,
         );
-        PolicyInterceptor::new(&cfg, Arc::clone(&batch_store), Arc::clone(&metrics)).filter_result(
+        filter_result(
+            &PolicyInterceptor::new(&cfg, Arc::clone(&batch_store), Arc::clone(&metrics)),
             &caller_ctx,
             List::Tools,
             &mut batch,

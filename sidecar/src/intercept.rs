@@ -181,14 +181,6 @@ pub trait Interceptor: Send + Sync + 'static {
     /// Removes from a list answer the items this caller may not see, and says which.
     fn filter_list(&self, ctx: &Context<'_>, answer: &mut ListAnswer<'_>) -> Filtered;
 
-    /// [`Self::filter_list`] on a parsed list `result` (a `tools/list` result object, say).
-    fn filter_result(&self, ctx: &Context<'_>, list: List, result: &mut Value) -> Filtered
-    where
-        Self: Sized,
-    {
-        filter_result(self, ctx, list, result)
-    }
-
     /// The server created task `task_id` for a call of `tool` (a task-augmented `tools/call`):
     /// later requests that name the task are decided with the tool they stem from.
     fn task_created(&self, _task_id: &str, _tool: &str) {}
@@ -423,7 +415,7 @@ mod tests {
         assert!(!f.visible("add"));
         let mut r =
             json!({"tools":[{"name":"echo"},{"name":"add"},{"title":"no name"}],"nextCursor":"c"});
-        let f = f.filter_result(&CTX, List::Tools, &mut r);
+        let f = filter_result(&f, &CTX, List::Tools, &mut r);
         assert!(f.removed);
         assert_eq!(f.hidden, ["add", "(unnamed)"]);
         assert_eq!(f.sources, ["--allow-tools", "mcp-guard"]);

@@ -514,7 +514,7 @@ impl PolicyInterceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercept::{ClientInfo, Transport};
+    use crate::intercept::{ClientInfo, Transport, filter_result};
     use crate::jsonrpc::Payload;
     use crate::policy::PolicyStore;
     use mcp_guard_policy::input::ServerInfo;
@@ -743,7 +743,7 @@ deny contains "hidden" if input.request.tool == "secret"
         assert_eq!(p.check_noted(&ANON, &m, &mut n), Verdict::Allow);
         assert!(n.shadow_denied);
         let mut list = json!({"prompts": [{"name": "secret"}, {"name": "greet"}]});
-        let f = p.filter_result(&ANON, List::Prompts, &mut list);
+        let f = filter_result(&p, &ANON, List::Prompts, &mut list);
         assert_eq!(
             (f.hidden.as_slice(), f.removed),
             (&["secret".to_owned()][..], false)
@@ -756,7 +756,7 @@ deny contains "hidden" if input.request.tool == "secret"
     fn filtering_names_what_it_hid_under_which_bundle() {
         let (p, dir) = governed(GOVERNANCE, Enforcement::Enforce);
         let mut list = json!({"resourceTemplates": [{"uriTemplate": "file:///x/{id}"}, {"uriTemplate": "note://{n}"}]});
-        let f = p.filter_result(&ANON, List::ResourceTemplates, &mut list);
+        let f = filter_result(&p, &ANON, List::ResourceTemplates, &mut list);
         assert_eq!(f.hidden, ["file:///x/{id}"]);
         assert!(f.removed && f.policy_hash.is_some());
         assert_eq!(f.sources, ["policy"]);
@@ -790,7 +790,7 @@ allow if endswith(input.subject.email, "@example.com")
                 ..ANON
             };
             let mut list = json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]});
-            p.filter_result(&ctx, List::Tools, &mut list);
+            filter_result(&p, &ctx, List::Tools, &mut list);
             list["tools"].as_array().map_or(0, Vec::len) == 1
         };
         let frames = || p.visible_cache.lock().frames.len();
@@ -818,25 +818,21 @@ allow if endswith(input.subject.email, "@example.com")
         // Nothing hidden for this caller, but another may see less: `public` does not stand.
         let mut list =
             json!({"prompts": [{"name": "greet"}], "cacheScope": "public", "ttlMs": 60000});
-        let f = p.filter_result(&ANON, List::Prompts, &mut list);
+        let f = filter_result(&p, &ANON, List::Prompts, &mut list);
         assert!(f.hidden.is_empty() && f.changed());
         assert_eq!(list["cacheScope"], "private");
         assert_eq!(list["ttlMs"], 60000);
         // A private list with nothing hidden passes untouched (and is not re-serialized).
         let mut list = json!({"prompts": [{"name": "greet"}], "cacheScope": "private"});
-        assert!(!p.filter_result(&ANON, List::Prompts, &mut list).changed());
+        assert!(!filter_result(&p, &ANON, List::Prompts, &mut list).changed());
         // An older revision's list (no caching hints) is left without one.
         let mut list = json!({"prompts": [{"name": "greet"}]});
-        assert!(!p.filter_result(&ANON, List::Prompts, &mut list).changed());
+        assert!(!filter_result(&p, &ANON, List::Prompts, &mut list).changed());
         assert_eq!(list, json!({"prompts": [{"name": "greet"}]}));
         // In shadow mode every caller sees the whole list: the server's scope stands.
         let (shadow, shadow_dir) = governed(GOVERNANCE, Enforcement::Shadow);
         let mut list = json!({"prompts": [{"name": "secret"}], "cacheScope": "public"});
-        assert!(
-            !shadow
-                .filter_result(&ANON, List::Prompts, &mut list)
-                .changed()
-        );
+        assert!(!filter_result(&shadow, &ANON, List::Prompts, &mut list).changed());
         assert_eq!(list["cacheScope"], "public");
         std::fs::remove_dir_all(dir).ok();
         std::fs::remove_dir_all(shadow_dir).ok();

@@ -79,11 +79,16 @@ async fn hot_reload_follows_kubelet_swaps_and_keeps_the_last_good_bundle() {
     let denied = sum(&s, 2, 1).await;
     assert_denied(&denied, "get-sum");
     // The same call again: the bundle remembers its decision (it calls nothing that is not
-    // deterministic, as its load says), and the call is still refused.
+    // deterministic, as its load says), and the call is still refused. The listing above was
+    // decided by tool class (the bundle reads a tool's name only to compare it with a literal):
+    // `get-sum` alone, every other tool as one, and still only `get-sum` was hidden.
     assert_denied(&sum(&s, 4, 1).await, "get-sum");
     let remembers = |l: &str| {
-        serde_json::from_str::<Value>(l)
-            .is_ok_and(|v| v["message"] == "policy loaded" && v["remembers_decisions"] == true)
+        serde_json::from_str::<Value>(l).is_ok_and(|v| {
+            v["message"] == "policy loaded"
+                && v["remembers_decisions"] == true
+                && v["tool_classes"] == true
+        })
     };
     assert!(sc.proc.logs().lines().any(remembers), "{}", sc.proc.logs());
     let first_hash = policy_status(&sc)["hash"]

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::PolicyError;
 use crate::bundle::Bundle;
+use crate::classes::ToolClasses;
 use crate::input::Frame;
 use crate::limits::{self, Limit};
 use crate::memo::{self, Memo};
@@ -166,6 +167,9 @@ pub struct CompiledBundle {
     /// Decisions remembered by what the rules read of their input ([`crate::memo`]); `Err`
     /// names the call that rules it out.
     memo: Result<Memo<Decision>, String>,
+    /// How the bundle tells the tools of a list apart ([`crate::classes`]); `Err` says why it
+    /// tells every tool from every other.
+    tool_classes: Result<ToolClasses, String>,
 }
 
 impl std::fmt::Debug for CompiledBundle {
@@ -262,6 +266,7 @@ impl CompiledBundle {
             },
             reads,
             memo: Err("not yet compiled".into()),
+            tool_classes: Err("not yet compiled".into()),
         };
         let tools_probe = tools_probe(probe);
         let by_interpreter = compiled.decide(probe)?;
@@ -293,6 +298,15 @@ impl CompiledBundle {
         compiled.memo = match memo::impure_call(sources(bundle)) {
             None => Ok(Memo::new(&compiled.reads)),
             Some(call) => Err(call),
+        };
+        compiled.tool_classes = match (&compiled.memo, has_visible_tools) {
+            (Err(call), _) => Err(format!("`{call}` may decide differently each time")),
+            (Ok(_), true) => Err("`visible_tools` decides whole lists".into()),
+            (Ok(_), false) => ToolClasses::of_bundle(
+                bundle.modules.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+                bundle.data.as_deref(),
+                &compiled.reads,
+            ),
         };
         Ok(compiled)
     }
@@ -384,6 +398,17 @@ impl CompiledBundle {
         let mut key = String::from("reads:\n");
         key.push_str(&frame.key_for(&self.reads));
         key
+    }
+
+    /// The class of one tool of a `tools/list` ([`crate::classes`]): tools of one class are
+    /// equally visible to any one caller. `None` when the bundle tells every tool apart.
+    pub fn tool_class(&self, name: Option<&str>, view: &RegoValue) -> Option<String> {
+        self.tool_classes.as_ref().ok().map(|c| c.key(name, view))
+    }
+
+    /// Why the bundle has no tool classes, when it has none.
+    pub fn no_tool_classes(&self) -> Option<&str> {
+        self.tool_classes.as_ref().err().map(String::as_str)
     }
 
     /// The bundle's caller terms ([`crate::terms`]), when its decisions use them.

@@ -2,7 +2,7 @@
 //! refuses and distributes bundles): a bundle read and hashed ([`bundle`]), compiled once and
 //! evaluated ([`engine`]), the input document it decides on ([`input`], with the MCP vocabulary of
 //! [`mcp`] and the server's tool definitions from [`catalog`] and JSON converted by [`value`]),
-//! what a bundle can tell of its input ([`reads`], [`terms`]) and the decisions it remembers for
+//! what a bundle can tell of its input ([`reads`], [`terms`], [`classes`]) and the decisions it remembers for
 //! the inputs it cannot tell apart ([`memo`], for a bundle whose every call is deterministic:
 //! [`builtins`]), and the offline `policy test` / `policy eval` commands ([`offline`]). It knows
 //! nothing of HTTP, tokens or the proxy: the sidecar hands it plain values.
@@ -10,6 +10,7 @@
 pub mod builtins;
 pub mod bundle;
 pub mod catalog;
+pub mod classes;
 pub mod engine;
 pub mod input;
 pub mod limits;

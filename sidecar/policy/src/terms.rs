@@ -208,7 +208,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Option<(regorus::Source, Module)>
 }
 
 /// The first name of a rule's head (`deny` of `deny contains ...`, `a` of `a.b := 1`).
-fn root_name(e: &Expr) -> Option<&str> {
+pub(crate) fn root_name(e: &Expr) -> Option<&str> {
     match e {
         Expr::Var { span, .. } => Some(span.text()),
         Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => root_name(refr),
@@ -358,7 +358,7 @@ impl Walk {
 /// leave out their quotes, and a compound expression's span ends where its last part's does, so
 /// the extent is the union of the expression's span and its parts' extents, each string literal
 /// widened by its quotes (checked in the source).
-fn extent(e: &Expr) -> Option<(usize, usize)> {
+pub(crate) fn extent(e: &Expr) -> Option<(usize, usize)> {
     let span = e.span();
     let (start, end) = (span.start as usize, span.end as usize);
     match e {
@@ -454,7 +454,7 @@ fn is_frame_path(path: &[String]) -> bool {
 }
 
 /// The dotted name of a called function (`regex.match`), when it is a plain name.
-fn builtin_name(fcn: &Expr) -> Option<String> {
+pub(crate) fn builtin_name(fcn: &Expr) -> Option<String> {
     match fcn {
         Expr::Var { span, .. } => Some(span.text().to_owned()),
         Expr::RefDot { refr, field, .. } => {

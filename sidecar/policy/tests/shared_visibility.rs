@@ -587,3 +587,225 @@ fn a_bundle_reading_the_clock_remembers_nothing() {
     }
     assert_eq!(bundle.remembered(), 0);
 }
+
+/// Every shape of use that keeps tool classes (`mcp_guard_policy::classes`): a name looked up in
+/// data (an object's key, a list, `object.get`), compared with literals, tested by prefix,
+/// suffix and substring, a hash looked up in data, both written into a `deny` reason.
+const CLASSES: &str = r#"package mcp.authz
+import rego.v1
+
+tool := input.request.tool
+
+default allow := false
+
+allow if data.owners[tool] == input.subject.sub
+
+allow if {
+	"analyst" in input.subject.roles
+	tool in {"tool_03", "tool_04", "zz_9"}
+}
+
+allow if {
+	"support" in input.subject.roles
+	startswith(tool, "ticket_")
+	not endswith(input.tool.name, "_9")
+}
+
+allow if {
+	"developer" in input.subject.roles
+	contains(tool, "_1")
+	object.get(data.limits, tool, 0) < 5
+}
+
+allow if {
+	input.subject.claims.tier == "gold"
+	tool != "run_query"
+	input.tool.annotations.readOnlyHint
+}
+
+deny contains sprintf("%s is not approved (%s)", [tool, input.tool.hash]) if {
+	input.tool.changed
+	not input.tool.hash in object.get(data.approved, tool, [])
+}
+
+deny contains "destructive in production" if {
+	input.tool.annotations.destructiveHint
+	startswith(input.server.namespace, "prod")
+}
+"#;
+
+/// Definitions whose names the policies mention (in data or literals) and names they do not, many
+/// of them alike to the rules' string tests (`ticket_`, `_9`, `_1`), some repeated with other
+/// annotations.
+fn class_tools(rng: &mut Rng) -> Vec<Value> {
+    let mut names: Vec<String> = (0..50).step_by(3).map(|i| format!("tool_{i:02}")).collect();
+    names.extend(["ticket_1", "ticket_9", "run_query", "zz_9"].map(String::from));
+    for i in 0..100 {
+        let n = rng.next() % 1000;
+        names.push(match i % 8 {
+            0 => format!("tool_{}", 100 + n),
+            1 => format!("ticket_{n}"),
+            2 => format!("x{n}_9"),
+            3 => format!("ticket_{n}_9"),
+            4 => format!("a_1{n}"),
+            5 => format!("run_query_{n}"),
+            6 => format!("export-{n}"),
+            _ => format!("Tool_{n:02}"),
+        });
+    }
+    names
+        .iter()
+        .flat_map(|name| [name.clone(), name.clone()])
+        .map(|name| {
+            json!({"name": name, "description": format!("d{}", rng.next() % 3),
+                   "inputSchema": {"type": "object"},
+                   "annotations": {"readOnlyHint": rng.next().is_multiple_of(2),
+                                   "destructiveHint": rng.next().is_multiple_of(3)}})
+        })
+        .collect()
+}
+
+/// `data` with some tools' definitions approved (`data.approved`, by name: those names are
+/// mentioned then).
+fn with_approvals(data: &str, tools: &[Value]) -> String {
+    let mut data: Value = serde_json::from_str(data).expect("JSON");
+    let approved: Map<String, Value> = tools
+        .iter()
+        .skip(1)
+        .step_by(7)
+        .map(|def| {
+            let name = def["name"].as_str().expect("named").to_owned();
+            (name, json!([catalog::definition_hash(def)]))
+        })
+        .collect();
+    data["approved"] = Value::Object(approved);
+    data.to_string()
+}
+
+/// A key of tool classes with part of what it tells left out: `blind` rewrites one line.
+fn narrowed_class(key: &str, blind: impl Fn(&str) -> String) -> String {
+    key.lines().map(|l| blind(l) + "\n").collect()
+}
+
+/// Tools of one class are equally visible: for random callers, every tool decided on its own
+/// gets what the first tool of its class got (for a caller of the same frame key). And the proof
+/// can fail: a class blind to the rules' string tests, or to which mentioned name a tool has,
+/// is caught on the same callers and tools.
+fn check_classes(rego: &str, data: &str, seed: u64) {
+    let mut rng = Rng(seed);
+    let tools = class_tools(&mut rng);
+    let data = with_approvals(data, &tools);
+    let bundle = compiled(rego, Some(&data));
+    assert_eq!(bundle.no_tool_classes(), None);
+    let server = server();
+    // Every other tool changed since its pin of record.
+    let views: Vec<regorus::Value> = tools
+        .iter()
+        .enumerate()
+        .map(|(i, def)| {
+            let hash = catalog::definition_hash(def);
+            let pinned = if i % 2 == 0 {
+                hash.clone()
+            } else {
+                format!("sha256:{}", "0".repeat(64))
+            };
+            let mut view = def.clone();
+            view["hash"] = json!(hash);
+            view["changed"] = json!(hash != pinned);
+            view["pinned_hash"] = json!(pinned);
+            mcp_guard_policy::value::to_rego(&view)
+        })
+        .collect();
+    let mut decided = Vec::new();
+    for caller in random_callers(&mut rng, 120) {
+        let frame = frame_of(&caller, &server);
+        let frame_key = bundle.frame_key(&frame);
+        for (seen, (def, view)) in visibility(&bundle, &frame, &tools, &views)
+            .into_iter()
+            .zip(tools.iter().zip(&views))
+        {
+            let class = bundle
+                .tool_class(def["name"].as_str(), view)
+                .expect("the bundle has classes");
+            decided.push(((frame_key.clone(), class), seen));
+        }
+    }
+    let shown = decided.iter().filter(|(_, seen)| *seen).count();
+    assert!(
+        shown > 200 && decided.len() - shown > 200,
+        "{shown} of {} shown: the tools would prove little",
+        decided.len()
+    );
+    let (_, differ) = disagreement(
+        |(f, c): &(String, String)| Some(format!("{f}\0{c}")),
+        &decided,
+    );
+    assert_eq!(
+        differ.map(|(a, b)| (&decided[a], &decided[b])),
+        None,
+        "two tools of one class were decided differently"
+    );
+    // Decisions shared between tools (not only between callers): pairs of different tools of
+    // one class, for one frame key.
+    let mut tools_of: HashMap<&(String, String), std::collections::BTreeSet<usize>> =
+        HashMap::new();
+    for (i, (key, _)) in decided.iter().enumerate() {
+        tools_of.entry(key).or_default().insert(i % tools.len());
+    }
+    let between_tools: usize = tools_of.values().map(|t| t.len() - 1).sum();
+    let pairs: usize = tools_of.values().map(std::collections::BTreeSet::len).sum();
+    assert!(
+        between_tools > pairs / 4,
+        "only {between_tools} of {pairs} decisions (tool and frame key) shared between tools of \
+         one class: the test would prove little"
+    );
+    let blind_to_tests = |l: &str| {
+        l.split_once('?')
+            .map_or(l.to_owned(), |(path, _)| format!("{path}?"))
+    };
+    let blind_to_mentioned = |l: &str| match l.split_once('=') {
+        Some((path, _)) if path.ends_with("name") => format!("{path}=mentioned"),
+        _ => l.to_owned(),
+    };
+    for (what, blind) in [
+        (
+            "the string tests",
+            &blind_to_tests as &dyn Fn(&str) -> String,
+        ),
+        ("which mentioned name", &blind_to_mentioned),
+    ] {
+        assert!(
+            disagreement(
+                |(f, c): &(String, String)| Some(format!("{f}\0{}", narrowed_class(c, blind))),
+                &decided
+            )
+            .1
+            .is_some(),
+            "a class blind to {what} went unnoticed"
+        );
+    }
+}
+
+#[test]
+fn tools_of_one_class_are_equally_visible_under_the_realistic_policy() {
+    check_classes(REALISTIC, REALISTIC_DATA, 41);
+}
+
+#[test]
+fn tools_of_one_class_are_equally_visible_under_every_shape_that_keeps_classes() {
+    let data = r#"{"owners": {"tool_06": "u1", "ticket_1": "u2", "nobody": "u1"},
+                   "limits": {"tool_12": 3, "tool_15": 9, "ticket_1": 1}}"#;
+    check_classes(CLASSES, data, 43);
+}
+
+#[test]
+fn a_bundle_that_reads_names_otherwise_tells_every_tool_apart() {
+    // `concat` over the caller and the tool's name: a name no rule mentions can still matter.
+    let bundle = compiled(TERMS, Some(r#"{"gold": [], "trusted": []}"#));
+    let why = bundle.no_tool_classes().expect("no classes");
+    assert!(why.contains("input.request.tool"), "{why}");
+    assert_eq!(
+        bundle.tool_class(Some("tool_05"), &regorus::Value::new_object()),
+        None
+    );
+}

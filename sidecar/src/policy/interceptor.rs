@@ -64,17 +64,41 @@ const MAX_FRAMES: usize = 1_000;
 /// Tool visibility already decided, by exact key: the bundle's generation, the frame (numbered
 /// here by the text of what the bundle's rules can tell of it, [`CompiledBundle::frame_key`]: its
 /// caller terms' values and the frame parts read besides them, so two callers share an entry only
-/// when no rule can tell them apart) and the definition's SHA-256. A
-/// visibility input holds nothing else, so an agent that lists the same tools again, with a
-/// refreshed token too, pays for each decision once, and so does each next caller the policy
-/// cannot tell from an earlier one (another user of the same roles, for a policy reading roles).
+/// when no rule can tell them apart) and the tool's definition (its SHA-256). A visibility input
+/// holds nothing else, so an agent that lists the same tools again, with a refreshed token too,
+/// pays for each decision once, and so does each next caller the policy cannot tell from an
+/// earlier one (another user of the same roles, for a policy reading roles).
+///
+/// Finer, for a bundle with tool classes ([`CompiledBundle::tool_class`]): the decision taken
+/// for the first tool of a class stands for every tool of that class, so a caller of a kind
+/// never seen pays one evaluation per class, not per tool.
 #[derive(Default)]
 struct VisibleCache {
-    frames: HashMap<String, u64>,
+    frames: FastMap<String, u64>,
     /// The last frame number given. Numbers are never reused, not even after the cache starts
     /// over: a listing still running with an old number can then only add entries no one reads.
     last_frame: u64,
-    decisions: HashMap<(u64, u64, Arc<str>), bool>,
+    /// By generation, frame and definition.
+    decisions: FastMap<(u64, u64, Arc<str>), bool>,
+    /// By generation, frame and tool class.
+    by_class: FastMap<(u64, u64, Arc<str>), bool>,
+    /// The class of a definition under the bundle of generation `classes_generation`.
+    classes: FastMap<Arc<str>, Arc<str>>,
+    classes_generation: u64,
+}
+
+/// The cache's maps are looked up several times per tool of every listing, so they hash with
+/// foldhash (seeded per process, as `hashbrown`'s maps do) rather than SipHash: their keys are
+/// frame keys the sidecar writes, definition hashes (SHA-256) and tool classes, none of which a
+/// caller chooses, and each map is bounded.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
+/// What the cache knows of one tool for one frame.
+#[derive(Debug, PartialEq)]
+enum Known {
+    Decided(bool),
+    /// Not decided; the tool's class when the bundle's classes put it in one already.
+    Class(Option<Arc<str>>),
 }
 
 impl VisibleCache {
@@ -86,19 +110,44 @@ impl VisibleCache {
         if self.frames.len() >= MAX_FRAMES {
             self.frames.clear();
             self.decisions.clear();
+            self.by_class.clear();
         }
         self.last_frame += 1;
         self.frames.insert(frame_key, self.last_frame);
         self.last_frame
     }
 
-    fn get(&self, key: &(u64, u64, Arc<str>)) -> Option<bool> {
-        self.decisions.get(key).copied()
+    fn get(&self, key: &(u64, u64, Arc<str>)) -> Known {
+        if let Some(v) = self.decisions.get(key) {
+            return Known::Decided(*v);
+        }
+        let class = (self.classes_generation == key.0)
+            .then(|| self.classes.get(&key.2).cloned())
+            .flatten();
+        Known::Class(class)
     }
 
-    fn insert(&mut self, key: (u64, u64, Arc<str>), visible: bool) {
+    /// The decision for a tool of `class` (once its class is known), remembered for `key` too.
+    fn get_by_class(&mut self, key: &(u64, u64, Arc<str>), class: &Arc<str>) -> Option<bool> {
+        if self.classes_generation != key.0 || self.classes.len() >= MAX_CACHED {
+            self.classes.clear();
+            self.classes_generation = key.0;
+        }
+        self.classes
+            .entry(Arc::clone(&key.2))
+            .or_insert_with(|| Arc::clone(class));
+        let v = *self.by_class.get(&(key.0, key.1, Arc::clone(class)))?;
+        self.insert(key.clone(), None, v);
+        Some(v)
+    }
+
+    fn insert(&mut self, key: (u64, u64, Arc<str>), class: Option<Arc<str>>, visible: bool) {
         if self.decisions.len() >= MAX_CACHED {
             self.decisions.clear();
+            self.by_class.clear();
+        }
+        if let Some(class) = class {
+            self.by_class.insert((key.0, key.1, class), visible);
         }
         self.decisions.insert(key, visible);
     }
@@ -246,14 +295,24 @@ impl PolicyInterceptor {
         (view, hash): &View,
     ) -> bool {
         let key = (bundle.generation(), frame_number, Arc::clone(hash));
-        if let Some(v) = self.visible_cache.lock().get(&key) {
+        let class = match self.visible_cache.lock().get(&key) {
+            Known::Decided(v) => return v,
+            Known::Class(class) => class,
+        };
+        // Tools the bundle cannot tell apart share one decision ([`mcp_guard_policy::classes`]);
+        // without classes each definition has its own. A definition's class is found once per
+        // bundle.
+        let class = class.or_else(|| bundle.tool_class(item.name(), view).map(Arc::from));
+        if let Some(class) = &class
+            && let Some(v) = self.visible_cache.lock().get_by_class(&key, class)
+        {
             return v;
         }
         let visible = self.item_visible(
             bundle,
             frame.list_item(List::Tools, item.name(), Some(view.clone())),
         );
-        self.visible_cache.lock().insert(key, visible);
+        self.visible_cache.lock().insert(key, class, visible);
         visible
     }
 
@@ -846,17 +905,43 @@ allow if endswith(input.subject.email, "@example.com")
         assert_ne!(a, b);
         assert_eq!(cache.frame(r#"[{"sub":"a"}]"#.into()), a);
         let hash: Arc<str> = "sha256:00".into();
-        cache.insert((1, a, Arc::clone(&hash)), true);
-        assert_eq!(cache.get(&(1, a, Arc::clone(&hash))), Some(true));
+        let class: Arc<str> = "class:x".into();
+        cache.insert((1, a, Arc::clone(&hash)), Some(Arc::clone(&class)), true);
+        assert_eq!(cache.get(&(1, a, Arc::clone(&hash))), Known::Decided(true));
         assert_eq!(
             cache.get(&(1, b, Arc::clone(&hash))),
-            None,
+            Known::Class(None),
             "another caller"
         );
         assert_eq!(
             cache.get(&(2, a, Arc::clone(&hash))),
-            None,
+            Known::Class(None),
             "another bundle"
+        );
+        // Another definition of the same class: the first one's decision, for the same frame
+        // and bundle only; its class is remembered for the bundle.
+        let other: Arc<str> = "sha256:01".into();
+        assert_eq!(
+            cache.get_by_class(&(1, a, Arc::clone(&other)), &class),
+            Some(true)
+        );
+        assert_eq!(cache.get(&(1, a, Arc::clone(&other))), Known::Decided(true));
+        assert_eq!(
+            cache.get(&(1, b, Arc::clone(&other))),
+            Known::Class(Some(Arc::clone(&class)))
+        );
+        assert_eq!(
+            cache.get_by_class(&(1, b, Arc::clone(&other)), &class),
+            None
+        );
+        assert_eq!(
+            cache.get_by_class(&(2, a, Arc::clone(&other)), &class),
+            None
+        );
+        assert_eq!(
+            cache.get(&(1, b, Arc::clone(&other))),
+            Known::Class(None),
+            "classes of an earlier bundle are forgotten"
         );
 
         // Past the limit the cache starts over, and no number is given twice: a listing that
@@ -866,6 +951,10 @@ allow if endswith(input.subject.email, "@example.com")
             assert!(seen.insert(cache.frame(format!("[{i}]"))));
         }
         assert!(cache.frames.len() <= MAX_FRAMES);
-        assert_eq!(cache.get(&(1, a, hash)), None, "forgotten with the reset");
+        assert_eq!(
+            cache.get(&(1, a, hash)),
+            Known::Class(None),
+            "forgotten with the reset"
+        );
     }
 }

@@ -104,6 +104,10 @@ impl PolicyStore {
                 // deterministic (absent when decisions are remembered).
                 let not_remembered = compiled.remembers_decisions().err().map(str::to_owned);
                 let remembers_decisions = not_remembered.is_none();
+                // Why every tool of a list is decided on its own (absent when tools of one
+                // class share decisions).
+                let no_tool_classes = compiled.no_tool_classes().map(str::to_owned);
+                let tool_classes = no_tool_classes.is_none();
                 let previous = self.current.swap(Some(Arc::new(compiled)));
                 {
                     let mut st = self.status.write();
@@ -124,7 +128,7 @@ impl PolicyStore {
                 }
                 self.metrics
                     .policy_loaded(&hash, previous.as_ref().map(|p| &*p.hash));
-                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), bytecode, caller_terms, remembers_decisions, not_remembered = not_remembered.as_deref(), "policy loaded");
+                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), bytecode, caller_terms, remembers_decisions, not_remembered = not_remembered.as_deref(), tool_classes, no_tool_classes = no_tool_classes.as_deref(), "policy loaded");
                 Ok(true)
             }
             Err(e) => self.failed(e, Some(bundle.hash.to_string())),

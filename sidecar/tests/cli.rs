@@ -147,8 +147,10 @@ async fn run(args: Vec<String>) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_started_returns_before_the_server_runs_and_fails_when_no_sidecar_does() {
-    // Nothing listens: wait-started gives up after its timeout with exit 1.
-    let nobody = format!("0.0.0.0:{}", free_port());
+    // Nothing listens: wait-started gives up after its timeout with exit 1. Port 1 (tcpmux),
+    // not a port found free: one found free can be taken by the next test's sidecar before
+    // wait-started looks.
+    let nobody = "0.0.0.0:1";
     let started = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(BIN)

@@ -91,6 +91,12 @@ async fn hot_reload_follows_kubelet_swaps_and_keeps_the_last_good_bundle() {
         })
     };
     assert!(sc.proc.logs().lines().any(remembers), "{}", sc.proc.logs());
+    // `/policy` says the same to the management plane.
+    let sharing = &policy_status(&sc)["sharing"];
+    assert!(
+        sharing["remembers_decisions"] == true && sharing["tool_classes"] == true,
+        "{sharing}"
+    );
     let first_hash = policy_status(&sc)["hash"]
         .as_str()
         .unwrap_or_default()

@@ -58,6 +58,9 @@ const IDENTITY: &[&[&str]] = &[
     &["tool", "pinned_hash"],
 ];
 
+/// The builtins the shapes name (`object` of `object.get`).
+const SHAPE_BUILTINS: &[&str] = &["startswith", "endswith", "contains", "object", "sprintf"];
+
 /// The entry package's rule whose reasons may hold an identity string (see the table above).
 const DENY: &[&str] = &["mcp", "authz", "deny"];
 
@@ -419,6 +422,13 @@ impl<'d> Bundle<'d> {
                 }
                 defined.push((package.clone(), name));
             }
+        }
+        // A rule named like a builtin the shapes rely on would change what they mean.
+        if let Some((_, name)) = defined
+            .iter()
+            .find(|(_, n)| SHAPE_BUILTINS.contains(&n.as_str()))
+        {
+            return Err(format!("a rule is named `{name}`, like a builtin"));
         }
         for alias in &aliases {
             if defined.iter().filter(|d| *d == alias).count() != 1 {
@@ -987,6 +997,10 @@ mod tests {
                 "put in a collection",
             ),
             ("f(x) := x\nallow if f(tool) == \"a\"", "f(tool)"),
+            (
+                "startswith(a, b) := true\nallow if startswith(tool, \"x\")",
+                "`startswith`, like a builtin",
+            ),
         ] {
             let why = classes(&policy(rules), Some(r#"{"tools": ["a"]}"#))
                 .err()

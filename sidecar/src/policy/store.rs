@@ -33,6 +33,45 @@ pub struct Status {
     pub rejected_hash: Option<String>,
     /// The last [`HISTORY`] bundles put in force, newest first (the first is the one in force).
     pub history: Vec<Loaded>,
+    /// How the bundle in force shares decisions; `null` while none is.
+    pub sharing: Option<Sharing>,
+}
+
+/// How a bundle shares its work between decisions (`docs/policy.md`): what the `policy loaded`
+/// log line says, kept for `/policy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sharing {
+    /// Decisions run on the engine's bytecode (else on its interpreter).
+    pub bytecode: bool,
+    /// The bundle's caller terms (0: callers are told apart by the input it reads).
+    pub caller_terms: usize,
+    /// Decisions are remembered for inputs the rules cannot tell apart.
+    pub remembers_decisions: bool,
+    /// Else the first call not known to be deterministic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_remembered: Option<String>,
+    /// Tools no rule can tell apart share one visibility decision per caller.
+    pub tool_classes: bool,
+    /// Else the first expression that rules classes out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_tool_classes: Option<String>,
+}
+
+impl Sharing {
+    fn of(compiled: &CompiledBundle) -> Self {
+        let not_remembered = compiled.remembers_decisions().err().map(str::to_owned);
+        let no_tool_classes = compiled.no_tool_classes().map(str::to_owned);
+        Sharing {
+            bytecode: compiled.uses_bytecode(),
+            caller_terms: compiled
+                .frame_terms()
+                .map_or(0, mcp_guard_policy::terms::FrameTerms::len),
+            remembers_decisions: not_remembered.is_none(),
+            not_remembered,
+            tool_classes: no_tool_classes.is_none(),
+            no_tool_classes,
+        }
+    }
 }
 
 /// Bundles remembered in [`Status::history`].
@@ -96,18 +135,7 @@ impl PolicyStore {
         match CompiledBundle::compile(&bundle, &input::probe()) {
             Ok(compiled) => {
                 let hash = compiled.hash.to_string();
-                let bytecode = compiled.uses_bytecode();
-                let caller_terms = compiled
-                    .frame_terms()
-                    .map_or(0, mcp_guard_policy::terms::FrameTerms::len);
-                // Why decisions are evaluated every time: the first call not known to be
-                // deterministic (absent when decisions are remembered).
-                let not_remembered = compiled.remembers_decisions().err().map(str::to_owned);
-                let remembers_decisions = not_remembered.is_none();
-                // Why every tool of a list is decided on its own (absent when tools of one
-                // class share decisions).
-                let no_tool_classes = compiled.no_tool_classes().map(str::to_owned);
-                let tool_classes = no_tool_classes.is_none();
+                let sharing = Sharing::of(&compiled);
                 let previous = self.current.swap(Some(Arc::new(compiled)));
                 {
                     let mut st = self.status.write();
@@ -125,10 +153,21 @@ impl PolicyStore {
                     st.rejected_hash = None;
                     st.last_error = None;
                     st.last_error_at = None;
+                    st.sharing = Some(sharing.clone());
                 }
                 self.metrics
                     .policy_loaded(&hash, previous.as_ref().map(|p| &*p.hash));
-                tracing::info!(policy_hash = %hash, dir = %self.dir.display(), bytecode, caller_terms, remembers_decisions, not_remembered = not_remembered.as_deref(), tool_classes, no_tool_classes = no_tool_classes.as_deref(), "policy loaded");
+                tracing::info!(
+                    policy_hash = %hash,
+                    dir = %self.dir.display(),
+                    bytecode = sharing.bytecode,
+                    caller_terms = sharing.caller_terms,
+                    remembers_decisions = sharing.remembers_decisions,
+                    not_remembered = sharing.not_remembered.as_deref(),
+                    tool_classes = sharing.tool_classes,
+                    no_tool_classes = sharing.no_tool_classes.as_deref(),
+                    "policy loaded"
+                );
                 Ok(true)
             }
             Err(e) => self.failed(e, Some(bundle.hash.to_string())),
@@ -334,6 +373,41 @@ mod tests {
             "a refused bundle is no part of the history"
         );
         assert_eq!(st.history[0].hash, *good);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_status_says_how_the_bundle_in_force_shares_decisions() {
+        let dir = std::env::temp_dir().join(format!("mcp-guard-sharing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = PolicyStore::new(&dir, Arc::new(Metrics::new()));
+        assert_eq!(store.status().sharing, None, "no bundle in force");
+        let load = |rules: &str| {
+            let text =
+                format!("package mcp.authz\nimport rego.v1\ndefault allow := false\n{rules}\n");
+            std::fs::write(dir.join("p.rego"), text).unwrap();
+            assert!(store.reload().unwrap());
+            store.status().sharing.expect("a bundle in force")
+        };
+        let s = load(
+            "allow if input.request.tool in {\"echo\"}\nallow if \"admin\" in input.subject.roles",
+        );
+        assert!(
+            s.bytecode && s.remembers_decisions && s.tool_classes,
+            "{s:?}"
+        );
+        assert_eq!(s.caller_terms, 1);
+        let s = load("allow if count(input.request.tool) < 10\nallow if time.now_ns() > 0");
+        assert_eq!(s.not_remembered.as_deref(), Some("time.now_ns"));
+        assert!(!s.remembers_decisions && !s.tool_classes, "{s:?}");
+        let s = load("allow if count(input.request.tool) < 10");
+        assert!(s.remembers_decisions && !s.tool_classes, "{s:?}");
+        let why = s.no_tool_classes.unwrap_or_default();
+        assert!(why.contains("`count(input.request.tool)`"), "{why}");
+        // The JSON `/policy` serves: the reasons only where there is one.
+        let json = serde_json::to_value(store.status()).unwrap();
+        assert_eq!(json["sharing"]["tool_classes"], false);
+        assert!(json["sharing"].get("not_remembered").is_none(), "{json}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

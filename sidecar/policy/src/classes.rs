@@ -45,7 +45,6 @@ use std::fmt::Write as _;
 
 use regorus::Value as RegoValue;
 use regorus::unstable::{BoolOp, Expr, Literal, Module, Query, Rule, RuleHead};
-use serde_json::Value;
 
 use crate::reads::InputReads;
 
@@ -108,11 +107,11 @@ struct ToolRead {
 }
 
 impl ToolClasses {
-    /// The classes of a bundle of `modules` `(file name, source)` with `data` (the text of its
-    /// `data.json`) that reads `reads`; `Err` says what rules them out.
+    /// The classes of a bundle of `modules` `(file name, source)` with `data` (its `data.json`,
+    /// as the engine holds it) that reads `reads`; `Err` says what rules them out.
     pub fn of_bundle<'a>(
         modules: impl IntoIterator<Item = (&'a str, &'a str)>,
-        data: Option<&str>,
+        data: &RegoValue,
         reads: &InputReads,
     ) -> Result<Self, String> {
         let Some(paths) = reads.paths() else {
@@ -124,11 +123,7 @@ impl ToolClasses {
                 crate::terms::parse(file, text).ok_or_else(|| format!("{file} does not parse"))?;
             parsed.push((file, module));
         }
-        let data: Value = match data {
-            Some(text) => serde_json::from_str(text).map_err(|e| format!("data.json: {e}"))?,
-            None => Value::Object(Default::default()),
-        };
-        let mut bundle = Bundle::of(&parsed, &data)?;
+        let mut bundle = Bundle::of(&parsed, data)?;
         for (file, module) in &parsed {
             bundle.module(module).map_err(|e| format!("{file}: {e}"))?;
         }
@@ -139,7 +134,7 @@ impl ToolClasses {
             ));
         }
         let mut mentioned = bundle.literals;
-        strings_of(&data, &mut mentioned);
+        strings_of(data, &mut mentioned);
         let mut tests = bundle.tests;
         tests.sort();
         tests.dedup();
@@ -254,16 +249,17 @@ impl ToolClasses {
     }
 }
 
-/// Every key and string of a JSON value.
-fn strings_of(v: &Value, out: &mut HashSet<Box<str>>) {
+/// Every key and string of a value of the data document.
+fn strings_of(v: &RegoValue, out: &mut HashSet<Box<str>>) {
     match v {
-        Value::String(s) => {
-            out.insert(s.as_str().into());
+        RegoValue::String(s) => {
+            out.insert(s.as_ref().into());
         }
-        Value::Array(items) => items.iter().for_each(|i| strings_of(i, out)),
-        Value::Object(fields) => {
-            for (k, v) in fields {
-                out.insert(k.as_str().into());
+        RegoValue::Array(items) => items.iter().for_each(|i| strings_of(i, out)),
+        RegoValue::Set(items) => items.iter().for_each(|i| strings_of(i, out)),
+        RegoValue::Object(fields) => {
+            for (k, v) in fields.iter() {
+                strings_of(k, out);
                 strings_of(v, out);
             }
         }
@@ -349,11 +345,12 @@ fn dotted(e: &Expr) -> Option<Vec<String>> {
 
 /// The bundle as the analysis walks it.
 struct Bundle<'d> {
-    data: &'d Value,
+    data: &'d RegoValue,
     /// The first name of every package (`mcp` of `mcp.authz`): `data.<it>` may be a rule.
     package_roots: HashSet<String>,
-    /// Rules that are nothing but an identity string: (package path, rule name).
-    aliases: Vec<(Vec<String>, String)>,
+    /// Rules that are nothing but an identity string, each by its path below `data` (package
+    /// path and rule name).
+    aliases: Vec<Vec<String>>,
     literals: HashSet<Box<str>>,
     tests: Vec<Test>,
     deny_holds_identity: bool,
@@ -373,10 +370,11 @@ fn refuse(e: &Expr, why: &str) -> String {
 }
 
 impl<'d> Bundle<'d> {
-    fn of(parsed: &[(&str, Module)], data: &'d Value) -> Result<Self, String> {
+    fn of(parsed: &[(&str, Module)], data: &'d RegoValue) -> Result<Self, String> {
         let mut package_roots: HashSet<String> = HashSet::from(["mcp_guard".to_owned()]);
         let mut aliases = Vec::new();
-        let mut defined: Vec<(Vec<String>, String)> = Vec::new();
+        // Every rule's path below `data` (package path and first name).
+        let mut defined: Vec<Vec<String>> = Vec::new();
         for (file, module) in parsed {
             let package =
                 dotted(&module.package.refr).ok_or_else(|| format!("{file}: package not read"))?;
@@ -397,42 +395,44 @@ impl<'d> Bundle<'d> {
                         bodies,
                         ..
                     } => {
-                        let alias = assign.as_ref().filter(|_| bodies.is_empty()).and_then(|a| {
-                            let (root, steps) = chain(&a.value);
-                            let path = fields(&steps);
-                            (var_name(root) == Some("input")
-                                && path.len() == steps.len()
-                                && IDENTITY.contains(&path.as_slice()))
-                            .then_some(())
-                        });
+                        let alias =
+                            assign
+                                .as_ref()
+                                .filter(|_| bodies.is_empty())
+                                .is_some_and(|a| {
+                                    let (root, steps) = chain(&a.value);
+                                    let path = fields(&steps);
+                                    var_name(root) == Some("input")
+                                        && path.len() == steps.len()
+                                        && IDENTITY.contains(&path.as_slice())
+                                });
                         (refr, alias)
                     }
                     Rule::Spec {
                         head: RuleHead::Set { refr, .. } | RuleHead::Func { refr, .. },
                         ..
                     }
-                    | Rule::Default { refr, .. } => (refr, None),
+                    | Rule::Default { refr, .. } => (refr, false),
                 };
-                let name = dotted(refr)
-                    .and_then(|p| p.first().cloned())
-                    .or_else(|| crate::terms::root_name(refr).map(str::to_owned))
-                    .unwrap_or_default();
-                if alias.is_some() && var_name(refr).is_some() {
-                    aliases.push((package.clone(), name.clone()));
+                let name = crate::terms::root_name(refr).unwrap_or_default();
+                let path: Vec<String> = package.iter().cloned().chain([name.to_owned()]).collect();
+                if alias && var_name(refr).is_some() {
+                    aliases.push(path.clone());
                 }
-                defined.push((package.clone(), name));
+                defined.push(path);
             }
         }
         // A rule named like a builtin the shapes rely on would change what they mean.
-        if let Some((_, name)) = defined
+        if let Some(name) = defined
             .iter()
-            .find(|(_, n)| SHAPE_BUILTINS.contains(&n.as_str()))
+            .filter_map(|p| p.last())
+            .find(|n| SHAPE_BUILTINS.contains(&n.as_str()))
         {
             return Err(format!("a rule is named `{name}`, like a builtin"));
         }
         for alias in &aliases {
             if defined.iter().filter(|d| *d == alias).count() != 1 {
-                return Err(format!("`{}` is defined more than once", alias.1));
+                return Err(format!("`{}` is defined more than once", alias.join(".")));
             }
         }
         Ok(Bundle {
@@ -457,13 +457,13 @@ impl<'d> Bundle<'d> {
                             if self.is_alias_definition(refr) {
                                 continue;
                             }
-                            self.head(refr)?;
+                            self.head(refr, &[])?;
                             if let Some(a) = assign {
                                 self.no_identity(&a.value, "is a rule's value")?;
                             }
                         }
                         RuleHead::Set { refr, key, .. } => {
-                            self.head(refr)?;
+                            self.head(refr, &[])?;
                             if let Some(k) = key {
                                 self.set_key(refr, k)?;
                             }
@@ -471,10 +471,7 @@ impl<'d> Bundle<'d> {
                         RuleHead::Func {
                             refr, args, assign, ..
                         } => {
-                            self.head(refr)?;
-                            for a in args {
-                                self.no_identity(a, "is a function's argument")?;
-                            }
+                            self.head(refr, args)?;
                             if let Some(a) = assign {
                                 self.no_identity(&a.value, "is a function's value")?;
                             }
@@ -490,10 +487,7 @@ impl<'d> Bundle<'d> {
                 Rule::Default {
                     refr, args, value, ..
                 } => {
-                    self.head(refr)?;
-                    for a in args {
-                        self.no_identity(a, "is a function's argument")?;
-                    }
+                    self.head(refr, args)?;
                     self.no_identity(value, "is a rule's value")?;
                 }
             }
@@ -505,18 +499,21 @@ impl<'d> Bundle<'d> {
         var_name(refr).is_some_and(|n| self.is_alias(n))
     }
 
+    /// Whether `name`, in the module being walked, is a rule that is an identity string.
     fn is_alias(&self, name: &str) -> bool {
-        self.aliases
-            .iter()
-            .any(|(p, n)| *p == self.package && n == name)
+        self.aliases.iter().any(|a| {
+            a.split_last()
+                .is_some_and(|(n, p)| n == name && p == self.package.as_slice())
+        })
     }
 
     fn in_entry_package(&self) -> bool {
         self.package == DENY[..2]
     }
 
-    /// A rule's head reference: its computed keys are checked; it may not redefine an alias.
-    fn head(&mut self, refr: &Expr) -> Result<(), String> {
+    /// A rule's head reference and a function's arguments: its computed keys and the arguments
+    /// are checked; it may not redefine an alias.
+    fn head(&mut self, refr: &Expr, args: &[regorus::unstable::Ref<Expr>]) -> Result<(), String> {
         let (root, steps) = chain(refr);
         if var_name(root).is_some_and(|n| self.is_alias(n)) {
             return Err(refuse(refr, "redefines a rule that is a tool's name"));
@@ -525,6 +522,9 @@ impl<'d> Bundle<'d> {
             if let Step::Index(i) = s {
                 self.no_identity(i, "is a rule's key")?;
             }
+        }
+        for a in args {
+            self.no_identity(a, "is a function's argument")?;
         }
         Ok(())
     }
@@ -762,7 +762,7 @@ impl<'d> Bundle<'d> {
         let (root, steps) = chain(e);
         let lead = fields(&steps);
         let whole = lead.len() == steps.len();
-        let mut kind = match var_name(root) {
+        let kind = match var_name(root) {
             Some("input") => {
                 if whole && IDENTITY.contains(&lead.as_slice()) {
                     return Ok(Kind::Identity);
@@ -778,28 +778,31 @@ impl<'d> Bundle<'d> {
                 Kind::Other
             }
             Some("data") => {
-                let aliases: Vec<Vec<String>> = self
-                    .aliases
-                    .iter()
-                    .map(|(p, n)| p.iter().cloned().chain([n.clone()]).collect())
-                    .collect();
-                let lead_owned: Vec<String> = lead.iter().map(|s| s.to_string()).collect();
-                if aliases.contains(&lead_owned) {
+                if self.aliases.iter().any(|a| *a == lead) {
                     if whole {
                         return Ok(Kind::Identity);
                     }
                     return Err(refuse(e, "reads into a tool's name"));
                 }
-                let deny: Vec<String> = DENY.iter().map(|s| s.to_string()).collect();
-                if lead_owned.starts_with(&deny) {
+                if lead.starts_with(DENY) {
                     self.deny_read = true;
                 }
-                let above = |p: &Vec<String>| p.starts_with(&lead_owned) && p.len() > lead.len();
-                if aliases.iter().any(above) || above(&deny) {
+                // A path above an alias or `deny` (`data.mcp.authz`), read whole or through a
+                // computed key.
+                let above = |p: &[&str]| lead.len() < p.len() && p.starts_with(&lead);
+                let alias_paths = self
+                    .aliases
+                    .iter()
+                    .map(|a| a.iter().map(String::as_str).collect::<Vec<_>>());
+                if above(DENY) || alias_paths.into_iter().any(|a| above(&a)) {
                     return Err(refuse(e, "reads rules whole that hold a tool's name"));
                 }
                 let is_data = lead.first().is_some_and(|f| {
-                    !self.package_roots.contains(*f) && self.data.get(*f).is_some()
+                    !self.package_roots.contains(*f)
+                        && self
+                            .data
+                            .as_object()
+                            .is_ok_and(|o| o.get(&RegoValue::from(*f)).is_some())
                 });
                 if is_data { Kind::Data } else { Kind::Other }
             }
@@ -823,19 +826,12 @@ impl<'d> Bundle<'d> {
         for s in &steps {
             if let Step::Index(i) = s {
                 let k = self.expr(i)?;
+                // A computed key into data still reads data: the kind stays.
                 if k == Kind::Identity && kind != Kind::Data {
                     return Err(refuse(
                         e,
                         "looks a tool's name or hash up in something not from data or literals",
                     ));
-                }
-                if k == Kind::Other {
-                    // A computed key into data still reads data.
-                    kind = if kind == Kind::Data {
-                        Kind::Data
-                    } else {
-                        Kind::Other
-                    };
                 }
             }
         }
@@ -853,7 +849,8 @@ mod tests {
 
     fn classes(rego: &str, data: Option<&str>) -> Result<ToolClasses, String> {
         let reads = InputReads::of_modules([("p.rego", rego)]).expect("reads");
-        ToolClasses::of_bundle([("p.rego", rego)], data, &reads)
+        let data = RegoValue::from_json_str(data.unwrap_or("{}")).expect("data");
+        ToolClasses::of_bundle([("p.rego", rego)], &data, &reads)
     }
 
     fn policy(rules: &str) -> String {

@@ -276,6 +276,8 @@ impl CompiledBundle {
         } else {
             None
         };
+        // The analyses below read the data document too (a shared reference, not a copy).
+        let data_document = data.clone();
         match compiled.compile_bytecode(data) {
             Ok(mut bytecode) => {
                 bytecode.terms = Self::compile_terms(bundle);
@@ -304,7 +306,7 @@ impl CompiledBundle {
             (Ok(_), true) => Err("`visible_tools` decides whole lists".into()),
             (Ok(_), false) => ToolClasses::of_bundle(
                 bundle.modules.iter().map(|(n, t)| (n.as_str(), t.as_str())),
-                bundle.data.as_deref(),
+                &data_document,
                 &compiled.reads,
             ),
         };

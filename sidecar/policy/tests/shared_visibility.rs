@@ -163,19 +163,20 @@ fn server() -> regorus::Value {
     .to_value()
 }
 
+/// A definition of tool `name`: one of `kinds` descriptions, read-only or not, destructive one
+/// time in `kinds`.
+fn definition(rng: &mut Rng, name: &str, kinds: u64) -> Value {
+    json!({"name": name, "description": format!("d{}", rng.next() % kinds),
+           "inputSchema": {"type": "object"},
+           "annotations": {"readOnlyHint": rng.next().is_multiple_of(2),
+                           "destructiveHint": rng.next().is_multiple_of(kinds)}})
+}
+
 /// Definitions of many kinds: tools the policies name, read-only or not, destructive or not.
 fn tools(rng: &mut Rng) -> Vec<Value> {
     let mut names: Vec<String> = (0..50).map(|i| format!("tool_{i:02}")).collect();
     names.extend(["ticket_1", "ticket_9", "run_query"].map(String::from));
-    names
-        .into_iter()
-        .map(|name| {
-            json!({"name": name, "description": format!("d{}", rng.next() % 2),
-                   "inputSchema": {"type": "object"},
-                   "annotations": {"readOnlyHint": rng.next().is_multiple_of(2),
-                                   "destructiveHint": rng.next().is_multiple_of(2)}})
-        })
-        .collect()
+    names.iter().map(|name| definition(rng, name, 2)).collect()
 }
 
 fn compiled(rego: &str, data: Option<&str>) -> CompiledBundle {
@@ -186,23 +187,36 @@ fn compiled(rego: &str, data: Option<&str>) -> CompiledBundle {
     CompiledBundle::compile(&bundle, &input::probe()).expect("compiles")
 }
 
-/// The policy view of each tool, from a catalog whose pins of record match every other tool's
-/// definition: half of the tools count as changed, so rules reading `input.tool.changed` decide.
+/// The policy view of each tool, as the catalog records a listing of them against pins of
+/// record that match every other tool's definition: half of the tools count as changed, so rules
+/// reading `input.tool.changed` decide. (A name listed twice is pinned by its first definition.)
 fn views(tools: &[Value]) -> Vec<regorus::Value> {
-    let pins = tools
-        .iter()
-        .enumerate()
-        .map(|(i, def)| {
-            let hash = if i % 2 == 0 {
-                catalog::definition_hash(def)
-            } else {
-                format!("sha256:{}", "0".repeat(64))
-            };
-            (def["name"].as_str().expect("named").to_owned(), hash)
-        })
+    let mut pins = std::collections::BTreeMap::new();
+    for (i, def) in tools.iter().enumerate() {
+        let hash = if i % 2 == 0 {
+            catalog::definition_hash(def)
+        } else {
+            format!("sha256:{}", "0".repeat(64))
+        };
+        pins.entry(def["name"].as_str().expect("named").to_owned())
+            .or_insert(hash);
+    }
+    let views: Vec<regorus::Value> = ToolCatalog::with_pins(pins)
+        .record(tools)
+        .views
+        .into_iter()
+        .map(|(view, _)| view)
         .collect();
-    let catalog = ToolCatalog::with_pins(pins);
-    tools.iter().map(|def| catalog.view_of(def).0).collect()
+    let changed = views
+        .iter()
+        .filter(|v| v["changed"] == regorus::Value::Bool(true))
+        .count();
+    assert!(
+        changed > 0 && changed < views.len(),
+        "{changed} of {} tools changed: `changed` would decide nothing",
+        views.len()
+    );
+    views
 }
 
 /// Each frame's visibility of every tool, decided one by one (no sharing).
@@ -655,13 +669,8 @@ fn class_tools(rng: &mut Rng) -> Vec<Value> {
     }
     names
         .iter()
-        .flat_map(|name| [name.clone(), name.clone()])
-        .map(|name| {
-            json!({"name": name, "description": format!("d{}", rng.next() % 3),
-                   "inputSchema": {"type": "object"},
-                   "annotations": {"readOnlyHint": rng.next().is_multiple_of(2),
-                                   "destructiveHint": rng.next().is_multiple_of(3)}})
-        })
+        .flat_map(|name| [name, name])
+        .map(|name| definition(rng, name, 3))
         .collect()
 }
 
@@ -698,24 +707,7 @@ fn check_classes(rego: &str, data: &str, seed: u64) {
     let bundle = compiled(rego, Some(&data));
     assert_eq!(bundle.no_tool_classes(), None);
     let server = server();
-    // Every other tool changed since its pin of record.
-    let views: Vec<regorus::Value> = tools
-        .iter()
-        .enumerate()
-        .map(|(i, def)| {
-            let hash = catalog::definition_hash(def);
-            let pinned = if i % 2 == 0 {
-                hash.clone()
-            } else {
-                format!("sha256:{}", "0".repeat(64))
-            };
-            let mut view = def.clone();
-            view["hash"] = json!(hash);
-            view["changed"] = json!(hash != pinned);
-            view["pinned_hash"] = json!(pinned);
-            mcp_guard_policy::value::to_rego(&view)
-        })
-        .collect();
+    let views = views(&tools);
     let mut decided = Vec::new();
     for caller in random_callers(&mut rng, 120) {
         let frame = frame_of(&caller, &server);

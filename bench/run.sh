@@ -469,7 +469,7 @@ check_target() {
   fi
 }
 
-declare -A RESULT CPU_US SYS RSS_IDLE RSS_LOAD RSS_PEAK R_RESULT R_CPU R_SYS R_RSS_LOAD R_RSS_PEAK ROUND_RPS PICKED FIXED
+declare -A RESULT CPU_US F_CPU SYS RSS_IDLE RSS_LOAD RSS_PEAK R_RESULT R_CPU R_SYS R_RSS_LOAD R_RSS_PEAK ROUND_RPS PICKED FIXED
 method_of() { # method_of SCENARIO
   case "$1" in call*) echo tools/call ;; *) echo tools/list ;; esac
 }
@@ -513,15 +513,23 @@ measure() { # measure SCENARIO TARGET ROUND: one warmup + one measured wrk run
 }
 # measure_rate SCENARIO TARGET: the fixed-rate load (bench_client), after the same check.
 measure_rate() {
-  local s="$1" name="$2" k out url
+  local s="$1" name="$2" k out url before after
   k="$(kind_of "$s")"
   url="${URL[$k.$name]}"
+  local -a pids
+  read -r -a pids <<<"${PROXY_PIDS[$k.$name]}"
   check_target "$s" "$name" "$url" "${AUTH[$name]:-}"
   log "$name, $s: ${RATE} req/s for ${WARMUP}s warmup + ${DURATION}s measured, $CONNECTIONS connections"
+  before="$(cpu_ticks "${pids[@]}")"
   out="$(BENCH_AUTHORIZATION="${AUTH[$name]:-}" "$CLIENT_BIN" load --url "$url" --scenario "$s" \
     --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" --connections "$CONNECTIONS" \
     2>"$WORK/rate-$s.$name.err")" || die "$name ($s): bench_client failed: $(tail -3 "$WORK/rate-$s.$name.err")"
+  after="$(cpu_ticks "${pids[@]}")"
   FIXED[$s.$name]="$out"
+  # What a proxy that is not saturated spends on a request: its CPU over the whole fixed-rate
+  # run (warmup included, as are its requests).
+  [ "${#pids[@]}" -gt 0 ] && F_CPU[$s.$name]="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" \
+    -v n="$(json_get "$out" sent_with_warmup)" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')"
   [ "$(json_get "$out" ok)" -gt 0 ] || die "$name ($s): no request answered correctly at $RATE req/s: $out"
   [ "$(json_get "$out" errors)" = 0 ] ||
     log "$name ($s): $(json_get "$out" errors) errors at $RATE req/s; first: $(sed -n 's/.*"first_error":"\([^"]*\)".*/\1/p' <<<"$out")"
@@ -716,9 +724,9 @@ table() { # table SCENARIO: the markdown table of one scenario
   d_p50="$(json_get "${RESULT[$s.direct]}" p50)"
   d_p99="$(json_get "${RESULT[$s.direct]}" p99)"
   printf '| target | req/s | vs direct | p50 ms | +p50 ms | p99 ms | +p99 ms | proxy CPU µs/req | proxy syscalls/req | proxy switches/req | proxy RSS MiB (idle / load / peak) | errors |'
-  [ "$RATE" -gt 0 ] && printf ' p50 ms @%s/s | +p50 ms @%s/s | p99 ms @%s/s | +p99 ms @%s/s | errors @%s/s |' "$RATE" "$RATE" "$RATE" "$RATE" "$RATE"
+  [ "$RATE" -gt 0 ] && printf ' p50 ms @%s/s | +p50 ms @%s/s | p99 ms @%s/s | +p99 ms @%s/s | proxy CPU µs/req @%s/s | errors @%s/s |' "$RATE" "$RATE" "$RATE" "$RATE" "$RATE" "$RATE"
   printf '\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
-  [ "$RATE" -gt 0 ] && printf -- '---:|---:|---:|---:|---:|'
+  [ "$RATE" -gt 0 ] && printf -- '---:|---:|---:|---:|---:|---:|'
   printf '\n'
   for t in "${TARGETS[@]}"; do
     r="${RESULT[$s.$t]}"
@@ -738,10 +746,10 @@ table() { # table SCENARIO: the markdown table of one scenario
     if [ "$RATE" -gt 0 ]; then
       f="${FIXED[$s.$t]}"
       if [ "$t" = direct ]; then
-        printf ' %s | – | %s | – | %s |' "$(ms "$(latency_get "$f" p50)")" "$(ms "$(latency_get "$f" p99)")" "$(json_get "$f" errors)"
+        printf ' %s | – | %s | – | – | %s |' "$(ms "$(latency_get "$f" p50)")" "$(ms "$(latency_get "$f" p99)")" "$(json_get "$f" errors)"
       else
-        printf ' %s | %s | %s | %s | %s |' "$(ms "$(latency_get "$f" p50)")" "$(ms "$(added "$s" "$t" p50)")" \
-          "$(ms "$(latency_get "$f" p99)")" "$(ms "$(added "$s" "$t" p99)")" "$(json_get "$f" errors)"
+        printf ' %s | %s | %s | %s | %s | %s |' "$(ms "$(latency_get "$f" p50)")" "$(ms "$(added "$s" "$t" p50)")" \
+          "$(ms "$(latency_get "$f" p99)")" "$(ms "$(added "$s" "$t" p99)")" "${F_CPU[$s.$t]}" "$(json_get "$f" errors)"
       fi
     fi
     printf '\n'
@@ -768,9 +776,9 @@ targets_table() {
   local s g="sidecar" k rps n_rps cpu n_cpu
   [ "$WITH_GOVERNED" = 1 ] && g=sidecar-governed
   printf '| scenario | %s req/s vs nginx (≥ 90 %%) | CPU µs/req vs nginx (≤ 1.5×) |' "$g"
-  [ "$RATE" -gt 0 ] && printf ' +p50 @%s/s vs nginx (≤ nginx + 0.1 ms) | +p99 @%s/s (≤ 1 ms) |' "$RATE" "$RATE"
+  [ "$RATE" -gt 0 ] && printf ' CPU µs/req @%s/s vs nginx (≤ 1.5×) | +p50 @%s/s vs nginx (≤ nginx + 0.1 ms) | +p99 @%s/s (≤ 1 ms) |' "$RATE" "$RATE" "$RATE"
   printf ' RSS idle (≤ 15 MiB) | peak RSS under load (≤ 40 MiB) |\n|---|---|---|'
-  [ "$RATE" -gt 0 ] && printf -- '---|---|'
+  [ "$RATE" -gt 0 ] && printf -- '---|---|---|'
   printf -- '---|---|\n'
   for s in "${SCENARIOS[@]}"; do
     k="$(kind_of "$s")"
@@ -781,6 +789,9 @@ targets_table() {
       "$(awk -v a="$cpu" -v b="$n_cpu" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')" \
       "$(verdict "$(awk -v a="$cpu" -v b="$n_cpu" 'BEGIN { print (b > 0 ? a / b : 0) }')" "<=" 1.5 ×)"
     if [ "$RATE" -gt 0 ]; then
+      cpu="${F_CPU[$s.$g]}"; n_cpu="${F_CPU[$s.nginx]}"
+      printf ' %s×: %s |' "$(awk -v a="$cpu" -v b="$n_cpu" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')" \
+        "$(verdict "$(awk -v a="$cpu" -v b="$n_cpu" 'BEGIN { print (b > 0 ? a / b : 0) }')" "<=" 1.5 ×)"
       printf ' %s ms vs %s ms: %s | %s ms: %s |' "$(ms "$(added "$s" "$g" p50)")" "$(ms "$(added "$s" nginx p50)")" \
         "$(verdict "$(ms "$(added "$s" "$g" p50)")" "<=" "$(ms $(($(added "$s" nginx p50) + 100)))" " ms")" \
         "$(ms "$(added "$s" "$g" p99)")" "$(verdict "$(ms "$(added "$s" "$g" p99)")" "<=" 1 " ms")"
@@ -927,7 +938,8 @@ targets_json() { # targets_json SCENARIO INDENT: the "targets" object of one sce
     if [ "$RATE" -gt 0 ]; then
       f="${FIXED[$s.$t]}"
       printf ', "fixed_rate": %s' "$f"
-      [ "$t" != direct ] && printf ', "fixed_rate_added_us": {"p50": %s, "p99": %s}' "$(added "$s" "$t" p50)" "$(added "$s" "$t" p99)"
+      [ "$t" != direct ] && printf ', "fixed_rate_added_us": {"p50": %s, "p99": %s}, "fixed_rate_proxy_cpu_us_per_request": %s' \
+        "$(added "$s" "$t" p50)" "$(added "$s" "$t" p99)" "${F_CPU[$s.$t]}"
     fi
     printf '}%s\n' "$([ "$n" -lt "${#TARGETS[@]}" ] && echo ,)"
   done

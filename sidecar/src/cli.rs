@@ -230,7 +230,11 @@ pub fn main() -> ExitCode {
     for name in unread_env() {
         tracing::warn!(variable = %name, "no sidecar flag reads this environment variable; it is ignored (see mcp-guard-sidecar --help)");
     }
+    // The proxy's connections are served on threads of their own (`--threads`); this runtime
+    // accepts them and runs the admin server and the background work (keys, policy, listing),
+    // for which one thread is plenty.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

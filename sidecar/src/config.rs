@@ -76,6 +76,12 @@ pub struct ProxyConfig {
     #[arg(long, env = env::DRAIN_TIMEOUT, default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Threads that serve the proxy's connections, each with its own runtime; a connection is
+    /// served on one of them from its first request to its last. `0`: one per CPU the
+    /// container may use (its CPU limit, rounded down, at least one).
+    #[arg(long, env = env::THREADS, default_value_t = 0)]
+    pub threads: usize,
+
     /// Do not list the MCP server's tools at start. By default the sidecar lists them (as a
     /// client would, without identity), so the first call is decided on the server's definition
     /// of its tool, and readiness waits until the server has answered (its tools, or a refusal).
@@ -104,4 +110,14 @@ pub struct ProxyConfig {
     /// OpenTelemetry export.
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+impl ProxyConfig {
+    /// The threads that serve the proxy: `--threads`, or one per CPU this process may use.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }

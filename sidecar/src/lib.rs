@@ -62,6 +62,8 @@ pub enum Error {
     Audit(std::io::Error),
     #[error("OpenTelemetry: {0}")]
     Telemetry(String),
+    #[error("cannot start the threads that serve the proxy: {0}")]
+    Serve(std::io::Error),
     #[error("rate limits: {0}")]
     Limits(#[from] limits::LimitsError),
 }
@@ -239,18 +241,11 @@ pub async fn run_proxy(
         seen: Some(seen),
     });
     let admin = admin::with_minted_jwks(admin, authenticator.minted_jwks());
-    tracing::info!(
-        listen = %config.listen,
-        admin = %config.admin_listen,
-        upstream = proxy.upstream().authority(),
-        path = %config.path,
-        sse_path = %config.sse_path,
-        "mcp-guard sidecar started"
-    );
-
-    let proxy_server = server::serve(
+    let upstream = proxy.upstream().authority().to_owned();
+    let threads = config.threads();
+    let lanes = server::Lanes::start(
         "proxy",
-        proxy_listener,
+        threads,
         move |_peer| {
             let proxy = proxy.clone();
             move |req| {
@@ -259,9 +254,21 @@ pub async fn run_proxy(
             }
         },
         config.header_timeout,
-        stop_rx.clone(),
+        &stop_rx,
         config.drain_timeout,
+    )
+    .map_err(Error::Serve)?;
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        upstream,
+        path = %config.path,
+        sse_path = %config.sse_path,
+        threads,
+        "mcp-guard sidecar started"
     );
+
+    let proxy_server = lanes.serve(proxy_listener, stop_rx.clone());
     let admin_server = server::serve(
         "admin",
         admin_listener,

@@ -62,6 +62,8 @@ const MAX_IDLE: usize = 256;
 struct Conn {
     sender: http1::SendRequest<Full<Bytes>>,
     io: Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
+    /// The lane whose runtime polls the socket ([`crate::server::lane`]).
+    lane: usize,
 }
 
 impl Conn {
@@ -71,30 +73,38 @@ impl Conn {
     }
 }
 
-/// Connections with nothing in flight, the most recently used last.
+/// Connections with nothing in flight, one list per lane (a connection is only taken on the
+/// lane whose runtime polls its socket, so that its readiness wakes no other thread), each the
+/// most recently used last.
 struct Pool {
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    lanes: Mutex<Vec<Vec<(Conn, Instant)>>>,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    /// The most recently used connection, unless it has been idle too long. The pool is in the
-    /// order connections came back, so then every other one has too: all are closed, after the
-    /// lock is released.
+    /// This lane's most recently used connection, unless it has been idle too long. The lane's
+    /// list is in the order connections came back, so then every other one has too: all are
+    /// closed, after the lock is released.
     fn take(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock();
+        let lane = crate::server::lane();
+        let mut lanes = self.lanes.lock();
+        let idle = lanes.get_mut(lane)?;
         let (conn, since) = idle.pop()?;
         if since.elapsed() < self.idle_timeout {
             return Some(conn);
         }
-        let stale = std::mem::take(&mut *idle);
-        drop(idle);
+        let stale = std::mem::take(idle);
+        drop(lanes);
         drop((conn, stale));
         None
     }
 
     fn put(&self, conn: Conn) {
-        let mut idle = self.idle.lock();
+        let mut lanes = self.lanes.lock();
+        if lanes.len() <= conn.lane {
+            lanes.resize_with(conn.lane + 1, Vec::new);
+        }
+        let idle = &mut lanes[conn.lane];
         if idle.len() < MAX_IDLE {
             idle.push((conn, Instant::now()));
         }
@@ -103,9 +113,11 @@ impl Pool {
     /// Closes the connections idle too long, and those the server closed meanwhile.
     fn sweep(&self) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.idle.lock().retain_mut(|(conn, since)| {
-            since.elapsed() < self.idle_timeout && !conn.ended(&mut cx)
-        });
+        for idle in self.lanes.lock().iter_mut() {
+            idle.retain_mut(|(conn, since)| {
+                since.elapsed() < self.idle_timeout && !conn.ended(&mut cx)
+            });
+        }
     }
 }
 
@@ -220,7 +232,7 @@ impl Upstream {
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| UpstreamError::Address(authority_text))?;
         let pool = Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
+            lanes: Mutex::new(Vec::new()),
             idle_timeout,
         });
         // Without the sweep an idle connection would only be closed when a request finds it
@@ -293,7 +305,11 @@ impl Upstream {
                 }
                 return Err("the connection closed before the request was sent".into());
             }
-            let Conn { mut sender, io } = conn;
+            let Conn {
+                mut sender,
+                io,
+                lane,
+            } = conn;
             let mut io = Some(io);
             let mut sent = std::pin::pin!(sender.try_send_request(req));
             let answer = poll_fn(|cx| {
@@ -312,7 +328,7 @@ impl Upstream {
                     let (parts, body) = resp.into_parts();
                     let mut body = UpstreamBody {
                         body,
-                        conn: io.map(|io| Conn { sender, io }),
+                        conn: io.map(|io| Conn { sender, io, lane }),
                         pool: Arc::clone(&self.pool),
                     };
                     if body.is_end_stream() {
@@ -343,6 +359,7 @@ impl Upstream {
         Ok(Conn {
             sender,
             io: Box::pin(io),
+            lane: crate::server::lane(),
         })
     }
 
@@ -532,6 +549,57 @@ mod tests {
         drop(send(&up).await.unwrap());
         assert_eq!(get(&up).await.unwrap().0, 200);
         assert_eq!(s.accepted(), 2, "the half-read connection was not reused");
+    }
+
+    #[tokio::test]
+    async fn a_lane_takes_only_the_connections_its_own_runtime_polls() {
+        use crate::server::testing::Client;
+        use crate::server::{Lanes, lane};
+        let s = server(OK, After::KeepOpen).await;
+        let up = upstream(s.port, Duration::from_secs(60));
+        // Two lanes whose every request goes to the server; the answer names the lane.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let forward = move |_peer| {
+            let up = up.clone();
+            move |_req| {
+                let up = up.clone();
+                async move {
+                    let (status, _) = get(&up).await.unwrap();
+                    let said = format!("{} {status}", lane());
+                    Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from(
+                        said,
+                    )))
+                }
+            }
+        };
+        let lanes = Lanes::start(
+            "test",
+            2,
+            forward,
+            Duration::from_secs(10),
+            &stopped,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        tokio::spawn(lanes.serve(listener, stopped));
+
+        let mut first = Client::connect(addr).await;
+        for _ in 0..3 {
+            assert_eq!(first.ask().await, "1 200");
+        }
+        assert_eq!(s.accepted(), 1, "lane 1 reuses its connection");
+        let mut second = Client::connect(addr).await;
+        assert_eq!(second.ask().await, "2 200");
+        assert_eq!(
+            s.accepted(),
+            2,
+            "lane 2 opens its own rather than take lane 1's idle one"
+        );
+        assert_eq!(first.ask().await, "1 200");
+        assert_eq!(second.ask().await, "2 200");
+        assert_eq!(s.accepted(), 2, "each lane reuses its own");
     }
 
     #[tokio::test]

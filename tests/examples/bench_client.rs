@@ -591,6 +591,7 @@ async fn load(args: LoadArgs) -> Result<Value, String> {
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "sent": sent,
+        "sent_with_warmup": total,
         "ok": ok,
         "errors": errors,
         "error_kinds": tally.errors,

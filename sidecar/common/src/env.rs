@@ -20,6 +20,7 @@ pub const UPSTREAM_TIMEOUT: &str = "MCP_GUARD_UPSTREAM_TIMEOUT";
 pub const IDLE_TIMEOUT: &str = "MCP_GUARD_IDLE_TIMEOUT";
 pub const DRAIN_TIMEOUT: &str = "MCP_GUARD_DRAIN_TIMEOUT";
 pub const SKIP_TOOL_LISTING: &str = "MCP_GUARD_SKIP_TOOL_LISTING";
+pub const THREADS: &str = "MCP_GUARD_THREADS";
 
 // Logging (the sidecar's command line).
 /// Log filter, in `tracing` EnvFilter syntax.

@@ -162,6 +162,11 @@ const NOT_PER_WORKLOAD: &[(&str, &str)] = &[
         "the sidecar's root filesystem is read-only: the trail goes to stdout",
     ),
     (
+        env::THREADS,
+        "follows the sidecar's CPU limit (mcp-guard.dev/cpu-limit): one serving thread per whole \
+         CPU of it",
+    ),
+    (
         env::PINNED_TOOLS,
         "admission writes it from the pod's ApprovedServer entry (spec.tools); a workload never \
          chooses its own pins",

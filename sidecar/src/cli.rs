@@ -231,10 +231,9 @@ pub fn main() -> ExitCode {
         tracing::warn!(variable = %name, "no sidecar flag reads this environment variable; it is ignored (see mcp-guard-sidecar --help)");
     }
     // The proxy's connections are served on threads of their own (`--threads`); this runtime
-    // accepts them and runs the admin server and the background work (keys, policy, listing),
-    // for which one thread is plenty.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // accepts them and runs the admin server and the background work (keys, policy, listing) on
+    // the main thread, which has nothing else to do (blocking work goes to its blocking pool).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

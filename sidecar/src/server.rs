@@ -89,6 +89,36 @@ impl Serving {
         }
     }
 
+    /// Serves the connections `source` gives, each with the service `service` makes for its
+    /// peer, until `source` has no more or `shutdown` turns true; then closes `source` and
+    /// drains for at most `drain`.
+    async fn run<F, S, Fut>(
+        mut self,
+        mut source: Source,
+        service: &F,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) where
+        F: Fn(SocketAddr) -> S,
+        S: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        loop {
+            tokio::select! {
+                conn = source.next(self.name) => match conn {
+                    Some((stream, peer)) => self.serve(stream, peer, service(peer)),
+                    None => break,
+                },
+                _ = self.reap() => {}
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        // The listener (or the lane's hand-off) closes before the drain, so that new clients
+        // are refused rather than left waiting.
+        drop(source);
+        self.drain(drain).await;
+    }
+
     /// Lets open connections finish for at most `drain`, then ends the rest.
     async fn drain(mut self, drain: Duration) {
         tracing::info!(server = self.name, "draining open connections");
@@ -119,6 +149,32 @@ async fn accept(name: &'static str, listener: &TcpListener) -> (TcpStream, Socke
     }
 }
 
+/// Where a server's connections come from.
+enum Source {
+    /// Accepted here.
+    Listener(TcpListener),
+    /// Handed to a lane by the acceptor; closed when the acceptor is gone.
+    Handoffs(mpsc::UnboundedReceiver<Handoff>),
+}
+
+impl Source {
+    /// The next connection, registered with this runtime; `None` when there will be no more.
+    async fn next(&mut self, name: &'static str) -> Option<(TcpStream, SocketAddr)> {
+        match self {
+            Source::Listener(listener) => Some(accept(name, listener).await),
+            Source::Handoffs(handoffs) => loop {
+                let (stream, peer) = handoffs.recv().await?;
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => return Some((stream, peer)),
+                    Err(e) => {
+                        tracing::warn!(server = name, %peer, error = %e, "a lane cannot take a connection")
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// Serves `listener` on this runtime until `shutdown` turns true, then lets open connections
 /// finish for at most `drain`. `service` makes the service of one connection from its peer
 /// address.
@@ -127,23 +183,16 @@ pub async fn serve<F, S, Fut>(
     listener: TcpListener,
     service: F,
     header_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) where
     F: Fn(SocketAddr) -> S,
     S: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let mut serving = Serving::new(name, header_timeout);
-    loop {
-        tokio::select! {
-            (stream, peer) = accept(name, &listener) => serving.serve(stream, peer, service(peer)),
-            _ = serving.reap() => {}
-            _ = stopped(&mut shutdown) => break,
-        }
-    }
-    drop(listener);
-    serving.drain(drain).await;
+    Serving::new(name, header_timeout)
+        .run(Source::Listener(listener), &service, shutdown, drain)
+        .await;
 }
 
 /// A connection on its way to a lane: taken off the acceptor's runtime, registered again on the
@@ -239,32 +288,19 @@ impl Lanes {
 /// A lane: serves the connections handed to it until shutdown, or until its acceptor is gone.
 async fn run_lane<F, S, Fut>(
     name: &'static str,
-    mut handoffs: mpsc::UnboundedReceiver<Handoff>,
+    handoffs: mpsc::UnboundedReceiver<Handoff>,
     service: Arc<F>,
     header_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) where
     F: Fn(SocketAddr) -> S,
     S: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let mut serving = Serving::new(name, header_timeout);
-    loop {
-        tokio::select! {
-            handoff = handoffs.recv() => match handoff {
-                Some((stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(stream) => serving.serve(stream, peer, service(peer)),
-                    Err(e) => tracing::warn!(server = name, %peer, error = %e, "a lane cannot take a connection"),
-                },
-                None => break,
-            },
-            _ = serving.reap() => {}
-            _ = stopped(&mut shutdown) => break,
-        }
-    }
-    drop(handoffs);
-    serving.drain(drain).await;
+    Serving::new(name, header_timeout)
+        .run(Source::Handoffs(handoffs), &*service, shutdown, drain)
+        .await;
 }
 
 /// A plain HTTP/1.1 client for the tests of what is served on lanes.

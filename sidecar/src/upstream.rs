@@ -73,11 +73,14 @@ impl Conn {
     }
 }
 
+/// One lane's idle connections, each with the time it came back.
+type Idle = Mutex<Vec<(Conn, Instant)>>;
+
 /// Connections with nothing in flight, one list per lane (a connection is only taken on the
 /// lane whose runtime polls its socket, so that its readiness wakes no other thread), each the
-/// most recently used last.
+/// most recently used last. Each list has its own lock, so lanes never wait on each other.
 struct Pool {
-    lanes: Mutex<Vec<Vec<(Conn, Instant)>>>,
+    lanes: Box<[Idle]>,
     idle_timeout: Duration,
 }
 
@@ -86,35 +89,32 @@ impl Pool {
     /// list is in the order connections came back, so then every other one has too: all are
     /// closed, after the lock is released.
     fn take(&self) -> Option<Conn> {
-        let lane = crate::server::lane();
-        let mut lanes = self.lanes.lock();
-        let idle = lanes.get_mut(lane)?;
+        let mut idle = self.lanes.get(crate::server::lane())?.lock();
         let (conn, since) = idle.pop()?;
         if since.elapsed() < self.idle_timeout {
             return Some(conn);
         }
-        let stale = std::mem::take(idle);
-        drop(lanes);
+        let stale = std::mem::take(&mut *idle);
+        drop(idle);
         drop((conn, stale));
         None
     }
 
+    /// Keeps `conn` for its lane (a lane beyond those the pool was made for keeps none).
     fn put(&self, conn: Conn) {
-        let mut lanes = self.lanes.lock();
-        if lanes.len() <= conn.lane {
-            lanes.resize_with(conn.lane + 1, Vec::new);
-        }
-        let idle = &mut lanes[conn.lane];
-        if idle.len() < MAX_IDLE {
-            idle.push((conn, Instant::now()));
+        if let Some(idle) = self.lanes.get(conn.lane) {
+            let mut idle = idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push((conn, Instant::now()));
+            }
         }
     }
 
     /// Closes the connections idle too long, and those the server closed meanwhile.
     fn sweep(&self) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        for idle in self.lanes.lock().iter_mut() {
-            idle.retain_mut(|(conn, since)| {
+        for idle in self.lanes.iter() {
+            idle.lock().retain_mut(|(conn, since)| {
                 since.elapsed() < self.idle_timeout && !conn.ended(&mut cx)
             });
         }
@@ -215,11 +215,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 impl Upstream {
+    /// The server at `host:port`, its idle connections kept for each of `lanes` lanes
+    /// ([`crate::server::Lanes`]) and for the runtime outside them.
     pub fn new(
         host: &str,
         port: u16,
         timeout: Duration,
         idle_timeout: Duration,
+        lanes: usize,
     ) -> Result<Self, UpstreamError> {
         let authority_text = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
@@ -232,7 +235,7 @@ impl Upstream {
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| UpstreamError::Address(authority_text))?;
         let pool = Arc::new(Pool {
-            lanes: Mutex::new(Vec::new()),
+            lanes: (0..=lanes).map(|_| Mutex::new(Vec::new())).collect(),
             idle_timeout,
         });
         // Without the sweep an idle connection would only be closed when a request finds it
@@ -480,7 +483,7 @@ mod tests {
     const ACCEPTED: &[u8] = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
 
     fn upstream(port: u16, idle: Duration) -> Upstream {
-        Upstream::new("127.0.0.1", port, Duration::from_secs(5), idle).unwrap()
+        Upstream::new("127.0.0.1", port, Duration::from_secs(5), idle, 2).unwrap()
     }
 
     /// A GET with no headers of its own.

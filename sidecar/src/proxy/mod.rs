@@ -89,6 +89,7 @@ impl Proxy {
             config.upstream_port,
             config.upstream_timeout,
             config.idle_timeout,
+            config.threads(),
         )?;
         let sessions = Arc::new(legacy::Sessions::default());
         let clients = Arc::new(clients::ClientTable::with_capacity(config.max_sessions));
